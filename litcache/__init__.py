@@ -1,0 +1,35 @@
+"""litcache: LIT depth compression as an activation-cache data pipeline."""
+
+__version__ = "0.1.0"
+
+from .audit import VerifyReport, store_info, verify_store  # noqa: E402
+from .errors import LitcacheError  # noqa: E402
+from .extract import ExtractOptions, ExtractResult, extract  # noqa: E402
+from .recipe import Recipe, TrainConfig, load_recipe  # noqa: E402
+from .sections import SplitModel, check_split, split_model  # noqa: E402
+from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
+from .teacher import load_teacher, train_teacher  # noqa: E402
+from .views import CropFlip  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "CropFlip",
+    "ExtractOptions",
+    "ExtractResult",
+    "FORMAT_VERSION",
+    "LitcacheError",
+    "Recipe",
+    "SplitModel",
+    "Store",
+    "TrainConfig",
+    "VerifyReport",
+    "check_split",
+    "extract",
+    "load_recipe",
+    "load_teacher",
+    "open_store",
+    "split_model",
+    "store_info",
+    "train_teacher",
+    "verify_store",
+]

@@ -1,0 +1,80 @@
+"""Error types. Each subclasses the matching builtin so callers can catch either.
+
+Messages follow one shape: what was expected, what was found, what to do next.
+The CLI turns any LitcacheError into a single ``Error: ...`` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LitcacheError",
+    "RecipeError",
+    "SplitMismatchError",
+    "CheckpointError",
+    "StoreNotFoundError",
+    "NotAStoreError",
+    "StoreFormatError",
+    "IncompleteStoreError",
+    "StoreMismatchError",
+    "StoreLockedError",
+    "CorruptStoreError",
+    "NonFiniteOutputError",
+    "DiskSpaceError",
+    "OptionError",
+]
+
+
+class LitcacheError(Exception):
+    """Base class of every error litcache raises on purpose."""
+
+
+class RecipeError(LitcacheError, ValueError):
+    """A recipe does not load, or is not internally consistent."""
+
+
+class SplitMismatchError(LitcacheError, ValueError):
+    """stem -> sections -> head does not reproduce the teacher's output."""
+
+
+class CheckpointError(LitcacheError, ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the architecture."""
+
+
+class StoreNotFoundError(LitcacheError, FileNotFoundError):
+    """No store at the given path."""
+
+
+class NotAStoreError(LitcacheError, ValueError):
+    """A path exists but is not a litcache store."""
+
+
+class StoreFormatError(LitcacheError, ValueError):
+    """A store's format version is not one this litcache can read."""
+
+
+class IncompleteStoreError(LitcacheError, RuntimeError):
+    """A store's extraction has not finished."""
+
+
+class StoreMismatchError(LitcacheError, ValueError):
+    """A store was made from a different recipe, teacher, data or options."""
+
+
+class StoreLockedError(LitcacheError, RuntimeError):
+    """Another live process is extracting into the store."""
+
+
+class CorruptStoreError(LitcacheError, RuntimeError):
+    """Stored data does not match its recorded checksums."""
+
+
+class NonFiniteOutputError(LitcacheError, ArithmeticError):
+    """The teacher produced NaN or Inf."""
+
+
+class DiskSpaceError(LitcacheError, OSError):
+    """Not enough free disk for the store."""
+
+
+class OptionError(LitcacheError, ValueError):
+    """An option is out of range or inconsistent with another."""

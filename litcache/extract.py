@@ -1,0 +1,450 @@
+"""`litcache extract`: run the teacher once, stream its section boundaries into a store.
+
+Pipeline: DataLoader (views made from per-row seeds) -> teacher, section by section, in
+inference mode -> cast to the storage dtype -> one buffer per shard -> a background writer
+thread that compresses, writes the whole shard and commits its ledger entry. The teacher's
+compute overlaps compression and I/O; memory holds at most a few shards.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .data import ViewRows, data_fingerprint, resolve_device
+from .errors import (
+    DiskSpaceError,
+    IncompleteStoreError,
+    NonFiniteOutputError,
+    NotAStoreError,
+    OptionError,
+    StoreFormatError,
+    StoreMismatchError,
+)
+from .recipe import Recipe
+from .sections import check_split, split_model
+from .store import CODECS, DTYPES, FORMAT, FORMAT_VERSION, ArraySpec, StoreWriter, read_manifest, shard_ranges, store_lock, to_storage
+from .teacher import load_teacher
+
+__all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
+
+#: Auto shard size: as many whole chunks as fit in this many raw bytes.
+SHARD_TARGET_BYTES = 64 * 2**20
+#: Rough compressed/raw ratio used only to estimate the store size before extracting.
+_ESTIMATED_RATIO = {"zstd": 0.45, "lz4": 0.55, "none": 1.0}
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    split: str = "train"
+    views: int = 1
+    limit: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    dtype: str = "float16"
+    codec: str = "zstd"
+    chunk_rows: int = 256
+    shard_rows: int | None = None  # None: whole chunks up to SHARD_TARGET_BYTES
+    seed: int = 0
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("views", "batch_size", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"Expected {_flag(name)} >= 1, got {getattr(self, name)} instead.")
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"Expected --limit >= 1 (or no limit), got {self.limit} instead.")
+        if self.shard_rows is not None and (self.shard_rows < 1 or self.shard_rows % self.chunk_rows):
+            raise OptionError(
+                f"Expected --shard-rows to be a positive multiple of --chunk-rows ({self.chunk_rows}), "
+                f"got {self.shard_rows} instead."
+            )
+        if self.dtype not in DTYPES:
+            raise OptionError(f"Expected --dtype in {sorted(DTYPES)}, got {self.dtype!r} instead.")
+        if self.codec not in CODECS:
+            raise OptionError(f"Expected --codec in {list(CODECS)}, got {self.codec!r} instead.")
+        if self.loader_workers < 0:
+            raise OptionError(f"Expected --loader-workers >= 0, got {self.loader_workers} instead.")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class ExtractResult:
+    path: str
+    status: str  # "created", "resumed" or "unchanged"
+    rows: int
+    rows_written: int
+    seconds: float
+    teacher_seconds: float
+    bytes_raw: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Plan:
+    """Everything decided before a single row is extracted."""
+
+    recipe: Recipe
+    options: ExtractOptions
+    teacher: torch.nn.Module
+    split: torch.nn.Module
+    checkpoint: str
+    rows_dataset: ViewRows
+    specs: list[ArraySpec]
+    identity: dict
+    shard_rows: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.rows_dataset)
+
+    @property
+    def bytes_per_row(self) -> int:
+        return sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in self.specs)
+
+
+def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint: str | Path | None = None) -> _Plan:
+    """Load teacher and data, check the split, and work out shapes and identity."""
+    recipe.check_split_name(options.split)
+    teacher, teacher_hash, checkpoint = load_teacher(recipe, teacher_checkpoint)
+    dataset = recipe.load_split(options.split)
+    if len(dataset) == 0:
+        raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} is empty; nothing to extract.")
+    samples = min(len(dataset), options.limit) if options.limit else len(dataset)
+    augment = recipe.augmentation_for(options.split)
+    rows = ViewRows(dataset, samples, options.views, options.seed, augment)
+
+    split = split_model(teacher, recipe)
+    probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
+    check_split(teacher, split, probe)
+    with torch.inference_mode():
+        outs, logits = split.boundaries(probe[:1])
+
+    dtype = options.dtype
+    specs = [ArraySpec(f"boundaries/{i}", tuple(t.shape[1:]), dtype) for i, t in enumerate(outs)]
+    # Logits stay float32: they are small, and the KD loss divides them by a temperature.
+    specs += [
+        ArraySpec("logits", tuple(logits.shape[1:]), "float32"),
+        ArraySpec("labels", (), "int64"),
+        ArraySpec("source_index", (), "int64"),
+        ArraySpec("view", (), "int32"),
+    ]
+    if rows.num_params:
+        specs.append(ArraySpec("view_params", (rows.num_params,), "float32"))
+
+    bytes_per_row = sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
+    if options.shard_rows is not None:
+        shard_rows = options.shard_rows
+    else:
+        chunks_per_shard = max(1, SHARD_TARGET_BYTES // (bytes_per_row * options.chunk_rows))
+        chunks_needed = -(-len(rows) // options.chunk_rows)
+        shard_rows = options.chunk_rows * min(chunks_per_shard, chunks_needed)
+
+    identity = {
+        "recipe": recipe.name,
+        "recipe_hash": recipe.source_hash,
+        "teacher_hash": teacher_hash,
+        "data_fingerprint": data_fingerprint(dataset, samples),
+        "split": options.split,
+        "samples": samples,
+        "views": options.views,
+        "seed": options.seed,
+        "transforms": augment.describe() if augment is not None else None,
+        "dtype": dtype,
+        "codec": options.codec,
+        "chunk_rows": options.chunk_rows,
+        "shard_rows": shard_rows,
+    }
+    return _Plan(recipe, options, teacher, split, checkpoint, rows, specs, identity, shard_rows)
+
+
+def _identity_diff(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: store has {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _decide(out: Path, identity: dict, resume: bool, overwrite: bool) -> str:
+    """What to do with ``out``: "create", "resume" or "unchanged"; refuses what would lose data."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "create"
+    try:
+        manifest = read_manifest(out)
+    except StoreFormatError:
+        if overwrite:
+            return "create"
+        raise
+    except NotAStoreError:
+        # Never delete something litcache did not make, even with --overwrite.
+        raise NotAStoreError(
+            f"Output path {str(out)!r} exists and is not a litcache store; refusing to write into it. "
+            "Choose another --out, or remove it yourself if it is yours to delete."
+        ) from None
+    if overwrite:
+        return "create"
+    diff = _identity_diff(manifest.get("identity", {}), identity)
+    if diff:
+        raise StoreMismatchError(
+            f"Store {str(out)!r} was extracted from something else ({'; '.join(diff)}). "
+            "Pass --overwrite to replace it, or choose another --out."
+        )
+    if manifest.get("complete"):
+        return "unchanged"
+    if not resume:
+        raise IncompleteStoreError(
+            f"Store {str(out)!r} holds an unfinished extraction with these same options. "
+            "Pass --resume to finish it, or --overwrite to start again."
+        )
+    return "resume"
+
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class _ShardWriter(threading.Thread):
+    """Writes queued shards in the background; the first error stops it and is re-raised by the caller."""
+
+    def __init__(self, writer: StoreWriter, depth: int = 2) -> None:
+        super().__init__(name="litcache-shard-writer", daemon=True)
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.bytes_written = 0
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain without writing after a failure
+            index, start, data = item
+            try:
+                self.writer.write_shard(index, start, data)
+                self.bytes_written += sum(a.nbytes for a in data.values())
+            except BaseException as exc:  # re-raised in the main thread
+                self.error = exc
+
+    def put(self, item) -> None:
+        while True:
+            self.raise_if_failed()
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def raise_if_failed(self) -> None:
+        if self.error is None:
+            return
+        exc = self.error
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            done = len(self.writer.committed())
+            raise DiskSpaceError(
+                f"Disk full while writing store {str(self.writer.path)!r}. The {done} shards committed so far are kept; "
+                "free some space and run the same command with --resume."
+            ) from exc
+        raise exc
+
+
+def _check_finite(name: str, stored: torch.Tensor, row0: int, rows_dataset: ViewRows, dtype: str) -> None:
+    bad = ~torch.isfinite(stored.float()).flatten(1).all(1) if stored.dim() > 1 else ~torch.isfinite(stored.float())
+    if bad.any():
+        rows = (bad.nonzero().flatten() + row0).tolist()
+        where = ", ".join(f"row {r} (sample {rows_dataset.locate(r)[0]}, view {rows_dataset.locate(r)[1]})" for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        hint = (f" The values may exceed the {dtype} range; try --dtype bfloat16 or float32."
+                if dtype == "float16" else "")
+        raise NonFiniteOutputError(
+            f"The teacher's {name} holds NaN or Inf at {where}{more}. Nothing from this shard was written.{hint}"
+        )
+
+
+def extract(
+    recipe: Recipe,
+    out: str | Path,
+    options: ExtractOptions = ExtractOptions(),
+    *,
+    teacher_checkpoint: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExtractResult:
+    """Extract the recipe's teacher boundaries for ``options.split`` into the store at ``out``."""
+    out = Path(out)
+    t_start = time.perf_counter()
+    plan = plan_extraction(recipe, options, teacher_checkpoint)
+    action = _decide(out, plan.identity, resume, overwrite)
+    if action == "unchanged":
+        log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
+        return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
+
+    device = resolve_device(options.device)
+    with store_lock(out):
+        if action == "create":
+            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec)
+        else:
+            writer = StoreWriter.reopen(out)
+        ranges = shard_ranges(plan.rows, plan.shard_rows)
+        committed = writer.committed()
+        pending = [i for i in range(len(ranges)) if i not in committed]
+        pending_rows = sum(ranges[i][1] - ranges[i][0] for i in pending)
+
+        estimate = pending_rows * plan.bytes_per_row * _ESTIMATED_RATIO[options.codec]
+        free = _free_bytes(out)
+        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
+        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(pending)}/{len(ranges)} shards), "
+            f"boundaries {shapes}, {_human(plan.bytes_per_row)}/row, est. store {_human(estimate)} "
+            f"({options.dtype}+{options.codec}), free disk {_human(free)}, device {device}")
+        if estimate > free:
+            raise DiskSpaceError(
+                f"The store needs about {_human(estimate)} but only {_human(free)} is free at {str(out)!r}. "
+                "Free some space, or reduce --limit/--views, or use a smaller --dtype."
+            )
+        if action == "resume":
+            log(f"resuming: {len(committed)} shards already committed")
+
+        teacher_seconds, rows_done = _run(plan, writer, ranges, pending, device, progress)
+        manifest = writer.finalize({"completed": _now(), "timing": {
+            "seconds": round(time.perf_counter() - t_start, 3), "teacher_seconds": round(teacher_seconds, 3)}})
+    seconds = time.perf_counter() - t_start
+    log(f"{out}: complete, {manifest['layout']['rows']} rows in {len(manifest['shards'])} shards "
+        f"({rows_done} extracted in {seconds:.1f} s, {rows_done / max(seconds, 1e-9):.0f} rows/s)")
+    return ExtractResult(str(out), "created" if action == "create" else "resumed", plan.rows, rows_done, seconds,
+                         teacher_seconds, rows_done * plan.bytes_per_row)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _initial_manifest(plan: _Plan) -> dict:
+    import numcodecs
+    import zarr
+
+    o = plan.options
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "identity": plan.identity,
+        "layout": {
+            "rows": plan.rows,
+            "samples": plan.rows_dataset.samples,
+            "views": o.views,
+            "chunk_rows": o.chunk_rows,
+            "shard_rows": plan.shard_rows,
+            "num_shards": len(shard_ranges(plan.rows, plan.shard_rows)),
+            "row_order": "view-major: row = view * samples + sample",
+        },
+        "boundaries": [s.name for s in plan.specs if s.name.startswith("boundaries/")],
+        "view_param_names": list(plan.rows_dataset.augment.param_names) if plan.rows_dataset.augment else [],
+        "recipe": {"name": plan.recipe.name, "source": plan.recipe.source, "hash": plan.recipe.source_hash,
+                   "num_classes": plan.recipe.num_classes},
+        "teacher": {"checkpoint": plan.checkpoint, "weights_hash": plan.identity["teacher_hash"]},
+        "options": asdict(o),
+        "versions": {"litcache": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+                     "numcodecs": numcodecs.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
+        "created": _now(),
+    }
+
+
+def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pending: list[int],
+         device: torch.device, progress: bool) -> tuple[float, int]:
+    """Extract the pending shards; returns (seconds spent in the teacher, rows extracted)."""
+    from tqdm import tqdm
+
+    o = plan.options
+    teacher = plan.split.to(device).eval()
+    # Batches never straddle shards, so a resumed run sees exactly the batches of an uninterrupted one.
+    batches = [list(range(b, min(b + o.batch_size, stop))) for i in pending for start, stop in [ranges[i]]
+               for b in range(start, stop, o.batch_size)]
+    loader = DataLoader(plan.rows_dataset, batch_sampler=batches, num_workers=o.loader_workers,
+                        pin_memory=device.type == "cuda")
+    names = [s.name for s in plan.specs]
+    shapes = {s.name: s.row_shape for s in plan.specs}
+    storage = {s.name: s.storage_dtype for s in plan.specs}
+
+    background = _ShardWriter(writer)
+    background.start()
+    total_rows = sum(ranges[i][1] - ranges[i][0] for i in pending)
+    bar = tqdm(total=total_rows, unit="row", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    teacher_seconds, rows_done, t0 = 0.0, 0, time.perf_counter()
+    shard_iter = iter(pending)
+    shard = buffers = None
+    try:
+        for x, y, index, view, params in loader:
+            if shard is None:
+                shard = next(shard_iter)
+                start, stop = ranges[shard]
+                buffers = {n: np.empty((stop - start, *shapes[n]), dtype=storage[n]) for n in names}
+                filled = 0
+            t = time.perf_counter()
+            with torch.inference_mode():
+                outs, logits = teacher.boundaries(x.to(device, non_blocking=True))
+                stored = [to_storage(z, o.dtype) for z in outs] + [to_storage(logits, "float32")]
+            teacher_seconds += time.perf_counter() - t
+            row0 = start + filled
+            n = len(y)
+            for i, z in enumerate(outs):
+                _check_finite(f"boundary {i}", z, row0, plan.rows_dataset, o.dtype)
+                # A finite float32 value can still overflow float16 when stored.
+                _check_finite(f"boundary {i} (as {o.dtype})", torch.from_numpy(stored[i]).view(torch.bfloat16)
+                              if o.dtype == "bfloat16" else torch.from_numpy(stored[i]), row0, plan.rows_dataset, o.dtype)
+            _check_finite("logits", logits, row0, plan.rows_dataset, o.dtype)
+            for i in range(len(outs)):
+                buffers[f"boundaries/{i}"][filled:filled + n] = stored[i]
+            buffers["logits"][filled:filled + n] = stored[-1]
+            buffers["labels"][filled:filled + n] = y.numpy()
+            buffers["source_index"][filled:filled + n] = index.numpy()
+            buffers["view"][filled:filled + n] = view.numpy()
+            if "view_params" in buffers:
+                buffers["view_params"][filled:filled + n] = params.numpy()
+            filled += n
+            rows_done += n
+            if filled == stop - start:
+                background.put((shard, start, buffers))
+                shard = buffers = None
+            bar.update(n)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix_str(f"{rows_done * plan.bytes_per_row / max(elapsed, 1e-9) / 1e6:.1f} MB/s raw", refresh=False)
+        background.put(None)
+        background.join()
+        background.raise_if_failed()
+    finally:
+        bar.close()
+        if background.is_alive():
+            background.queue.put(None)  # on an error, let shards already queued (all whole and finite) commit
+            background.join()
+    return teacher_seconds, rows_done

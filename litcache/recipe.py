@@ -1,0 +1,157 @@
+"""Recipes: what to distil, described as one frozen object in a plain Python file.
+
+A recipe file in ``pipelines/`` (or any ``module:attr``) defines ``recipe = Recipe(...)``.
+Recipes are Python that the user chose to run; litcache imports them as such.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
+
+import torch.nn as nn
+import xxhash
+from torch.utils.data import Dataset
+
+from .errors import RecipeError
+from .views import Augmentation
+
+__all__ = ["Recipe", "TrainConfig", "ModuleRef", "load_recipe"]
+
+#: Where a piece of the split lives in a model: a dotted module name, several names run in
+#: order, or a callable that takes the model and returns a module.
+ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum and a step schedule, as in the LIT paper's released code."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"Expected TrainConfig.{name} >= 1, got {getattr(self, name)} instead.")
+        if self.lr <= 0:
+            raise RecipeError(f"Expected TrainConfig.lr > 0, got {self.lr} instead.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything litcache needs to know about one teacher/student family and its data."""
+
+    name: str
+    build_teacher: Callable[[], nn.Module]
+    #: Student variants by name; each builds a model of the teacher's family.
+    students: Mapping[str, Callable[[], nn.Module]]
+    stem: ModuleRef
+    sections: tuple[ModuleRef, ...]
+    head: ModuleRef
+    #: Returns the dataset of one split; items are (input tensor (C, H, W), int label).
+    load_split: Callable[[str], Dataset]
+    num_classes: int
+    splits: tuple[str, ...] = ("train", "test")
+    #: Per-view augmentation, applied to the splits in ``augment_splits`` only.
+    augment: Augmentation | None = None
+    augment_splits: tuple[str, ...] = ("train",)
+    #: Default teacher checkpoint (relative paths are relative to the working directory).
+    teacher_checkpoint: str | None = None
+    teacher_training: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+    #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
+    source: str = ""
+    source_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise RecipeError(f"Expected Recipe.name to be a non-empty string, got {self.name!r} instead.")
+        if not callable(self.build_teacher):
+            raise RecipeError("Expected Recipe.build_teacher to be a callable that returns the teacher model.")
+        if not isinstance(self.students, Mapping) or not self.students:
+            raise RecipeError("Expected Recipe.students to map at least one variant name to a builder.")
+        for student_name, builder in self.students.items():
+            if not callable(builder):
+                raise RecipeError(f"Expected Recipe.students[{student_name!r}] to be callable, got {builder!r}.")
+        if not isinstance(self.sections, tuple) or not self.sections:
+            raise RecipeError("Expected Recipe.sections to be a non-empty tuple of module references.")
+        if not callable(self.load_split):
+            raise RecipeError("Expected Recipe.load_split to be a callable taking a split name.")
+        if self.num_classes < 1:
+            raise RecipeError(f"Expected Recipe.num_classes >= 1, got {self.num_classes} instead.")
+        if self.augment is not None and not isinstance(self.augment, Augmentation):
+            raise RecipeError(
+                "Expected Recipe.augment to provide param_names, sample(), apply() and describe() "
+                f"(see litcache.views.CropFlip), got {type(self.augment).__name__} instead."
+            )
+        for split in self.augment_splits:
+            if split not in self.splits:
+                raise RecipeError(f"Recipe.augment_splits names {split!r}, which is not one of the splits {list(self.splits)}.")
+
+    def check_split_name(self, split: str) -> None:
+        if split not in self.splits:
+            raise RecipeError(f"Expected a split of recipe {self.name!r} ({', '.join(self.splits)}), got {split!r} instead.")
+
+    def augmentation_for(self, split: str) -> Augmentation | None:
+        return self.augment if split in self.augment_splits else None
+
+    def student_builder(self, name: str) -> Callable[[], nn.Module]:
+        if name not in self.students:
+            raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}), got {name!r} instead.")
+        return self.students[name]
+
+
+def _hash_file(path: Path) -> str:
+    return xxhash.xxh3_64_hexdigest(path.read_bytes())
+
+
+def load_recipe(ref: str | Path) -> Recipe:
+    """Load a recipe from a ``.py`` file (its ``recipe`` attribute) or from ``module:attr``."""
+    ref = str(ref)
+    if ref.endswith(".py") or Path(ref).is_file():
+        path = Path(ref)
+        if not path.is_file():
+            raise RecipeError(f"Expected a recipe file, but {ref!r} does not exist. Give a path such as pipelines/mnist_resnet.py.")
+        module_name = f"litcache_recipe_{xxhash.xxh3_64_hexdigest(str(path.resolve()).encode())}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling need the module registered
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # a recipe is user code: report any failure as a recipe error
+            sys.modules.pop(module_name, None)
+            raise RecipeError(f"Recipe file {ref!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        attr, source_file = "recipe", path
+    elif ":" in ref:
+        module_path, attr = ref.split(":", 1)
+        try:
+            module = importlib.import_module(module_path)
+        except Exception as exc:
+            raise RecipeError(f"Recipe module {module_path!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        source_file = Path(module.__file__) if getattr(module, "__file__", None) else None
+    else:
+        raise RecipeError(f"Expected a recipe as a .py file or module:attr, got {ref!r} instead.")
+
+    recipe = getattr(module, attr, None)
+    if not isinstance(recipe, Recipe):
+        found = "nothing" if recipe is None else type(recipe).__name__
+        raise RecipeError(f"Expected {ref!r} to define {attr} = litcache.Recipe(...), found {found} instead.")
+    source_hash = _hash_file(source_file) if source_file else xxhash.xxh3_64_hexdigest(ref.encode())
+    # Recipes are frozen; record provenance on a copy without mutating the user's object.
+    return _with_source(recipe, ref, source_hash)
+
+
+def _with_source(recipe: Recipe, source: str, source_hash: str) -> Recipe:
+    from dataclasses import replace
+
+    return replace(recipe, source=source, source_hash=source_hash)

@@ -1,0 +1,374 @@
+"""The store: a versioned Zarr v3 group of teacher activations, its manifest, ledger and lock.
+
+Layout (rows are samples x views, view-major: row = view * samples + sample)::
+
+    STORE/zarr.json            root group; attributes["litcache"] is the manifest
+    STORE/boundaries/0         (rows, C, H, W) stem output
+    STORE/boundaries/1..S      (rows, ...) output of each section
+    STORE/logits               (rows, classes)
+    STORE/labels               (rows,) int64
+    STORE/source_index         (rows,) int64   index of the sample in its split
+    STORE/view                 (rows,) int32   view id, 0..views-1
+    STORE/view_params          (rows, P) float32, only when the split is augmented
+    STORE/ledger/shard-*.json  one file per committed shard, with its checksums
+    STORE/.lock                present while an extraction runs (host, pid)
+
+Every array is chunked along rows only and sharded in shards of whole chunks; writers only
+ever write whole shards. The manifest is written first with ``complete: false`` and rewritten
+last with ``complete: true`` and the checksum of every shard (xxh3_64 of the stored bytes of
+each array's rows in that shard, in storage dtype and C order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import xxhash
+import zarr
+import zarr.codecs
+
+from .errors import (
+    CorruptStoreError,
+    IncompleteStoreError,
+    NotAStoreError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreNotFoundError,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DTYPES",
+    "CODECS",
+    "Store",
+    "StoreWriter",
+    "open_store",
+    "read_manifest",
+    "store_lock",
+    "to_storage",
+    "from_storage",
+    "checksum",
+]
+
+FORMAT = "litcache-store"
+FORMAT_VERSION = 1
+MANIFEST_ATTR = "litcache"
+LEDGER_DIR = "ledger"
+LOCK_FILE = ".lock"
+
+#: Logical dtype of stored activations -> numpy storage dtype (zarr 3.1 has no bfloat16: store its bits).
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CODECS = ("zstd", "lz4", "none")
+
+
+def codec_pipeline(codec: str) -> list:
+    """Compressors for ``codec``. Measured on ResNet activations in float16: plain Zstd(1) is as
+    small as Blosc-zstd with byte shuffle and faster; Blosc-lz4 with byte shuffle decodes fastest."""
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=1)]
+    if codec == "lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    if codec == "none":
+        return []
+    raise ValueError(f"Expected a codec in {CODECS}, got {codec!r} instead.")
+
+
+def to_storage(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    """Cast activations to the storage representation (casting in torch is faster than numpy)."""
+    t = tensor.detach().to("cpu", _TORCH_DTYPES[dtype]).contiguous()
+    if dtype == "bfloat16":
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
+    """Inverse of ``to_storage``: a tensor of the logical dtype."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def checksum(array: np.ndarray) -> str:
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).tobytes())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the store at ``path``; refuses non-stores and unknown format versions."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreNotFoundError(f"Expected a litcache store at {str(path)!r}, but nothing is there. Create one with `litcache extract`.")
+    meta = path / "zarr.json"
+    if not path.is_dir() or not meta.is_file():
+        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a {'directory' if path.is_dir() else 'file'} with no Zarr group in it.")
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotAStoreError(f"Expected {str(meta)!r} to be Zarr group metadata, but it does not parse: {exc}.") from None
+    manifest = attrs.get(MANIFEST_ATTR)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a Zarr group without a litcache manifest.")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"Store {str(path)!r} has format version {version!r}; this litcache reads version {FORMAT_VERSION} only. "
+            "Use the litcache release that wrote it, or extract the store again."
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    row_shape: tuple[int, ...]
+    dtype: str  # logical dtype; storage dtype follows from it
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return np.dtype(DTYPES.get(self.dtype, self.dtype))
+
+
+class Store:
+    """Read access to a complete (or, for inspection, incomplete) store."""
+
+    def __init__(self, path: str | Path, manifest: dict) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._group: zarr.Group | None = None  # opened lazily: DataLoader workers open their own
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(str(self.path), mode="r")
+        return self._group
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "manifest": self.manifest, "_group": None}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["layout"]["rows"]
+
+    @property
+    def boundary_names(self) -> list[str]:
+        return list(self.manifest["boundaries"])
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        layout = self.manifest["layout"]
+        return shard_ranges(layout["rows"], layout["shard_rows"])
+
+    def array(self, name: str) -> zarr.Array:
+        return self.group[name]
+
+    def read(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of array ``name`` as a tensor of its logical dtype."""
+        data = self.array(name)[start:stop]
+        return from_storage(data, self.manifest["arrays"][name]["dtype"])
+
+    def committed(self) -> dict[int, dict]:
+        """Ledger entries by shard index."""
+        return read_ledger(self.path)
+
+
+def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
+
+
+def read_ledger(path: Path) -> dict[int, dict]:
+    entries = {}
+    ledger = Path(path) / LEDGER_DIR
+    if ledger.is_dir():
+        for file in sorted(ledger.glob("shard-*.json")):
+            entry = json.loads(file.read_text())
+            entries[entry["index"]] = entry
+    return entries
+
+
+def open_store(path: str | Path, require_complete: bool = True) -> Store:
+    """Open a store for reading; an incomplete store is refused with how to resume it."""
+    manifest = read_manifest(path)
+    store = Store(path, manifest)
+    if require_complete and not store.complete:
+        done = len(store.committed())
+        raise IncompleteStoreError(
+            f"Store {str(path)!r} is incomplete ({done} of {len(store.shards)} shards committed): its extraction did not finish. "
+            f"Finish it with `litcache extract RECIPE --out {path} --resume` and the same options."
+        )
+    return store
+
+
+class StoreWriter:
+    """Creates a store's arrays, commits whole shards with ledger entries, then the manifest."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self._arrays = {name: self.group[name] for name in manifest["arrays"]}
+
+    @classmethod
+    def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str) -> "StoreWriter":
+        path = Path(path)
+        layout = manifest["layout"]
+        rows, chunk_rows, shard_rows = layout["rows"], layout["chunk_rows"], layout["shard_rows"]
+        _clear_store_dir(path)
+        group = zarr.open_group(str(path), mode="a")
+        arrays = {}
+        for spec in specs:
+            group.create_array(
+                spec.name,
+                shape=(rows, *spec.row_shape),
+                chunks=(chunk_rows, *spec.row_shape),
+                shards=(shard_rows, *spec.row_shape),
+                dtype=spec.storage_dtype,
+                compressors=codec_pipeline(codec),
+                fill_value=0,
+            )
+            arrays[spec.name] = {
+                "shape": [rows, *spec.row_shape],
+                "dtype": spec.dtype,
+                "storage_dtype": spec.storage_dtype.name,
+                "codec": codec,
+            }
+        manifest = {**manifest, "arrays": arrays, "complete": False}
+        (path / LEDGER_DIR).mkdir(exist_ok=True)
+        group.attrs[MANIFEST_ATTR] = manifest
+        return cls(path, manifest)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> "StoreWriter":
+        return cls(Path(path), read_manifest(path))
+
+    def committed(self) -> dict[int, dict]:
+        return read_ledger(self.path)
+
+    def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
+        """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""
+        rows = next(iter(data.values())).shape[0]
+        for name, array in self._arrays.items():
+            array[start : start + rows] = data[name]
+        entry = {
+            "index": index,
+            "rows": [start, start + rows],
+            "xxh3_64": {name: checksum(data[name]) for name in self._arrays},
+            "committed": time.time(),
+        }
+        _write_atomic(self.path / LEDGER_DIR / f"shard-{index:06d}.json", json.dumps(entry).encode())
+        return entry
+
+    def finalize(self, extra: dict | None = None) -> dict:
+        """Record every shard's checksums and mark the store complete (the last write)."""
+        ledger = self.committed()
+        expected = shard_ranges(self.manifest["layout"]["rows"], self.manifest["layout"]["shard_rows"])
+        missing = [i for i in range(len(expected)) if i not in ledger]
+        if missing:
+            raise IncompleteStoreError(f"Cannot finalize store {str(self.path)!r}: shards {missing[:10]} are not committed.")
+        shards = [{"index": i, "rows": ledger[i]["rows"], "xxh3_64": ledger[i]["xxh3_64"]} for i in range(len(expected))]
+        manifest = {**self.manifest, **(extra or {}), "shards": shards, "complete": True}
+        self.group.attrs[MANIFEST_ATTR] = manifest
+        self.manifest = manifest
+        return manifest
+
+
+def _clear_store_dir(path: Path) -> None:
+    """Empty a store directory except its lock (zarr's mode "w" would delete the lock too)."""
+    import shutil
+
+    path.mkdir(parents=True, exist_ok=True)
+    for child in path.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def verify_checksums(store: Store) -> list[str]:
+    """Recompute every shard's checksum; one message per array and shard that differs."""
+    problems = []
+    for shard in store.manifest.get("shards", []):
+        start, stop = shard["rows"]
+        for name, expected in shard["xxh3_64"].items():
+            try:
+                got = checksum(store.array(name)[start:stop])
+            except Exception as exc:  # a corrupt chunk can fail to decode at all
+                problems.append(f"array {name!r} shard {shard['index']} (rows {start}-{stop}): unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if got != expected:
+                problems.append(f"array {name!r} shard {shard['index']} (rows {start}-{stop}): checksum {got} != recorded {expected}")
+    return problems
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def store_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive lock on a store directory; a lock whose process is gone (same host) is taken over."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+                lock.unlink(missing_ok=True)  # its owner died without cleaning up
+                continue
+            raise StoreLockedError(
+                f"Store {str(path)!r} is locked by process {owner.get('pid', '?')} on host {owner.get('host', '?')}: "
+                f"another extraction is writing it. Wait for it to finish; if that process is gone, delete {str(lock)!r}."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def store_sizes(store: Store) -> dict[str, int]:
+    """Bytes on disk per array."""
+    sizes = {}
+    for name in store.manifest["arrays"]:
+        directory = store.path / name
+        sizes[name] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    return sizes
