@@ -18,6 +18,7 @@ from .errors import LitcacheError
 from .extract import ExtractOptions, extract
 from .recipe import load_recipe
 from .store import CODECS, DTYPES
+from .train import MODES
 
 
 def _friendly_errors(fn):
@@ -59,9 +60,10 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the training saved in --out.")
+@click.option("--student", help="Train this student variant from scratch instead (the baseline LIT is compared with).")
 @click.option("-q", "--quiet", is_flag=True)
 @_friendly_errors
-def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume, quiet):
+def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume, student, quiet):
     """Train RECIPE's teacher with cross-entropy and the recipe's augmentation.
 
     Example: litcache train-teacher pipelines/mnist_resnet.py --out runs/mnist/teacher.pt
@@ -69,11 +71,13 @@ def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume,
     from .teacher import train_teacher
 
     r = load_recipe(recipe)
+    if student:
+        r.student_builder(student)
     overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
     result = train_teacher(r, out, config=replace(r.teacher_training, **overrides), seed=seed, resume=resume,
-                           device=device, log=_logger(quiet))
+                           device=device, student=student, log=_logger(quiet))
     last = result["history"][-1] if result["history"] else {}
-    click.echo(f"teacher checkpoint {out}: test accuracy {last.get('test_accuracy', float('nan')):.4f}, "
+    click.echo(f"{'student ' + student if student else 'teacher'} checkpoint {out}: test accuracy {last.get('test_accuracy', float('nan')):.4f}, "
                f"weights hash {result['weights_hash']}")
 
 
@@ -188,6 +192,104 @@ def verify_cmd(store, replay, recipe, teacher_checkpoint, seed, as_json):
     if not report.ok:
         raise click.ClickException(f"store {store} failed verification: "
                                    + (report.checksum_failures + report.replay_failures)[0])
+
+
+@main.command("train-blocks")
+@click.argument("recipe")
+@click.option("--store", "store_path", required=True, type=click.Path(), help="A complete store made by `litcache extract`.")
+@click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to train several.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; each student gets OUT/STUDENT/.")
+@click.option("--mode", type=click.Choice(MODES), default="lit", show_default=True)
+@click.option("--block", type=click.IntRange(min=1), help="--mode ir: train only section I.")
+@click.option("--init", type=click.Path(dir_okay=False), help="Start from this student checkpoint (required by finetune).")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--momentum", type=click.FloatRange(min=0))
+@click.option("--weight-decay", type=click.FloatRange(min=0))
+@click.option("--milestones", help="Comma-separated epochs where the lr is multiplied by gamma, e.g. 100,150.")
+@click.option("--alpha", type=click.FloatRange(0, 1), help="Weight of the hard-label term in KD.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), help="KD temperature.")
+@click.option("--beta", type=click.FloatRange(0, 1), help="Weight of KD against the IR losses (lit).")
+@click.option("--hint-boundary", type=click.IntRange(min=1), help="--mode hints: the boundary to regress (default: middle).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--buffer-chunks", type=click.IntRange(min=1), default=4, show_default=True, help="Chunks mixed in the shuffle buffer.")
+@click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="bfloat16 autocast for the student's compute.")
+@click.option("--no-verify", "no_verify", is_flag=True, help="Skip the store's checksum verification before training.")
+@click.option("--no-eval", "no_eval", is_flag=True, help="Skip the per-epoch test accuracy.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/STUDENT/last.pt.")
+@click.option("-q", "--quiet", is_flag=True)
+@_friendly_errors
+def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, milestones, no_verify, no_eval, **options):
+    """Train LIT students of RECIPE from a store; the teacher never runs.
+
+    Example: litcache train-blocks pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --out runs/mnist/lit
+    """
+    from .train import BlockTrainOptions, train_blocks
+
+    if milestones is not None:
+        try:
+            options["milestones"] = tuple(int(m) for m in milestones.split(",") if m.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {milestones!r}", param_hint="--milestones")
+    r = load_recipe(recipe)
+    results = train_blocks(r, store_path, students, out, BlockTrainOptions(**options, verify=not no_verify, evaluate=not no_eval),
+                           resume=resume, log=_logger(quiet))
+    for result in results:
+        last = result["history"][-1] if result["history"] else {}
+        acc = f", test accuracy {last['test_accuracy']:.4f}" if "test_accuracy" in last else ""
+        click.echo(f"{result['student']}: {result['checkpoint']}{acc}")
+
+
+@main.command("assemble")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@_friendly_errors
+def assemble_cmd(parts, out):
+    """Join sections trained separately (--mode ir --block I) into one student checkpoint.
+
+    Example: litcache assemble runs/b1/resnet8/student.pt runs/b2/resnet8/student.pt runs/b3/resnet8/student.pt --out student.pt
+    """
+    from .student import assemble
+
+    result = assemble(parts, out)
+    click.echo(f"assembled {out} from " + ", ".join(f"section {i}: {p}" for i, p in result["sections"].items()))
+
+
+@main.command("evaluate")
+@click.argument("recipe")
+@click.option("--student", type=click.Path(dir_okay=False), help="Student checkpoint to evaluate.")
+@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint to evaluate the same way.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly_errors
+def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
+    """Accuracy on RECIPE's real split, parameters, multiply-adds, depth, compression and CPU latency.
+
+    Example: litcache evaluate pipelines/mnist_resnet.py --student runs/mnist/lit/resnet8/student.pt --teacher runs/mnist/teacher.pt
+    """
+    from .evaluate import evaluate
+
+    if not student and not teacher:
+        raise click.UsageError("give --student CKPT, --teacher CKPT, or both")
+    report = evaluate(load_recipe(recipe), student, teacher, split=split, device=device, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for role in ("teacher", "student"):
+        if role in report:
+            m = report[role]
+            line = (f"{role:<8} top-1 {m['accuracy']:.4f} on {m['samples']} {split} samples  params {m['params']:,}  "
+                    f"MACs/sample {m['macs_per_sample'] / 1e6:.2f}M  depth {m['depth']}  "
+                    f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}")
+            if role == "student":
+                line += (f"  compression x{m['compression_by_depth']} depth, x{m['compression_by_params']} params, "
+                         f"x{m['compression_by_macs']} MACs")
+            click.echo(line)
 
 
 if __name__ == "__main__":

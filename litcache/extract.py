@@ -313,7 +313,8 @@ def extract(
     device = resolve_device(options.device)
     with store_lock(out):
         if action == "create":
-            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec)
+            modules = {"stem": plan.split.stem.state_dict(), "head": plan.split.head.state_dict()}
+            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)
         else:
             writer = StoreWriter.reopen(out)
         ranges = shard_ranges(plan.rows, plan.shard_rows)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from .errors import RecipeError
 from .views import Augmentation
 
-__all__ = ["Recipe", "TrainConfig", "ModuleRef", "load_recipe"]
+__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "load_recipe"]
 
 #: Where a piece of the split lives in a model: a dotted module name, several names run in
 #: order, or a callable that takes the model and returns a module.
@@ -48,6 +48,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """LIT's two phases and its loss weights (defaults: the released CIFAR ResNet code)."""
+
+    lit: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=175, batch_size=32, lr=0.1, milestones=(100,)))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=125, batch_size=32, lr=0.01, milestones=(55,)))
+    #: Weight of the hard-label term inside the KD loss.
+    alpha: float = 0.95
+    #: Softmax temperature of the KD loss.
+    tau: float = 6.0
+    #: Weight of KD against the summed IR losses in the LIT phase (0: IR only).
+    beta: float = 0.75
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RecipeError(f"Expected DistillConfig.{name} in [0, 1], got {getattr(self, name)} instead.")
+        if self.tau <= 0:
+            raise RecipeError(f"Expected DistillConfig.tau > 0, got {self.tau} instead.")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything litcache needs to know about one teacher/student family and its data."""
 
@@ -68,6 +89,7 @@ class Recipe:
     #: Default teacher checkpoint (relative paths are relative to the working directory).
     teacher_checkpoint: str | None = None
     teacher_training: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     description: str = ""
     #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
     source: str = ""

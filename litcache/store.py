@@ -10,6 +10,8 @@ Layout (rows are samples x views, view-major: row = view * samples + sample)::
     STORE/source_index         (rows,) int64   index of the sample in its split
     STORE/view                 (rows,) int32   view id, 0..views-1
     STORE/view_params          (rows, P) float32, only when the split is augmented
+    STORE/teacher/stem/<key>   the teacher's stem and head parameters and buffers, so students
+    STORE/teacher/head/<key>   get frozen copies of them without loading the teacher
     STORE/ledger/shard-*.json  one file per committed shard, with its checksums
     STORE/.lock                present while an extraction runs (host, pid)
 
@@ -193,6 +195,11 @@ class Store:
         """Ledger entries by shard index."""
         return read_ledger(self.path)
 
+    def module_state(self, part: str) -> dict[str, torch.Tensor]:
+        """The teacher's stored ``stem`` or ``head`` state dict."""
+        keys = self.manifest.get("teacher_modules", {}).get(part, {})
+        return {key: torch.from_numpy(np.array(self.group[f"teacher/{part}/{key}"][...])) for key in keys}
+
 
 def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
@@ -231,7 +238,8 @@ class StoreWriter:
         self._arrays = {name: self.group[name] for name in manifest["arrays"]}
 
     @classmethod
-    def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str) -> "StoreWriter":
+    def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str,
+               modules: dict[str, dict[str, torch.Tensor]] | None = None) -> "StoreWriter":
         path = Path(path)
         layout = manifest["layout"]
         rows, chunk_rows, shard_rows = layout["rows"], layout["chunk_rows"], layout["shard_rows"]
@@ -254,7 +262,14 @@ class StoreWriter:
                 "storage_dtype": spec.storage_dtype.name,
                 "codec": codec,
             }
-        manifest = {**manifest, "arrays": arrays, "complete": False}
+        teacher_modules = {}
+        for part, state in (modules or {}).items():
+            teacher_modules[part] = {}
+            for key, tensor in state.items():
+                value = tensor.detach().cpu().contiguous().numpy()
+                group.create_array(f"teacher/{part}/{key}", shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
+                teacher_modules[part][key] = {"shape": list(value.shape), "dtype": value.dtype.name, "xxh3_64": checksum(value)}
+        manifest = {**manifest, "arrays": arrays, "teacher_modules": teacher_modules, "complete": False}
         (path / LEDGER_DIR).mkdir(exist_ok=True)
         group.attrs[MANIFEST_ATTR] = manifest
         return cls(path, manifest)
@@ -311,6 +326,16 @@ def _clear_store_dir(path: Path) -> None:
 def verify_checksums(store: Store) -> list[str]:
     """Recompute every shard's checksum; one message per array and shard that differs."""
     problems = []
+    for part, params in store.manifest.get("teacher_modules", {}).items():
+        for key, meta in params.items():
+            name = f"teacher/{part}/{key}"
+            try:
+                got = checksum(np.asarray(store.array(name)[...]))
+            except Exception as exc:
+                problems.append(f"array {name!r}: unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if got != meta["xxh3_64"]:
+                problems.append(f"array {name!r}: checksum {got} != recorded {meta['xxh3_64']}")
     for shard in store.manifest.get("shards", []):
         start, stop = shard["rows"]
         for name, expected in shard["xxh3_64"].items():

@@ -18,7 +18,7 @@ from .data import resolve_device
 from .errors import CheckpointError
 from .recipe import Recipe, TrainConfig
 
-__all__ = ["weights_hash", "save_atomic", "load_checkpoint", "load_teacher", "train_teacher", "evaluate_accuracy"]
+__all__ = ["weights_hash", "save_atomic", "load_checkpoint", "load_teacher", "train_teacher"]
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -104,17 +104,6 @@ class _Augmented(Dataset):
         return x, int(y)
 
 
-@torch.inference_mode()
-def evaluate_accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        pred = model(x.to(device)).argmax(1).cpu()
-        correct += (pred == torch.as_tensor(y)).sum().item()
-        total += len(y)
-    return correct / max(total, 1)
-
-
 def train_teacher(
     recipe: Recipe,
     out: str | Path,
@@ -124,14 +113,21 @@ def train_teacher(
     resume: bool = False,
     device: str = "auto",
     eval_split: str = "test",
+    student: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train the recipe's teacher with cross-entropy; checkpoint atomically after every epoch."""
+    """Train the recipe's teacher with cross-entropy; checkpoint atomically after every epoch.
+
+    With ``student``, train that student variant the same way from scratch instead: the baseline
+    LIT is compared with. Its checkpoint is a student checkpoint (``litcache.load_student``).
+    """
+    from .evaluate import accuracy
+
     config = config or recipe.teacher_training
     dev = resolve_device(device)
     out = Path(out)
     torch.manual_seed(seed)
-    model = recipe.build_teacher().to(dev)
+    model = (recipe.student_builder(student) if student else recipe.build_teacher)().to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=False)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
@@ -140,7 +136,7 @@ def train_teacher(
         if not resume:
             raise CheckpointError(f"{str(out)!r} exists. Pass --resume to continue that training, or choose another --out.")
         state = load_checkpoint(out)
-        if state.get("recipe") != recipe.name or "optimizer" not in state:
+        if state.get("recipe") != recipe.name or "optimizer" not in state or state.get("student") != student:
             raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot resume from it.")
         _fit_state(model, state["state_dict"], f"Checkpoint {str(out)!r}")
         optimizer.load_state_dict(state["optimizer"])
@@ -167,19 +163,26 @@ def train_teacher(
             loss_sum += loss.item() * len(y)
         scheduler.step()
         elapsed = time.perf_counter() - t0
-        accuracy = evaluate_accuracy(model, test_set, dev)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "test_accuracy": accuracy, "seconds": elapsed})
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss_sum / seen:.4f}  test acc {accuracy:.4f}  "
+        test_accuracy = accuracy(model, test_set, dev)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "test_accuracy": test_accuracy, "seconds": elapsed})
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss_sum / seen:.4f}  test acc {test_accuracy:.4f}  "
             f"lr {optimizer.param_groups[0]['lr']:.4g}  {seen / elapsed:.0f} img/s")
-        model_cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+        if student:
+            from .student import save_student
+
+            save_student(out, model, recipe=recipe, student=student, mode="scratch",
+                         sections_trained=range(1, len(recipe.sections) + 1), store={}, config={**config_record, "seed": seed},
+                         history=history, epoch=epoch + 1, optimizer=optimizer.state_dict())
+            continue
         save_atomic({
-            "state_dict": model_cpu_state,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,
             "history": history,
             "recipe": recipe.name,
             "recipe_hash": recipe.source_hash,
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+            "config": config_record,
             "seed": seed,
         }, out)
     model.eval()

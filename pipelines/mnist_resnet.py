@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from litcache import CropFlip, Recipe, TrainConfig
+from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.zoo import cifar_resnet
 
 WIDTHS = (16, 32, 64)
@@ -58,4 +58,10 @@ recipe = Recipe(
     augment=CropFlip(padding=2, flip=False),  # digits must not be mirrored
     teacher_checkpoint="runs/mnist_resnet/teacher.pt",
     teacher_training=TrainConfig(epochs=6, batch_size=64, lr=0.05, milestones=(4,)),
+    # The paper's schedule shrunk to CPU size; alpha, tau and beta as in the released code.
+    distill=DistillConfig(
+        lit=TrainConfig(epochs=6, batch_size=64, lr=0.05, milestones=(4,)),
+        finetune=TrainConfig(epochs=3, batch_size=64, lr=0.005, milestones=(2,)),
+        alpha=0.95, tau=6.0, beta=0.75,
+    ),
 )

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from litcache import ExtractOptions, extract, load_recipe
+from litcache.teacher import save_atomic
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+RECIPES = TESTS / "recipes"
+TINY = str(RECIPES / "tiny.py")
+
+
+def quiet(_msg: str) -> None:
+    """A ``log`` for ``extract()`` that prints nothing."""
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe():
+    return load_recipe(TINY)
+
+
+@contextmanager
+def tiny_env(**env: str):
+    """Set LITCACHE_TINY_* variables (read by tests/recipes/tiny.py at import) for a block."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_tiny(samples: int):
+    """The tiny recipe with ``samples`` train samples (the recipe reads its size at import)."""
+    with tiny_env(LITCACHE_TINY_SAMPLES=str(samples)):
+        return load_recipe(TINY)
+
+
+def make_teacher_checkpoint(recipe, path: Path, seed: int = 0) -> Path:
+    """A seeded, untrained teacher with BatchNorm statistics warmed so outputs are non-trivial."""
+    torch.manual_seed(seed)
+    model = recipe.build_teacher()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 8, 8))
+    save_atomic({"state_dict": model.state_dict(), "recipe": recipe.name}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tiny_recipe, tmp_path_factory) -> Path:
+    return make_teacher_checkpoint(tiny_recipe, tmp_path_factory.mktemp("teacher") / "teacher.pt")
+
+
+@pytest.fixture(scope="session")
+def other_teacher_ckpt(tiny_recipe, tmp_path_factory) -> Path:
+    """The same architecture with other weights."""
+    return make_teacher_checkpoint(tiny_recipe, tmp_path_factory.mktemp("teacher2") / "teacher.pt", seed=1)
+
+
+#: Options of the ``tiny_store`` fixture.
+TINY_STORE_OPTIONS = ExtractOptions(views=2, dtype="float32", chunk_rows=8, shard_rows=16, batch_size=8)
+
+
+@pytest.fixture
+def tiny_store(tiny_recipe, teacher_ckpt, tmp_path) -> Path:
+    """A complete float32 store: 48 samples x 2 views, 8-row chunks, 16-row shards."""
+    out = tmp_path / "tiny.zarr"
+    extract(tiny_recipe, out, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
+    return out
+
+
+@pytest.fixture
+def tiny_store_f16(tiny_recipe, teacher_ckpt, tmp_path) -> Path:
+    """A complete float16 (zstd) store: 48 samples x 2 views, 8-row chunks, 16-row shards."""
+    out = tmp_path / "tiny16.zarr"
+    extract(tiny_recipe, out, ExtractOptions(views=2, dtype="float16", chunk_rows=8, shard_rows=16, batch_size=8),
+            teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
+    return out
+
+
+def run_cli(*args, env: dict | None = None):
+    """Invoke ``litcache.cli.main`` in-process; returns click's Result."""
+    from litcache.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def error_line(result) -> str:
+    """The ``Error: ...`` line of a CLI result (stdout and stderr together)."""
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert lines, f"no Error: line in output:\n{result.output}"
+    return lines[0]
+
+
+def assert_clean_error(result, starts: str, exit_code: int | None = None) -> str:
+    """Non-zero exit, an ``Error:`` line that starts with ``starts``, and no traceback."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    # A library error must reach the user as a ClickException, not an uncaught exception.
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    line = error_line(result)
+    assert line.startswith(f"Error: {starts}"), line
+    return line
+
+
+def write_variant(directory: Path, name: str, body: str) -> Path:
+    """A recipe file that builds on the tiny recipe: ``base`` is it, ``body`` must set ``recipe``."""
+    path = Path(directory) / f"{name}.py"
+    path.write_text(
+        "from dataclasses import replace\n"
+        "import torch\nimport torch.nn as nn\n"
+        "from litcache import load_recipe\n"
+        f"base = load_recipe({TINY!r})\n" + body + "\n"
+    )
+    return path
+
+
+def manifest_of(store: Path) -> dict:
+    return json.loads((Path(store) / "zarr.json").read_text())["attributes"]["litcache"]
+
+
+def shard_checksums(store: Path) -> list[dict]:
+    return [s["xxh3_64"] for s in manifest_of(store)["shards"]]
+
+
+def subprocess_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

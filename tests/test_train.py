@@ -1,0 +1,175 @@
+"""Stage 2: training students from a store (faithfulness, modes, blocks, resume, refusals)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from litcache import BlockTrainOptions, StoreDataset, assemble, load_student, open_store, train_blocks
+from litcache.cli import main
+from litcache.data import ViewRows
+from litcache.errors import CheckpointError, CorruptStoreError, OptionError, StoreMismatchError
+from litcache.recipe import load_recipe
+from litcache.sections import split_model
+from litcache.student import build_student
+from litcache.teacher import load_teacher
+from litcache.train import step_losses
+
+from conftest import RECIPES
+
+QUIET = {"log": lambda m: None}
+
+
+def _options(**kw) -> BlockTrainOptions:
+    base = dict(epochs=2, batch_size=16, lr=0.05, evaluate=False)
+    return BlockTrainOptions(**{**base, **kw})
+
+
+def _student_from_store(recipe, store, seed=0):
+    torch.manual_seed(seed)
+    _, split = build_student(recipe, "resnet8", store.module_state("stem"), store.module_state("head"))
+    return split
+
+
+def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckpt, tiny_store):
+    """The cache changes nothing but the cost: same losses and gradients as running the teacher online."""
+    store = open_store(tiny_store)
+    rows = list(range(40, 56))  # spans both views and two chunks
+    fields = [*store.boundary_names, "logits", "labels"]
+    cached = StoreDataset(store, fields).__getitems__(rows)
+
+    teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
+    teacher_split = split_model(teacher, tiny_recipe).eval()
+    ident = store.manifest["identity"]
+    views = ViewRows(tiny_recipe.load_split("train"), ident["samples"], ident["views"], ident["seed"], tiny_recipe.augment)
+    x = torch.stack([views[r][0] for r in rows])
+    with torch.no_grad():
+        outs, logits = teacher_split.boundaries(x)
+    online = {**{f"boundaries/{i}": t for i, t in enumerate(outs)}, "logits": logits,
+              "labels": torch.tensor([views[r][1] for r in rows])}
+
+    config = {"alpha": 0.95, "tau": 6.0, "beta": 0.75}
+    results = []
+    for batch in (cached, online):
+        student = _student_from_store(tiny_recipe, store).train()
+        loss, parts = step_losses(student, batch, "lit", config)
+        loss.backward()
+        results.append((parts, {n: p.grad.clone() for n, p in student.sections.named_parameters()}))
+    (parts_a, grads_a), (parts_b, grads_b) = results
+    assert torch.equal(cached["labels"], online["labels"])
+    for key in parts_a:
+        assert parts_a[key] == pytest.approx(parts_b[key], rel=1e-5, abs=1e-7), key
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["lit", "ir", "kd", "hints"])
+def test_each_mode_decreases_its_loss(tiny_recipe, tiny_store, tmp_path, mode):
+    epochs = 6 if mode == "hints" else 4
+    [result] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode=mode, epochs=epochs, lr=0.02), **QUIET)
+    history = result["history"]
+    key = "hint" if mode == "hints" else "loss"
+    first, last = history[0][key], history[(epochs // 2 - 1) if mode == "hints" else -1][key]
+    assert last < first, history
+    metrics = json.loads((tmp_path / "resnet8" / "metrics.json").read_text())
+    assert metrics["mode"] == mode and len(metrics["history"]) == epochs
+    model = load_student(result["checkpoint"])
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_finetune_continues_a_lit_student_and_needs_init(tiny_recipe, tiny_store, tmp_path):
+    with pytest.raises(OptionError, match="--init"):
+        _options(mode="finetune")
+    [lit] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "lit", _options(), **QUIET)
+    [ft] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
+                        _options(mode="finetune", epochs=6, lr=0.05, init=lit["checkpoint"]), **QUIET)
+    kd = [h["kd"] for h in ft["history"]]
+    assert sum(kd[-2:]) < sum(kd[:2]), kd
+    assert ft["config"]["lr"] == 0.05 and ft["config"]["mode"] == "finetune"
+
+
+def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
+    parts = []
+    for block in (1, 2, 3):
+        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _options(mode="ir", block=block), **QUIET)
+        parts.append(r["checkpoint"])
+    with pytest.raises(CheckpointError, match=r"sections \[3\]"):
+        assemble(parts[:2], tmp_path / "partial.pt")
+    assemble(parts, tmp_path / "student.pt")
+    model = load_student(tmp_path / "student.pt")
+    split = split_model(model, tiny_recipe)
+    for block, path in enumerate(parts, start=1):
+        donor = split_model(load_student(path), tiny_recipe)
+        for a, b in zip(split.sections[block - 1].parameters(), donor.sections[block - 1].parameters()):
+            assert torch.equal(a, b)
+    store = open_store(tiny_store)
+    # The assembled student carries the teacher's stem and head.
+    for key, value in store.module_state("head").items():
+        assert torch.equal(split.head.state_dict()[key], value)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_block_training_leaves_other_sections_untouched(tiny_recipe, tiny_store, tmp_path):
+    [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="ir", block=2), **QUIET)
+    torch.manual_seed(0)
+    fresh = split_model(tiny_recipe.students["resnet8"](), tiny_recipe)
+    trained = split_model(load_student(r["checkpoint"]), tiny_recipe)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.sections[0].parameters(), trained.sections[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.sections[1].parameters(), trained.sections[1].parameters()))
+
+
+def test_resume_continues_where_it_stopped(tiny_recipe, tiny_store, tmp_path):
+    [straight] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "a", _options(epochs=4), **QUIET)
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=2), **QUIET)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), **QUIET)
+    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), resume=True, **QUIET)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    a = load_student(straight["checkpoint"]).state_dict()
+    b = load_student(resumed["checkpoint"]).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_student_that_does_not_fit_the_store_is_refused(tiny_store, tmp_path):
+    recipe = load_recipe(RECIPES / "tiny_wide_student.py")
+    with pytest.raises(StoreMismatchError, match=r"section 3 maps \(8, 4, 4\) to \(16, 2, 2\), but the store's boundary 3 is \(8, 2, 2\)"):
+        train_blocks(recipe, tiny_store, ["wide"], tmp_path, _options(), **QUIET)
+    assert not (tmp_path / "wide").exists()
+
+
+def test_corrupt_store_is_refused_unless_verification_is_skipped(tiny_recipe, tiny_store, tmp_path):
+    shard = sorted((Path(tiny_store) / "boundaries" / "2").rglob("*"))
+    target = [p for p in shard if p.is_file() and p.name != "zarr.json"][0]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="boundaries/2"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(), **QUIET)
+
+
+def test_several_students_and_cli_end_to_end(tiny_store, teacher_ckpt, tmp_path):
+    runner = CliRunner()
+    tiny = str(RECIPES / "tiny.py")
+    result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "resnet8",
+                                  "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16", "-q"])
+    assert result.exit_code == 0, result.output
+    ckpt = tmp_path / "run" / "resnet8" / "student.pt"
+    assert ckpt.is_file()
+    result = runner.invoke(main, ["evaluate", tiny, "--student", str(ckpt), "--teacher", str(teacher_ckpt), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["student"]["depth"] == 8 and report["teacher"]["depth"] == 14
+    assert report["student"]["compression_by_depth"] == pytest.approx(14 / 8, rel=1e-3)
+    assert 0.0 <= report["student"]["accuracy"] <= 1.0 and report["student"]["samples"] == 16
+
+    result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "nope", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and result.output.startswith("Error: Expected a student of recipe 'tiny' (resnet8), got 'nope'")
+    result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "resnet8", "--out",
+                                  str(tmp_path / "y"), "--mode", "lit", "--block", "1"])
+    assert result.exit_code == 1 and "Error: --block trains one section alone" in result.output
+    assert "Traceback" not in result.output
