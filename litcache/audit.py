@@ -81,7 +81,7 @@ def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: 
             raise StoreMismatchError(f"Cannot replay: the store's {key} is {identity[key]!r} but the given one is {have!r}.")
     split = split_model(teacher, recipe).eval()
     dataset = recipe.load_split(identity["split"])
-    rows = ViewRows(dataset, identity["samples"], identity["views"], identity["seed"], recipe.augmentation_for(identity["split"]))
+    rows = ViewRows.from_identity(dataset, identity, recipe.augmentation_for(identity["split"]))
     picks = np.sort(np.random.default_rng(seed).choice(store.rows, size=min(count, store.rows), replace=False))
     dtype = identity["dtype"]
     for r in picks.tolist():

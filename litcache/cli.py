@@ -94,7 +94,9 @@ def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume,
 @click.option("--codec", type=click.Choice(CODECS), default="zstd", show_default=True)
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--shard-rows", type=click.IntRange(min=1), help="Multiple of --chunk-rows (default: about 64 MB of rows).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view and the row order.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+              help="Store rows in a seeded permutation of the samples, so chunks mix classes.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Finish an interrupted extraction into --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made from something else.")

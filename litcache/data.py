@@ -38,20 +38,31 @@ def data_fingerprint(dataset: Dataset, samples: int) -> str:
 class ViewRows(Dataset):
     """Row r of a store -> (view input, label, sample index, view id, view params).
 
-    Rows are view-major: view = r // samples, sample = r % samples. View v of sample i is made
-    from a generator seeded by (seed, i, v), so it is the same in every run and process.
+    Rows are view-major: view = r // samples, position = r % samples. With ``shuffle`` the
+    positions visit the samples in a permutation seeded by ``seed`` (the same for every view),
+    so that chunks of rows mix classes even when the split is sorted by label. View v of sample
+    i is made from a generator seeded by (seed, i, v): the same in every run and process.
     """
 
-    def __init__(self, dataset: Dataset, samples: int, views: int, seed: int, augment: Augmentation | None) -> None:
+    def __init__(self, dataset: Dataset, samples: int, views: int, seed: int, augment: Augmentation | None,
+                 shuffle: bool = True) -> None:
         self.dataset, self.samples, self.views, self.seed, self.augment = dataset, samples, views, seed, augment
+        self.shuffle = shuffle
+        self.order = np.random.default_rng([seed, 0x5EED]).permutation(samples) if shuffle else np.arange(samples)
         self.num_params = len(augment.param_names) if augment is not None else 0
+
+    @classmethod
+    def from_identity(cls, dataset: Dataset, identity: dict, augment: Augmentation | None) -> "ViewRows":
+        """The rows of an existing store, from its manifest's identity."""
+        return cls(dataset, identity["samples"], identity["views"], identity["seed"], augment, identity["shuffle"])
 
     def __len__(self) -> int:
         return self.samples * self.views
 
     def locate(self, row: int) -> tuple[int, int]:
-        view, index = divmod(row, self.samples)
-        return index, view
+        """(sample index in the split, view id) of a row."""
+        view, position = divmod(row, self.samples)
+        return int(self.order[position]), view
 
     def __getitem__(self, row: int):
         index, view = self.locate(row)

@@ -59,6 +59,7 @@ class ExtractOptions:
     chunk_rows: int = 256
     shard_rows: int | None = None  # None: whole chunks up to SHARD_TARGET_BYTES
     seed: int = 0
+    shuffle: bool = True  # rows visit samples in a seeded permutation (see ViewRows)
     loader_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -131,7 +132,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} is empty; nothing to extract.")
     samples = min(len(dataset), options.limit) if options.limit else len(dataset)
     augment = recipe.augmentation_for(options.split)
-    rows = ViewRows(dataset, samples, options.views, options.seed, augment)
+    rows = ViewRows(dataset, samples, options.views, options.seed, augment, options.shuffle)
 
     split = split_model(teacher, recipe)
     probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
@@ -168,6 +169,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         "samples": samples,
         "views": options.views,
         "seed": options.seed,
+        "shuffle": options.shuffle,
         "transforms": augment.describe() if augment is not None else None,
         "dtype": dtype,
         "codec": options.codec,
@@ -367,7 +369,7 @@ def _initial_manifest(plan: _Plan) -> dict:
             "chunk_rows": o.chunk_rows,
             "shard_rows": plan.shard_rows,
             "num_shards": len(shard_ranges(plan.rows, plan.shard_rows)),
-            "row_order": "view-major: row = view * samples + sample",
+            "row_order": "view-major: row = view * samples + position; source_index gives the sample",
         },
         "boundaries": [s.name for s in plan.specs if s.name.startswith("boundaries/")],
         "view_param_names": list(plan.rows_dataset.augment.param_names) if plan.rows_dataset.augment else [],

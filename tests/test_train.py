@@ -45,7 +45,7 @@ def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckp
     teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
     teacher_split = split_model(teacher, tiny_recipe).eval()
     ident = store.manifest["identity"]
-    views = ViewRows(tiny_recipe.load_split("train"), ident["samples"], ident["views"], ident["seed"], tiny_recipe.augment)
+    views = ViewRows.from_identity(tiny_recipe.load_split("train"), ident, tiny_recipe.augment)
     x = torch.stack([views[r][0] for r in rows])
     with torch.no_grad():
         outs, logits = teacher_split.boundaries(x)
