@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import xxhash
@@ -9,7 +11,7 @@ from torch.utils.data import Dataset
 
 from .views import Augmentation, view_generator
 
-__all__ = ["ViewRows", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
+__all__ = ["RowLayout", "ViewRows", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
 
 #: How many evenly spaced samples the data fingerprint hashes (all of them in small splits).
 FINGERPRINT_SAMPLES = 512
@@ -35,33 +37,79 @@ def data_fingerprint(dataset: Dataset, samples: int) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """Where view v of the sample at position p lives: block-interleaved rows.
+
+    Positions are cut into blocks of ``block`` (= the store's chunk rows). The rows
+    ``[(b * views + v) * block, +block)`` hold view v of block b, so every (block, view) pair is
+    exactly one chunk and a reader that takes one view of a block decodes one chunk. The last,
+    partial block (``samples % block`` positions) stores its views one after another at the end.
+    """
+
+    samples: int
+    views: int
+    block: int
+
+    @property
+    def rows(self) -> int:
+        return self.samples * self.views
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.samples // self.block)
+
+    @property
+    def _full_rows(self) -> int:
+        return (self.samples // self.block) * self.views * self.block
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(position, view) of a row."""
+        if row < self._full_rows:
+            segment, offset = divmod(row, self.block)
+            b, view = divmod(segment, self.views)
+            return b * self.block + offset, view
+        view, offset = divmod(row - self._full_rows, self.samples % self.block)
+        return (self.samples // self.block) * self.block + offset, view
+
+    def block_rows(self, b: int, view: int) -> range:
+        """The rows of view ``view`` of block ``b``, in position order."""
+        if (b + 1) * self.block <= self.samples:
+            start = (b * self.views + view) * self.block
+            return range(start, start + self.block)
+        tail = self.samples % self.block
+        start = self._full_rows + view * tail
+        return range(start, start + tail)
+
+
 class ViewRows(Dataset):
     """Row r of a store -> (view input, label, sample index, view id, view params).
 
-    Rows are view-major: view = r // samples, position = r % samples. With ``shuffle`` the
-    positions visit the samples in a permutation seeded by ``seed`` (the same for every view),
-    so that chunks of rows mix classes even when the split is sorted by label. View v of sample
-    i is made from a generator seeded by (seed, i, v): the same in every run and process.
+    Rows follow ``RowLayout``. With ``shuffle`` the positions visit the samples in a permutation
+    seeded by ``seed`` (the same for every view), so chunks mix classes even when the split is
+    sorted by label. View v of sample i is made from a generator seeded by (seed, i, v): the same
+    in every run and process.
     """
 
-    def __init__(self, dataset: Dataset, samples: int, views: int, seed: int, augment: Augmentation | None,
+    def __init__(self, dataset: Dataset, layout: RowLayout, seed: int, augment: Augmentation | None,
                  shuffle: bool = True) -> None:
-        self.dataset, self.samples, self.views, self.seed, self.augment = dataset, samples, views, seed, augment
-        self.shuffle = shuffle
-        self.order = np.random.default_rng([seed, 0x5EED]).permutation(samples) if shuffle else np.arange(samples)
+        self.dataset, self.layout, self.seed, self.augment, self.shuffle = dataset, layout, seed, augment, shuffle
+        self.samples, self.views = layout.samples, layout.views
+        self.order = np.random.default_rng([seed, 0x5EED]).permutation(self.samples) if shuffle else np.arange(self.samples)
         self.num_params = len(augment.param_names) if augment is not None else 0
 
     @classmethod
     def from_identity(cls, dataset: Dataset, identity: dict, augment: Augmentation | None) -> "ViewRows":
         """The rows of an existing store, from its manifest's identity."""
-        return cls(dataset, identity["samples"], identity["views"], identity["seed"], augment, identity["shuffle"])
+        layout = RowLayout(identity["samples"], identity["views"], identity["chunk_rows"])
+        return cls(dataset, layout, identity["seed"], augment, identity["shuffle"])
 
     def __len__(self) -> int:
-        return self.samples * self.views
+        return self.layout.rows
 
     def locate(self, row: int) -> tuple[int, int]:
         """(sample index in the split, view id) of a row."""
-        view, position = divmod(row, self.samples)
+        position, view = self.layout.locate(row)
         return int(self.order[position]), view
 
     def __getitem__(self, row: int):

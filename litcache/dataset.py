@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .data import RowLayout
 from .store import Store, from_storage, open_store
 
 __all__ = ["StoreDataset", "MemoryDataset", "ChunkShuffleSampler", "make_loader", "collate_rows"]
@@ -107,35 +108,37 @@ class MemoryDataset(Dataset):
 class ChunkShuffleSampler(Sampler[list[int]]):
     """Batches of row indices: one view per sample per epoch, read chunk by chunk.
 
-    Each epoch, the samples are cut into blocks of ``chunk_rows`` samples; every block takes one
-    view, chosen at random, so the K stored views act as K augmentations. Blocks are shuffled,
-    grouped into buffers of ``buffer_chunks`` blocks, rows are shuffled within a buffer and cut
-    into batches. Buffers are dealt to ``num_workers`` streams and the streams interleaved batch
-    by batch, matching DataLoader's round-robin, so each worker reads only its own chunks.
+    Each epoch, every block of samples (one chunk of rows per view, see ``RowLayout``) takes one
+    view at random, so the K stored views act as K augmentations. Blocks are shuffled, grouped
+    into buffers of ``buffer_chunks`` blocks, rows are shuffled within a buffer and cut into
+    batches. Buffers are dealt to ``num_workers`` streams and the streams interleaved batch by
+    batch, matching DataLoader's round-robin, so each worker reads only its own chunks.
     Deterministic for (seed, epoch).
     """
 
-    def __init__(self, samples: int, views: int, chunk_rows: int, batch_size: int, *, buffer_chunks: int = 4,
+    def __init__(self, layout: RowLayout, batch_size: int, *, buffer_chunks: int = 4,
                  num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> None:
-        self.samples, self.views, self.chunk_rows = samples, views, chunk_rows
-        self.batch_size, self.buffer_chunks = batch_size, max(1, buffer_chunks)
+        self.layout, self.batch_size, self.buffer_chunks = layout, batch_size, max(1, buffer_chunks)
         self.streams, self.seed, self.drop_last = max(1, num_workers), seed, drop_last
         self.epoch = 0
+
+    @classmethod
+    def for_store(cls, store: Store, batch_size: int, **kwargs) -> "ChunkShuffleSampler":
+        layout = store.manifest["layout"]
+        return cls(RowLayout(layout["samples"], layout["views"], layout["chunk_rows"]), batch_size, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        starts = np.arange(0, self.samples, self.chunk_rows)
-        rng.shuffle(starts)
-        block_views = rng.integers(0, self.views, size=len(starts))
+        blocks = rng.permutation(self.layout.blocks)
+        block_views = rng.integers(0, self.layout.views, size=len(blocks))
         streams: list[list[list[int]]] = [[] for _ in range(self.streams)]
-        for b, first in enumerate(range(0, len(starts), self.buffer_chunks)):
-            rows = np.concatenate([
-                v * self.samples + np.arange(s, min(s + self.chunk_rows, self.samples))
-                for s, v in zip(starts[first : first + self.buffer_chunks], block_views[first : first + self.buffer_chunks])
-            ])
+        for b, first in enumerate(range(0, len(blocks), self.buffer_chunks)):
+            rows = np.concatenate([np.asarray(self.layout.block_rows(int(k), int(v)))
+                                   for k, v in zip(blocks[first : first + self.buffer_chunks],
+                                                   block_views[first : first + self.buffer_chunks])])
             rng.shuffle(rows)
             stream = streams[b % self.streams]
             for i in range(0, len(rows), self.batch_size):

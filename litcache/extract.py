@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .data import ViewRows, data_fingerprint, resolve_device
+from .data import RowLayout, ViewRows, data_fingerprint, resolve_device
 from .errors import (
     DiskSpaceError,
     IncompleteStoreError,
@@ -41,6 +41,9 @@ from .teacher import load_teacher
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
 
+ROW_ORDER = ("block-interleaved: rows [(b * views + v) * chunk_rows, +chunk_rows) hold view v of positions "
+             "[b * chunk_rows, +chunk_rows); the last partial block stores its views one after another; "
+             "source_index gives each row's sample")
 #: Auto shard size: as many whole chunks as fit in this many raw bytes.
 SHARD_TARGET_BYTES = 64 * 2**20
 #: Rough compressed/raw ratio used only to estimate the store size before extracting.
@@ -132,7 +135,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} is empty; nothing to extract.")
     samples = min(len(dataset), options.limit) if options.limit else len(dataset)
     augment = recipe.augmentation_for(options.split)
-    rows = ViewRows(dataset, samples, options.views, options.seed, augment, options.shuffle)
+    rows = ViewRows(dataset, RowLayout(samples, options.views, options.chunk_rows), options.seed, augment, options.shuffle)
 
     split = split_model(teacher, recipe)
     probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
@@ -369,7 +372,7 @@ def _initial_manifest(plan: _Plan) -> dict:
             "chunk_rows": o.chunk_rows,
             "shard_rows": plan.shard_rows,
             "num_shards": len(shard_ranges(plan.rows, plan.shard_rows)),
-            "row_order": "view-major: row = view * samples + position; source_index gives the sample",
+            "row_order": ROW_ORDER,
         },
         "boundaries": [s.name for s in plan.specs if s.name.startswith("boundaries/")],
         "view_param_names": list(plan.rows_dataset.augment.param_names) if plan.rows_dataset.augment else [],

@@ -1,6 +1,7 @@
 """The store: a versioned Zarr v3 group of teacher activations, its manifest, ledger and lock.
 
-Layout (rows are samples x views, view-major: row = view * samples + sample)::
+Layout (rows are samples x views, block-interleaved so that one view of a block of samples is
+exactly one chunk; see ``litcache.data.RowLayout``)::
 
     STORE/zarr.json            root group; attributes["litcache"] is the manifest
     STORE/boundaries/0         (rows, C, H, W) stem output

@@ -237,9 +237,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
 
     fields = _fields(options.mode, sections, options.block, hint)
     dataset = StoreDataset(store, fields, cache_chunks=2 * options.buffer_chunks + 2)
-    layout = store.manifest["layout"]
-    sampler = ChunkShuffleSampler(layout["samples"], layout["views"], layout["chunk_rows"], config["batch_size"],
-                                  buffer_chunks=options.buffer_chunks, num_workers=options.loader_workers, seed=options.seed)
+    sampler = ChunkShuffleSampler.for_store(store, config["batch_size"], buffer_chunks=options.buffer_chunks,
+                                            num_workers=options.loader_workers, seed=options.seed)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers, pin_memory=device.type == "cuda")
     store_record = {"path": str(store.path), "identity": store.manifest["identity"]}
     eval_set = recipe.load_split("test") if options.evaluate and options.block is None and "test" in recipe.splits else None
