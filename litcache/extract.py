@@ -36,7 +36,20 @@ from .errors import (
 )
 from .recipe import Recipe
 from .sections import check_split, split_model
-from .store import CODECS, DTYPES, FORMAT, FORMAT_VERSION, ArraySpec, StoreWriter, read_manifest, shard_ranges, store_lock, to_storage
+from .store import (
+    CODECS,
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    ArraySpec,
+    StoreWriter,
+    read_ledger,
+    read_manifest,
+    shard_ranges,
+    store_lock,
+    to_storage,
+)
 from .teacher import load_teacher
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
@@ -189,8 +202,8 @@ def _identity_diff(old: dict, new: dict) -> list[str]:
 
 def _decide(out: Path, identity: dict, resume: bool, overwrite: bool) -> str:
     """What to do with ``out``: "create", "resume" or "unchanged"; refuses what would lose data."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return "create"
+    if not out.exists() or (out.is_dir() and all(child.name == LOCK_FILE for child in out.iterdir())):
+        return "create"  # nothing there, or only the lock of an extraction killed before it wrote anything
     try:
         manifest = read_manifest(out)
     except StoreFormatError:
@@ -218,7 +231,8 @@ def _decide(out: Path, identity: dict, resume: bool, overwrite: bool) -> str:
             f"Store {str(out)!r} holds an unfinished extraction with these same options. "
             "Pass --resume to finish it, or --overwrite to start again."
         )
-    return "resume"
+    # Killed before its first shard: its arrays may be half-created, and there is nothing to keep.
+    return "resume" if read_ledger(out) else "create"
 
 
 def _free_bytes(path: Path) -> int:
@@ -310,13 +324,15 @@ def extract(
     out = Path(out)
     t_start = time.perf_counter()
     plan = plan_extraction(recipe, options, teacher_checkpoint)
-    action = _decide(out, plan.identity, resume, overwrite)
-    if action == "unchanged":
-        log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
-        return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
-
     device = resolve_device(options.device)
+    if out.exists():
+        _decide(out, plan.identity, resume=True, overwrite=overwrite)  # refuse foreign paths before locking them
+    # Decide under the lock: a running extraction is reported as such, not as an unfinished store.
     with store_lock(out):
+        action = _decide(out, plan.identity, resume, overwrite)
+        if action == "unchanged":
+            log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
+            return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
         if action == "create":
             modules = {"stem": plan.split.stem.state_dict(), "head": plan.split.head.state_dict()}
             writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)

@@ -245,7 +245,9 @@ class StoreWriter:
         layout = manifest["layout"]
         rows, chunk_rows, shard_rows = layout["rows"], layout["chunk_rows"], layout["shard_rows"]
         _clear_store_dir(path)
-        group = zarr.open_group(str(path), mode="a")
+        # The group is born with its (incomplete) manifest, so a crash from here on leaves a store
+        # that readers refuse as incomplete and `--resume` recognises, never an anonymous group.
+        group = zarr.open_group(str(path), mode="a", attributes={MANIFEST_ATTR: {**manifest, "arrays": {}, "complete": False}})
         arrays = {}
         for spec in specs:
             group.create_array(
