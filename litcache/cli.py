@@ -294,5 +294,51 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
             click.echo(line)
 
 
+@main.command("bench")
+@click.argument("recipe")
+@click.option("--store", "store_path", type=click.Path(), help="Measure this store (default: extract a temporary one).")
+@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint (default: the store's or the recipe's).")
+@click.option("--student", help="Student variant for the training steps (default: the recipe's first).")
+@click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True, help="Rows of the temporary store.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_friendly_errors
+def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, as_json):
+    """Measure teacher, store reads, student steps and storage on this machine; print the bottleneck
+    and after how many student epochs a store pays for itself.
+
+    Example: litcache bench pipelines/mnist_resnet.py --store runs/mnist_resnet/train.zarr
+    """
+    from .bench import bench
+
+    r = load_recipe(recipe)
+    if student:
+        r.student_builder(student)
+    report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
+                   device=device, log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    extract_rate = f"{report['extract_rows_per_s']:,.0f}" if report["extract_rows_per_s"] else "-"
+    lines = [
+        f"device {report['device']}, student {report['student']}, batch {report['batch_size']}",
+        f"  teacher forward          {report['teacher_forward_rows_per_s']:>10,.0f} rows/s   (extraction {extract_rate} rows/s)",
+        f"  store read + decode      {report['store_read_rows_per_s']:>10,.0f} rows/s   ({report['store_read_mb_per_s']:,.0f} MB/s decoded)",
+        f"  student LIT step, store  {report['student_step_rows_per_s_from_store']:>10,.0f} rows/s",
+        f"  student LIT step, memory {report['student_step_rows_per_s_from_memory']:>10,.0f} rows/s   "
+        f"(store/memory time {report['loader_overhead']:.2f})",
+        f"  training bottleneck: {report['training_bottleneck']}",
+        "  bytes per row (boundaries):   " + "   ".join(
+            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"]),
+    ]
+    if report["break_even_epochs"] is not None:
+        lines.append(f"  online/cached time per epoch {report['online_over_cached_per_epoch']:.2f}: extraction pays for itself after "
+                     f"{report['break_even_epochs']:.1f} student epochs (variants x epochs over the same rows)")
+    else:
+        lines.append("  a cached epoch is not cheaper than an online one here: the store does not pay off on this machine")
+    click.echo("\n".join(lines))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,165 @@
+"""`litcache bench`: where the time goes on this machine, and when a store pays for itself.
+
+All figures are measured side by side in one run: the teacher's bare forward, the store's
+chunk-shuffled decoded reads, a student's LIT step fed from the store and from memory, and the
+stored bytes per row for every dtype and codec.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import zarr
+import zarr.storage
+from torch.utils.data import DataLoader
+
+from .data import resolve_device
+from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
+from .extract import ExtractOptions, extract, plan_extraction
+from .recipe import Recipe
+from .store import CODECS, DTYPES, codec_pipeline, open_store, to_storage
+from .student import build_student
+from .train import step_losses
+
+__all__ = ["bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]
+
+
+def teacher_forward_rate(recipe: Recipe, teacher: str | None, samples: int, batch_size: int, device: torch.device) -> float:
+    """Rows/s of the teacher's forward alone, on batches made beforehand."""
+    plan = plan_extraction(recipe, ExtractOptions(limit=samples, batch_size=batch_size), teacher)
+    batches = [x for x, *_ in DataLoader(plan.rows_dataset, batch_size=batch_size)]
+    split = plan.split.to(device).eval()
+    with torch.inference_mode():
+        split.boundaries(batches[0].to(device))  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for x in batches:
+            split.boundaries(x.to(device, non_blocking=True))
+        _sync(device)
+    return sum(len(x) for x in batches) / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -> tuple[float, float]:
+    """(rows/s, decoded MB/s) of one chunk-shuffled epoch of every boundary, logits and labels."""
+    store = open_store(store_path)
+    dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
+    sampler = ChunkShuffleSampler.for_store(store, batch_size, num_workers=workers)
+    rows = nbytes = 0
+    start = time.perf_counter()
+    for batch in make_loader(dataset, sampler, num_workers=workers):
+        rows += len(batch["labels"])
+        nbytes += sum(t.numel() * t.element_size() for t in batch.values())
+    seconds = time.perf_counter() - start
+    return rows / seconds, nbytes / seconds / 1e6
+
+
+def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_size: int, device: torch.device,
+                  in_memory: bool, max_steps: int = 50) -> float:
+    """Rows/s of LIT training steps (both losses, backward, SGD step) fed from the store or from memory."""
+    store = open_store(store_path)
+    dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
+    source = MemoryDataset.from_store(dataset) if in_memory else dataset
+    torch.manual_seed(0)
+    _, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
+    split.to(device).train()
+    optimizer = torch.optim.SGD([p for s in split.sections for p in s.parameters()], lr=0.01, momentum=0.9)
+    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta}
+    loader = make_loader(source, ChunkShuffleSampler.for_store(store, batch_size), pin_memory=device.type == "cuda")
+    rows, start = 0, None
+    for step, batch in enumerate(loader):
+        if step == 1:  # the first step pays one-off costs (allocator, kernels)
+            _sync(device)
+            rows, start = 0, time.perf_counter()
+        if step > max_steps:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
+        loss, _ = step_losses(split, batch, "lit", config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        rows += len(batch["labels"])
+    _sync(device)
+    if start is None:
+        raise ValueError("The store is too small to time more than one training step; extract more rows.")
+    return rows / (time.perf_counter() - start)
+
+
+def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
+    """Stored bytes per row of the store's boundaries for every dtype and codec, from real rows."""
+    store = open_store(store_path)
+    rows = min(sample_rows, store.rows)
+    chunk = store.manifest["layout"]["chunk_rows"]
+    values = {name: store.read(name, 0, rows).float() for name in store.boundary_names}
+    raw32 = sum(v.numel() * 4 for v in values.values())
+    table = []
+    for dtype in DTYPES:
+        for codec in CODECS:
+            stored = 0
+            for v in values.values():
+                data = to_storage(v, dtype)
+                target = zarr.storage.MemoryStore()
+                array = zarr.create_array(target, shape=data.shape, chunks=(chunk, *data.shape[1:]), dtype=data.dtype,
+                                          compressors=codec_pipeline(codec), fill_value=0)
+                array[...] = data
+                stored += sum(len(b) for k, b in target._store_dict.items() if not k.endswith("zarr.json"))
+            table.append({"dtype": dtype, "codec": codec, "bytes_per_row": stored / rows, "ratio_vs_float32": raw32 / stored})
+    return table
+
+
+def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | None = None, student: str | None = None,
+          samples: int = 1024, batch_size: int = 128, device: str = "auto", log: Callable[[str], None] = print) -> dict:
+    """Measure this machine; extracts a temporary store of ``samples`` rows when none is given."""
+    dev = resolve_device(device)
+    student = student or next(iter(recipe.students))
+    with tempfile.TemporaryDirectory(prefix="litcache-bench-") as tmp:
+        if store is None:
+            store = Path(tmp) / "bench.zarr"
+            log(f"extracting a temporary store of {samples} rows ...")
+            t = time.perf_counter()
+            extract(recipe, store, ExtractOptions(limit=samples, batch_size=batch_size, device=device),
+                    teacher_checkpoint=teacher, progress=False, log=lambda m: None)
+            extract_rate = samples / (time.perf_counter() - t)
+        else:
+            manifest = open_store(store).manifest
+            teacher = teacher or manifest["teacher"]["checkpoint"]
+            timing = manifest.get("timing", {})
+            extract_rate = manifest["layout"]["rows"] / timing["seconds"] if timing.get("seconds") else None
+        log("timing the teacher's forward ...")
+        teacher_rate = teacher_forward_rate(recipe, teacher, min(samples, open_store(store).manifest["identity"]["samples"]),
+                                            batch_size, dev)
+        log("timing store reads ...")
+        read_rate, read_mb = store_read_rate(store, batch_size)
+        log("timing student steps from the store and from memory ...")
+        from_store = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=False)
+        from_memory = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=True)
+        log("measuring bytes per row per dtype and codec ...")
+        storage = storage_table(store)
+
+    # Per row and epoch: online LIT pays a teacher forward and a student step; cached LIT pays a
+    # student step fed from the store, after a one-off extraction.
+    online = 1 / teacher_rate + 1 / from_memory
+    cached = 1 / from_store
+    one_off = 1 / (extract_rate or teacher_rate)
+    break_even = one_off / (online - cached) if online > cached else None
+    stages = {"teacher": teacher_rate, "store read + decode": read_rate, "student step": from_memory}
+    bottleneck = "store read + decode" if read_rate < from_memory else "student step"
+    return {
+        "device": str(dev), "student": student, "batch_size": batch_size,
+        "teacher_forward_rows_per_s": teacher_rate, "extract_rows_per_s": extract_rate,
+        "store_read_rows_per_s": read_rate, "store_read_mb_per_s": read_mb,
+        "student_step_rows_per_s_from_store": from_store, "student_step_rows_per_s_from_memory": from_memory,
+        "loader_overhead": from_memory / from_store, "storage": storage, "stages_rows_per_s": stages,
+        "training_bottleneck": bottleneck, "break_even_epochs": break_even,
+        "online_over_cached_per_epoch": online / cached,
+    }

@@ -1,0 +1,35 @@
+"""`litcache bench` runs end to end and reports consistent figures (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from litcache.cli import main
+
+from conftest import TINY
+
+
+def test_bench_on_a_store_reports_every_stage(tiny_store, teacher_ckpt):
+    result = CliRunner().invoke(main, ["bench", TINY, "--store", str(tiny_store), "--teacher", str(teacher_ckpt),
+                                       "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in ("teacher_forward_rows_per_s", "store_read_rows_per_s", "student_step_rows_per_s_from_store",
+                "student_step_rows_per_s_from_memory"):
+        assert report[key] > 0, key
+    assert report["training_bottleneck"] in ("store read + decode", "student step")
+    storage = {(s["dtype"], s["codec"]): s for s in report["storage"]}
+    assert len(storage) == 9
+    assert storage[("float32", "none")]["ratio_vs_float32"] == 1.0
+    assert storage[("float16", "none")]["ratio_vs_float32"] == 2.0
+    assert storage[("float16", "zstd")]["bytes_per_row"] < storage[("float16", "none")]["bytes_per_row"]
+
+
+def test_bench_without_a_store_extracts_a_temporary_one(teacher_ckpt, tmp_path):
+    result = CliRunner().invoke(main, ["bench", TINY, "--teacher", str(teacher_ckpt), "--samples", "32",
+                                       "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "training bottleneck" in result.output
+    assert "pays for itself" in result.output or "does not pay off" in result.output
