@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from .views import Augmentation, view_generator
 
-__all__ = ["RowLayout", "ViewRows", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
+__all__ = ["RowLayout", "ViewRows", "worker_context", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
 
 #: How many evenly spaced samples the data fingerprint hashes (all of them in small splits).
 FINGERPRINT_SAMPLES = 512
@@ -122,6 +122,16 @@ class ViewRows(Dataset):
         else:
             params = ()
         return x, int(y), index, view, torch.tensor(params, dtype=torch.float32)
+
+
+def worker_context(num_workers: int):
+    """Start DataLoader workers by fork where the platform has it: recipe modules are loaded from
+    files into this process only, so spawned workers could not unpickle a recipe's dataset."""
+    import multiprocessing
+
+    if num_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import RowLayout
+from .data import RowLayout, worker_context
 from .store import Store, from_storage, open_store
 
 __all__ = ["StoreDataset", "MemoryDataset", "ChunkShuffleSampler", "make_loader", "collate_rows"]
@@ -164,4 +164,5 @@ def _interleave(streams: list[list[list[int]]]) -> Iterator[list[list[int]]]:
 def make_loader(dataset: Dataset, sampler: Sampler, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_rows,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      multiprocessing_context=worker_context(num_workers),
                       prefetch_factor=4 if num_workers > 0 else None)

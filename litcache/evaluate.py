@@ -1,21 +1,29 @@
-"""`litcache evaluate`: accuracy on the recipe's real split, size, cost, depth and CPU latency."""
+"""`litcache evaluate`: accuracy on the recipe's real split, size, cost, depth and CPU latency.
+
+Generation recipes (``Recipe.task == "generation"``) have no labels to score: their students are
+measured against the teacher's outputs on the held-out split instead (MSE and PSNR), and a PNG
+of a few (input, teacher, student) rows is written next to the student checkpoint.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
+from .errors import OptionError
 from .recipe import Recipe
 from .student import load_student
 from .teacher import load_teacher
 
-__all__ = ["accuracy", "model_stats", "evaluate_model", "evaluate"]
+__all__ = ["accuracy", "model_stats", "evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr"]
 
 
 @torch.inference_mode()
@@ -92,6 +100,8 @@ def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | P
              split: str = "test", device: str = "auto", batch_size: int = 256) -> dict:
     """Evaluate a student checkpoint and/or the teacher on the recipe's real ``split`` (not a store)."""
     recipe.check_split_name(split)
+    if recipe.task == "generation":
+        return evaluate_generation(recipe, student, teacher, split=split, device=device, batch_size=batch_size)
     dataset = recipe.load_split(split)
     report: dict = {"recipe": recipe.name, "split": split}
     sample = torch.stack([dataset[0][0]])
@@ -102,6 +112,116 @@ def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | P
     if student is not None:
         model = load_student(student, recipe)
         result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size)}
+        result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
+        result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
+        result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
+        report["student"] = result
+    return report
+
+
+#: Generation outputs are assumed to lie in [-1, 1] (a tanh, as in StarGAN): PSNR uses this
+#: peak-to-peak range, which equals the usual PSNR of the images mapped to [0, 1].
+GENERATION_RANGE = 2.0
+#: Rows of the (input, teacher, student) PNG grid.
+GRID_ROWS = 4
+#: Latency batch of generation models: image-to-image models are far costlier per sample.
+GENERATION_LATENCY_BATCH = 8
+
+
+def _stats_and_latency(model: nn.Module, dataset: Dataset, batch_size: int) -> dict:
+    batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+    return {**model_stats(model.cpu(), batch), "cpu_latency_ms_per_batch": round(cpu_latency(model, batch) * 1000, 3),
+            "latency_batch_size": len(batch), "samples": len(dataset)}
+
+
+def psnr(mse: float, peak_to_peak: float = GENERATION_RANGE) -> float | None:
+    """PSNR in dB for outputs spanning ``peak_to_peak``; None when the outputs are identical."""
+    return round(10 * math.log10(peak_to_peak**2 / mse), 3) if mse > 0 else None
+
+
+@torch.inference_mode()
+def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
+                         batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
+    """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
+    first ``keep`` (input, teacher output, student output) triples for a picture."""
+    was = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    total, count, kept = 0.0, 0, []
+    try:
+        for x, _ in DataLoader(dataset, batch_size=batch_size):
+            x = x.to(device)
+            t, s = teacher(x), student(x)
+            if t.shape != s.shape:
+                raise OptionError(f"Expected the student's output shape {tuple(t.shape[1:])} (the teacher's), "
+                                  f"got {tuple(s.shape[1:])} instead.")
+            total += F.mse_loss(s.float(), t.float(), reduction="sum").item()
+            count += t.numel()
+            for i in range(min(len(x), keep - len(kept))):
+                kept.append((x[i].cpu(), t[i].cpu(), s[i].cpu()))
+    finally:
+        student.train(was[0])
+        teacher.train(was[1])
+    return total / max(count, 1), kept
+
+
+def _to_rgb(image: torch.Tensor) -> "np.ndarray | None":
+    """(C, H, W) in [-1, 1] -> (H, W, 3) uint8 from its first 3 channels; None if it is not an image."""
+    import numpy as np
+
+    if image.dim() != 3 or image.shape[0] < 3 or not image.is_floating_point():
+        return None
+    rgb = ((image[:3].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
+
+
+def save_grid(triples: list[tuple[torch.Tensor, ...]], path: str | Path, gap: int = 2) -> Path | None:
+    """A PNG with one row per sample: input image (its first 3 channels), teacher output, student output.
+    Tensors that are not images are left out; None (and no file) when nothing is an image."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for triple in triples:
+        tiles = [t for t in (_to_rgb(x) for x in triple) if t is not None]
+        if not tiles:
+            continue
+        h = max(t.shape[0] for t in tiles)
+        spacer = np.full((h, gap, 3), 255, np.uint8)
+        row = [piece for tile in tiles for piece in (tile, spacer)][:-1]
+        rows.append(np.concatenate(row, axis=1))
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path = Path(path)
+    Image.fromarray(np.concatenate(rows, axis=0)[:-gap]).save(path)
+    return path
+
+
+def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
+                        split: str = "test", device: str = "auto", batch_size: int = 64) -> dict:
+    """Score a generation student against its teacher's outputs on ``split`` (the teacher is required)."""
+    recipe.check_split_name(split)
+    if teacher is None and recipe.teacher_checkpoint is None:
+        raise OptionError(f"Recipe {recipe.name!r} is a generation recipe: its students are scored against the teacher's "
+                          "outputs, so evaluate needs the teacher checkpoint. Give it with --teacher.")
+    dev = resolve_device(device)
+    dataset = recipe.load_split(split)
+    teacher_model, _, teacher_path = load_teacher(recipe, teacher)
+    latency_batch = min(batch_size, GENERATION_LATENCY_BATCH)
+    teacher_stats = _stats_and_latency(teacher_model, dataset, latency_batch)
+    report: dict = {"recipe": recipe.name, "split": split, "task": "generation",
+                    "teacher": {"checkpoint": teacher_path, **teacher_stats}}
+    if student is not None:
+        model = load_student(student, recipe)
+        result = {"checkpoint": str(student), **_stats_and_latency(model, dataset, latency_batch)}
+        mse, triples = reconstruction_error(model.to(dev), teacher_model.to(dev), dataset, dev, batch_size)
+        result["mse_vs_teacher"] = mse
+        result["psnr_vs_teacher_db"] = psnr(mse)
+        grid = Path(student).with_name(f"{Path(student).stem}_{split}_samples.png")
+        written = save_grid(triples, grid)
+        result["samples_png"] = str(written) if written else None
         result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
         result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
         result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)

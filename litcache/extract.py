@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .data import RowLayout, ViewRows, data_fingerprint, resolve_device
+from .data import RowLayout, ViewRows, data_fingerprint, resolve_device, worker_context
 from .errors import (
     DiskSpaceError,
     IncompleteStoreError,
@@ -44,6 +44,7 @@ from .store import (
     LOCK_FILE,
     ArraySpec,
     StoreWriter,
+    check_unlocked,
     read_ledger,
     read_manifest,
     shard_ranges,
@@ -148,10 +149,15 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} is empty; nothing to extract.")
     samples = min(len(dataset), options.limit) if options.limit else len(dataset)
     augment = recipe.augmentation_for(options.split)
+    if augment is None and options.views > 1:
+        raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} has no augmentation, so --views "
+                          f"{options.views} would store {options.views} identical copies of every row. Use --views 1.")
     rows = ViewRows(dataset, RowLayout(samples, options.views, options.chunk_rows), options.seed, augment, options.shuffle)
 
     split = split_model(teacher, recipe)
     probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
+    with torch.inference_mode():
+        _check_finite("output", teacher(probe), 0, rows, "float32")  # before the split check blames the split
     check_split(teacher, split, probe)
     with torch.inference_mode():
         outs, logits = split.boundaries(probe[:1])
@@ -325,9 +331,26 @@ def extract(
     t_start = time.perf_counter()
     plan = plan_extraction(recipe, options, teacher_checkpoint)
     device = resolve_device(options.device)
-    if out.exists():
-        _decide(out, plan.identity, resume=True, overwrite=overwrite)  # refuse foreign paths before locking them
-    # Decide under the lock: a running extraction is reported as such, not as an unfinished store.
+    ranges = shard_ranges(plan.rows, plan.shard_rows)
+    # Preflight, before anything is written or locked: a refusal leaves the path as it was.
+    if out.is_dir():
+        check_unlocked(out)
+    action = _decide(out, plan.identity, resume, overwrite)
+    if action != "unchanged":
+        committed = read_ledger(out) if action == "resume" else {}
+        pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
+        estimate = pending_rows * plan.bytes_per_row * _ESTIMATED_RATIO[options.codec]
+        free = _free_bytes(out)
+        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
+        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "
+            f"shards), boundaries {shapes}, {_human(plan.bytes_per_row)}/row, est. store {_human(estimate)} "
+            f"({options.dtype}+{options.codec}), free disk {_human(free)}, device {device}")
+        if estimate > free:
+            raise DiskSpaceError(
+                f"The store needs about {_human(estimate)} but only {_human(free)} is free at {str(out)!r}. "
+                "Free some space, or reduce --limit/--views, or use a smaller --dtype."
+            )
+    # Decide again under the lock: another extraction may have started or finished meanwhile.
     with store_lock(out):
         action = _decide(out, plan.identity, resume, overwrite)
         if action == "unchanged":
@@ -338,24 +361,14 @@ def extract(
             writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)
         else:
             writer = StoreWriter.reopen(out)
-        ranges = shard_ranges(plan.rows, plan.shard_rows)
+            # Resume with the batching the store was started with, so every shard is computed alike.
+            batch_size = writer.manifest.get("options", {}).get("batch_size", options.batch_size)
+            if batch_size != options.batch_size:
+                log(f"resuming with the store's --batch-size {batch_size} (not {options.batch_size})")
+                plan.options = replace(options, batch_size=batch_size)
+            log(f"resuming: {len(writer.committed())} shards already committed")
         committed = writer.committed()
         pending = [i for i in range(len(ranges)) if i not in committed]
-        pending_rows = sum(ranges[i][1] - ranges[i][0] for i in pending)
-
-        estimate = pending_rows * plan.bytes_per_row * _ESTIMATED_RATIO[options.codec]
-        free = _free_bytes(out)
-        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
-        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(pending)}/{len(ranges)} shards), "
-            f"boundaries {shapes}, {_human(plan.bytes_per_row)}/row, est. store {_human(estimate)} "
-            f"({options.dtype}+{options.codec}), free disk {_human(free)}, device {device}")
-        if estimate > free:
-            raise DiskSpaceError(
-                f"The store needs about {_human(estimate)} but only {_human(free)} is free at {str(out)!r}. "
-                "Free some space, or reduce --limit/--views, or use a smaller --dtype."
-            )
-        if action == "resume":
-            log(f"resuming: {len(committed)} shards already committed")
 
         teacher_seconds, rows_done = _run(plan, writer, ranges, pending, device, progress)
         manifest = writer.finalize({"completed": _now(), "timing": {
@@ -402,6 +415,15 @@ def _initial_manifest(plan: _Plan) -> dict:
     }
 
 
+def shard_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
+    """Batches of one shard. A trailing batch of one row joins the batch before it: CPU kernels
+    compute a lone row with other rounding, which would make the bytes depend on --batch-size."""
+    batches = [list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
 def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pending: list[int],
          device: torch.device, progress: bool) -> tuple[float, int]:
     """Extract the pending shards; returns (seconds spent in the teacher, rows extracted)."""
@@ -410,10 +432,9 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
     o = plan.options
     teacher = plan.split.to(device).eval()
     # Batches never straddle shards, so a resumed run sees exactly the batches of an uninterrupted one.
-    batches = [list(range(b, min(b + o.batch_size, stop))) for i in pending for start, stop in [ranges[i]]
-               for b in range(start, stop, o.batch_size)]
+    batches = [batch for i in pending for batch in shard_batches(*ranges[i], o.batch_size)]
     loader = DataLoader(plan.rows_dataset, batch_sampler=batches, num_workers=o.loader_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", multiprocessing_context=worker_context(o.loader_workers))
     names = [s.name for s in plan.specs]
     shapes = {s.name: s.row_shape for s in plan.specs}
     storage = {s.name: s.storage_dtype for s in plan.specs}

@@ -20,7 +20,11 @@ from torch.utils.data import Dataset
 from .errors import RecipeError
 from .views import Augmentation
 
-__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "load_recipe"]
+__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "load_recipe"]
+
+#: What a recipe's model outputs, which decides how ``litcache evaluate`` scores it:
+#: "classification" (logits; accuracy) or "generation" (an image; error against the teacher's).
+TASKS = ("classification", "generation")
 
 #: Where a piece of the split lives in a model: a dotted module name, several names run in
 #: order, or a callable that takes the model and returns a module.
@@ -91,6 +95,9 @@ class Recipe:
     teacher_training: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     description: str = ""
+    #: One of TASKS. Generation recipes store the teacher's output image as ``logits``; they train
+    #: with IR only (beta = 0) and are evaluated against the teacher's outputs.
+    task: str = "classification"
     #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
     source: str = ""
     source_hash: str = ""
@@ -109,6 +116,8 @@ class Recipe:
             raise RecipeError("Expected Recipe.sections to be a non-empty tuple of module references.")
         if not callable(self.load_split):
             raise RecipeError("Expected Recipe.load_split to be a callable taking a split name.")
+        if self.task not in TASKS:
+            raise RecipeError(f"Expected Recipe.task in {TASKS}, got {self.task!r} instead.")
         if self.num_classes < 1:
             raise RecipeError(f"Expected Recipe.num_classes >= 1, got {self.num_classes} instead.")
         if self.augment is not None and not isinstance(self.augment, Augmentation):

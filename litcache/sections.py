@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .errors import RecipeError, SplitMismatchError
+from .errors import NonFiniteOutputError, RecipeError, SplitMismatchError
 from .recipe import ModuleRef, Recipe
 
 __all__ = ["SplitModel", "split_model", "check_split"]
@@ -84,7 +84,19 @@ def check_split(model: nn.Module, split: SplitModel, probe: torch.Tensor, rtol: 
     model.eval()
     try:
         expected = model(probe)
-        got = split(probe)
+        bad = ~torch.isfinite(expected.float()).flatten(1).all(1)
+        if bad.any():
+            raise NonFiniteOutputError(
+                f"The teacher's own output holds NaN or Inf at row {bad.nonzero().flatten().tolist()[:5]} of the split-check "
+                "probe (the first rows of the split); nothing was extracted. Check the teacher checkpoint and the data."
+            )
+        try:
+            got = split(probe)
+        except RuntimeError as exc:
+            raise SplitMismatchError(
+                f"stem -> sections -> head cannot run on a probe batch: {str(exc).splitlines()[0]}. "
+                "Check the order and names of the recipe's stem, sections and head."
+            ) from None
     finally:
         model.train(was_training)
     if got.shape != expected.shape:

@@ -58,6 +58,7 @@ __all__ = [
     "open_store",
     "read_manifest",
     "store_lock",
+    "check_unlocked",
     "to_storage",
     "from_storage",
     "checksum",
@@ -68,6 +69,8 @@ FORMAT_VERSION = 1
 MANIFEST_ATTR = "litcache"
 LEDGER_DIR = "ledger"
 LOCK_FILE = ".lock"
+#: Manifest entries every reader relies on.
+REQUIRED_KEYS = ("identity", "layout", "arrays")
 
 #: Logical dtype of stored activations -> numpy storage dtype (zarr 3.1 has no bfloat16: store its bits).
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
@@ -124,10 +127,11 @@ def read_manifest(path: str | Path) -> dict:
     if not path.is_dir() or not meta.is_file():
         raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a {'directory' if path.is_dir() else 'file'} with no Zarr group in it.")
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
+        meta_json = json.loads(meta.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAStoreError(f"Expected {str(meta)!r} to be Zarr group metadata, but it does not parse: {exc}.") from None
-    manifest = attrs.get(MANIFEST_ATTR)
+    attrs = meta_json.get("attributes") if isinstance(meta_json, dict) else None
+    manifest = attrs.get(MANIFEST_ATTR) if isinstance(attrs, dict) else None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a Zarr group without a litcache manifest.")
     version = manifest.get("format_version")
@@ -136,6 +140,10 @@ def read_manifest(path: str | Path) -> dict:
             f"Store {str(path)!r} has format version {version!r}; this litcache reads version {FORMAT_VERSION} only. "
             "Use the litcache release that wrote it, or extract the store again."
         )
+    missing = [key for key in REQUIRED_KEYS if not isinstance(manifest.get(key), dict)]
+    if missing:
+        raise NotAStoreError(f"The litcache manifest of {str(path)!r} lacks {', '.join(missing)}: the store is damaged. "
+                             "Extract it again with --overwrite.")
     return manifest
 
 
@@ -289,6 +297,7 @@ class StoreWriter:
         rows = next(iter(data.values())).shape[0]
         for name, array in self._arrays.items():
             array[start : start + rows] = data[name]
+            self._fsync_shard(name, index, array.ndim)
         entry = {
             "index": index,
             "rows": [start, start + rows],
@@ -297,6 +306,16 @@ class StoreWriter:
         }
         _write_atomic(self.path / LEDGER_DIR / f"shard-{index:06d}.json", json.dumps(entry).encode())
         return entry
+
+    def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
+        """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""
+        shard_file = self.path / name / "c" / str(index) / Path(*(["0"] * (ndim - 1)))
+        if shard_file.is_file():
+            fd = os.open(shard_file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def finalize(self, extra: dict | None = None) -> dict:
         """Record every shard's checksums and mark the store complete (the last write)."""
@@ -362,6 +381,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _locked_error(path: Path, owner: dict) -> StoreLockedError:
+    return StoreLockedError(
+        f"Store {str(path)!r} is locked by process {owner.get('pid', '?')} on host {owner.get('host', '?')}: "
+        f"another extraction is writing it. Wait for it to finish; if that process is gone, delete {str(path / LOCK_FILE)!r}."
+    )
+
+
+def _live_lock_owner(path: Path) -> dict | None:
+    """The owner of the store's lock, or None when there is no lock or its process (on this host) is gone."""
+    lock = path / LOCK_FILE
+    if not lock.exists():
+        return None
+    try:
+        owner = json.loads(lock.read_text())
+    except (OSError, json.JSONDecodeError):
+        owner = {}
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+        return None
+    return owner
+
+
+def check_unlocked(path: str | Path) -> None:
+    """Refuse a store that a live extraction holds."""
+    owner = _live_lock_owner(Path(path))
+    if owner is not None:
+        raise _locked_error(Path(path), owner)
+
+
 @contextmanager
 def store_lock(path: str | Path) -> Iterator[None]:
     """Exclusive lock on a store directory; a lock whose process is gone (same host) is taken over."""
@@ -373,20 +420,16 @@ def store_lock(path: str | Path) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text())
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+            owner = _live_lock_owner(path)
+            if owner is None:
                 lock.unlink(missing_ok=True)  # its owner died without cleaning up
                 continue
-            raise StoreLockedError(
-                f"Store {str(path)!r} is locked by process {owner.get('pid', '?')} on host {owner.get('host', '?')}: "
-                f"another extraction is writing it. Wait for it to finish; if that process is gone, delete {str(lock)!r}."
-            ) from None
+            raise _locked_error(path, owner) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+    else:
+        raise _locked_error(path, _live_lock_owner(path) or {})
     try:
         yield
     finally:
@@ -398,5 +441,5 @@ def store_sizes(store: Store) -> dict[str, int]:
     sizes = {}
     for name in store.manifest["arrays"]:
         directory = store.path / name
-        sizes[name] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+        sizes[name] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
     return sizes

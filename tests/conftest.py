@@ -13,6 +13,10 @@ from click.testing import CliRunner
 from litcache import ExtractOptions, extract, load_recipe
 from litcache.teacher import save_atomic
 
+# The models are tiny: one thread is fastest, and OpenMP threads spinning on a busy 2-core machine
+# make every extraction many times slower.
+torch.set_num_threads(1)
+
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 RECIPES = TESTS / "recipes"
@@ -93,6 +97,24 @@ def tiny_store_f16(tiny_recipe, teacher_ckpt, tmp_path) -> Path:
     return out
 
 
+def make_incomplete_store(recipe, out, ckpt, options, committed: int) -> Path:
+    """Extract until ``committed`` shards are in the ledger, then fail as a full disk would."""
+    from litcache.store import StoreWriter
+
+    original = StoreWriter.write_shard
+
+    def failing(self, index, start, data):
+        if index >= committed:
+            raise OSError("simulated failure")
+        return original(self, index, start, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StoreWriter, "write_shard", failing)
+        with pytest.raises(OSError, match="simulated failure"):
+            extract(recipe, out, options, teacher_checkpoint=ckpt, progress=False, log=quiet)
+    return Path(out)
+
+
 def run_cli(*args, env: dict | None = None):
     """Invoke ``litcache.cli.main`` in-process; returns click's Result."""
     from litcache.cli import main
@@ -140,9 +162,41 @@ def shard_checksums(store: Path) -> list[dict]:
     return [s["xxh3_64"] for s in manifest_of(store)["shards"]]
 
 
+def reference_layout(samples: int, views: int, block: int) -> list[tuple[int, int]]:
+    """Row -> (position, view) of the documented block-interleaved layout, written out longhand:
+    view v of each full block of ``block`` positions is one run of rows, blocks in order; the
+    last partial block stores its views one after another at the end."""
+    rows = []
+    full = samples // block
+    for b in range(full):
+        for v in range(views):
+            rows += [(b * block + k, v) for k in range(block)]
+    for v in range(views):
+        rows += [(full * block + k, v) for k in range(samples % block)]
+    return rows
+
+
+def check_row_layout(store) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a store's rows follow the documented layout and every view visits the same
+    permutation of the first ``samples`` samples; returns (source_index, view) per row."""
+    layout = store.manifest["layout"]
+    samples, views, chunk_rows = layout["samples"], layout["views"], layout["chunk_rows"]
+    source_index = store.read("source_index", 0, store.rows)
+    view = store.read("view", 0, store.rows)
+    expected = reference_layout(samples, views, chunk_rows)
+    assert len(expected) == store.rows
+    assert view.tolist() == [v for _, v in expected]
+    sample_at = {}
+    for (position, _), index in zip(expected, source_index.tolist()):
+        assert sample_at.setdefault(position, index) == index  # one sample per position, in every view
+    assert sorted(sample_at.values()) == list(range(samples))
+    return source_index, view
+
+
 def subprocess_env(**extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
 

@@ -7,8 +7,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from litcache.data import ViewRows
+from conftest import check_row_layout, reference_layout
+from litcache.data import RowLayout, ViewRows
 from litcache.sections import split_model
 from litcache.store import open_store
 from litcache.teacher import load_teacher
@@ -105,28 +108,51 @@ class _Data(torch.utils.data.Dataset):
         return self.x[i], int(self.y[i])
 
 
-def test_viewrows_view_major():
+@settings(max_examples=40, deadline=None)
+@given(samples=st.integers(1, 23), views=st.integers(1, 3), block=st.integers(1, 8))
+def test_row_layout_matches_reference(samples, views, block):
+    layout = RowLayout(samples, views, block)
+    expected = reference_layout(samples, views, block)
+    assert layout.rows == len(expected) == samples * views
+    assert [layout.locate(r) for r in range(layout.rows)] == expected
+    for b in range(layout.blocks):
+        for v in range(views):
+            rows = layout.block_rows(b, v)
+            assert [layout.locate(r) for r in rows] == [(p, v) for p in range(b * block, min((b + 1) * block, samples))]
+            if len(rows) == block:  # a full block's view is exactly one aligned chunk
+                assert rows.start % block == 0
+
+
+def test_viewrows_items():
     data, aug = _Data(7), CropFlip(padding=1)
-    rows = ViewRows(data, samples=5, views=3, seed=11, augment=aug)  # samples < len(data): a --limit
+    layout = RowLayout(samples=5, views=3, block=2)  # samples < len(data): a --limit
+    rows = ViewRows(data, layout, seed=11, augment=aug)
     assert len(rows) == 15 and rows.num_params == 3
+    expected = reference_layout(5, 3, 2)
+    sample_at = {}
     for r in range(len(rows)):
         x, y, index, view, params = rows[r]
-        assert (index, view) == (r % 5, r // 5) == rows.locate(r)
-        assert r == view * 5 + index
+        assert (index, view) == rows.locate(r)
+        position, expected_view = expected[r]
+        assert view == expected_view
+        assert sample_at.setdefault(position, index) == index  # every view of a position: the same sample
         assert y == index * 10
-        expected = aug.sample(view_generator(11, index, view), data[index][0].shape)
-        assert params.dtype == torch.float32 and params.tolist() == list(expected)
-        assert torch.equal(x, aug.apply(data[index][0], expected))
+        drawn = aug.sample(view_generator(11, index, view), data[index][0].shape)
+        assert params.dtype == torch.float32 and params.tolist() == list(drawn)
+        assert torch.equal(x, aug.apply(data[index][0], drawn))
         again = rows[r]
         assert torch.equal(again[0], x) and torch.equal(again[4], params)
+    assert sorted(sample_at.values()) == list(range(5))  # the first 5 samples, each once per view
 
 
 def test_viewrows_seed_changes_views_and_no_augment():
     data = _Data(7)
-    a = ViewRows(data, 7, 2, seed=0, augment=CropFlip(padding=2))
-    b = ViewRows(data, 7, 2, seed=1, augment=CropFlip(padding=2))
-    assert any(not torch.equal(a[r][4], b[r][4]) for r in range(len(a)))
-    plain = ViewRows(data, 7, 2, seed=0, augment=None)
+    layout = RowLayout(7, 2, 4)
+    a = ViewRows(data, layout, seed=0, augment=CropFlip(padding=2))
+    b = ViewRows(data, layout, seed=1, augment=CropFlip(padding=2))
+    params = lambda rows: {rows.locate(r): tuple(rows[r][4].tolist()) for r in range(len(rows))}
+    assert params(a) != params(b)
+    plain = ViewRows(data, layout, seed=0, augment=None)
     assert plain.num_params == 0
     for r in range(len(plain)):
         x, y, index, view, params = plain[r]
@@ -135,13 +161,10 @@ def test_viewrows_seed_changes_views_and_no_augment():
 
 def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ckpt):
     store = open_store(tiny_store)
-    samples, views = store.manifest["layout"]["samples"], store.manifest["layout"]["views"]
+    views = store.manifest["layout"]["views"]
     assert store.manifest["view_param_names"] == ["dy", "dx", "flip"]
-    source_index = store.read("source_index", 0, store.rows)
-    view = store.read("view", 0, store.rows)
+    source_index, view = check_row_layout(store)
     params = store.read("view_params", 0, store.rows)
-    rows = torch.arange(store.rows)
-    assert torch.equal(source_index, rows % samples) and torch.equal(view.long(), rows // samples)
 
     dataset = tiny_recipe.load_split("train")
     aug = tiny_recipe.augment
@@ -154,7 +177,7 @@ def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ck
         assert params[r].tolist() == list(aug.sample(view_generator(seed, i, v), x.shape))
         # ... and replaying them needs only apply().
         inputs.append(aug.apply(x, params[r].tolist()))
-    assert views == 2 and not torch.equal(params[:samples], params[samples:])
+    assert views == 2 and len({tuple(p) for p in params.tolist()}) > 1
 
     teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
     split = split_model(teacher, tiny_recipe).eval()
@@ -162,7 +185,10 @@ def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ck
         stem = split.stem(torch.stack(inputs))
     stored = store.read("boundaries/0", 0, store.rows)
     torch.testing.assert_close(stored, stem, rtol=1e-5, atol=1e-6)
-    # Replaying with the wrong view's parameters would not match: the check can fail.
+    # Replaying with the other view's parameters would not match: the check can fail.
+    row_of = {(int(i), int(v)): r for r, (i, v) in enumerate(zip(source_index, view))}
+    wrong = [aug.apply(dataset[int(i)][0], params[row_of[(int(i), 1 - int(v))]].tolist())
+             for i, v in zip(source_index, view)]
     with torch.inference_mode():
-        swapped = split.stem(torch.stack(inputs[samples:] + inputs[:samples]))
+        swapped = split.stem(torch.stack(wrong))
     assert not torch.allclose(stored, swapped, rtol=1e-3, atol=1e-3)

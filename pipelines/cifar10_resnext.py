@@ -1,0 +1,88 @@
+"""CIFAR-10, CIFAR ResNeXt-110 teacher -> ResNeXt-20 student: the LIT paper's 5.5x (by depth) system.
+
+ResNeXts of the CIFAR template of Xie et al. 2017 (bottleneck blocks with grouped 3x3 convs,
+3 stages, depth 9n + 2), cut at their three stages. Data, views and LIT hyperparameters are
+those of cifar10_resnet.py (the LIT authors released no ResNeXt code; DESIGN.md gives their
+ResNet settings).
+
+Data (nothing is downloaded), read when a split is loaded:
+  LITCACHE_CIFAR10_ROOT     torchvision CIFAR-10 root holding cifar-10-batches-py/ (preferred if set)
+  LITCACHE_CIFAR10_DIR      ImageFolder dir: train/<class>/*.jpg, test/<class>/*.jpg, e.g. after
+                            `tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR`; decoded once into
+                            DIR/.litcache/ (or LITCACHE_CACHE_DIR)
+
+Model size, read whenever a model is built. The defaults are the ResNeXt paper's CIFAR template
+(ResNeXt-29 8x64d widths); DESIGN.md does not record the LIT paper's ResNeXt width:
+  LITCACHE_RESNEXT_TEACHER      teacher depth, 9n + 2 (default 110)
+  LITCACHE_RESNEXT_CARDINALITY  groups of each grouped conv (default 8)
+  LITCACHE_RESNEXT_BASE_WIDTH   channels per group in stage 1, doubled per stage (default 64)
+  LITCACHE_RESNEXT_WIDTHS       stage output widths (default 256,512,1024; the stem has a quarter
+                                of the first)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import xxhash
+
+from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
+from litcache.zoo import cifar_resnext
+
+
+def _sibling(name: str):
+    """Import pipelines/<name>.py by path (pipelines/ is not a package), once per process."""
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    key = f"litcache_pipelines_{name}_{xxhash.xxh3_64_hexdigest(str(path).encode())}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+_data = _sibling("_data")
+
+
+def load_split(split: str):
+    return _data.load_cifar10(split)
+
+
+def resnext(depth: int | None = None):
+    """A builder of ResNeXt-``depth`` (None: the teacher depth from LITCACHE_RESNEXT_TEACHER)."""
+
+    def build():
+        d = depth if depth is not None else _data.env_int("LITCACHE_RESNEXT_TEACHER", 110)
+        return cifar_resnext(d, cardinality=_data.env_int("LITCACHE_RESNEXT_CARDINALITY", 8),
+                             base_width=_data.env_int("LITCACHE_RESNEXT_BASE_WIDTH", 64),
+                             widths=_data.env_ints("LITCACHE_RESNEXT_WIDTHS", (256, 512, 1024)), num_classes=10)
+
+    return build
+
+
+recipe = Recipe(
+    name="cifar10_resnext",
+    description="CIFAR-10 (torchvision root or JPEG ImageFolder), ResNeXt-110 -> ResNeXt-20 (8x64d CIFAR template), "
+                "sections = the three stages",
+    build_teacher=resnext(),
+    students={f"resnext{d}": resnext(d) for d in (20, 29, 38)},
+    stem="stem",
+    sections=("layer1", "layer2", "layer3"),
+    head="head",
+    load_split=load_split,
+    num_classes=10,
+    augment=CropFlip(padding=4, flip=True),
+    teacher_checkpoint="runs/cifar10_resnext/teacher.pt",
+    # Xie et al. 2017 (CIFAR): batch 128, lr 0.1, /10 at 50% and 75% of 300 epochs, weight decay 5e-4.
+    teacher_training=TrainConfig(epochs=300, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                 milestones=(150, 225)),
+    # The LIT authors' ResNet settings (they released no ResNeXt configuration).
+    distill=DistillConfig(
+        lit=TrainConfig(epochs=175, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(100,)),
+        finetune=TrainConfig(epochs=125, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-4, milestones=(55,)),
+        alpha=0.95, tau=6.0, beta=0.75,
+    ),
+)
