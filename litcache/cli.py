@@ -285,12 +285,19 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
     for role in ("teacher", "student"):
         if role in report:
             m = report[role]
-            line = (f"{role:<8} top-1 {m['accuracy']:.4f} on {m['samples']} {split} samples  params {m['params']:,}  "
+            if report.get("task") == "generation":
+                quality = (f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {m['psnr_vs_teacher_db']} dB"
+                           if "mse_vs_teacher" in m else "the reference")
+            else:
+                quality = f"top-1 {m['accuracy']:.4f}"
+            line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "
                     f"MACs/sample {m['macs_per_sample'] / 1e6:.2f}M  depth {m['depth']}  "
                     f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}")
             if role == "student":
                 line += (f"  compression x{m['compression_by_depth']} depth, x{m['compression_by_params']} params, "
                          f"x{m['compression_by_macs']} MACs")
+                if m.get("samples_png"):
+                    line += f"  samples: {m['samples_png']}"
             click.echo(line)
 
 

@@ -55,9 +55,10 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
 
     def count(module: nn.Module, inputs, output) -> None:
         nonlocal macs
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
-            kernel = module.weight[0].numel()  # in_channels/groups * kernel size
-            macs += output[0].numel() * kernel
+        if isinstance(module, nn.ConvTranspose2d):
+            macs += inputs[0][0].numel() * module.weight[0].numel()  # weight (in, out/groups, kh, kw)
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            macs += output[0].numel() * module.weight[0].numel()  # weight[0]: in/groups * kernel size
         elif isinstance(module, nn.Linear):
             macs += output[0].numel() * module.in_features
 

@@ -123,6 +123,9 @@ def train_teacher(
     """
     from .evaluate import accuracy
 
+    if recipe.task != "classification":
+        raise CheckpointError(f"train-teacher trains classifiers with cross-entropy; recipe {recipe.name!r} is a {recipe.task} "
+                              "task. Bring its teacher's checkpoint (see the recipe's docstring).")
     config = config or recipe.teacher_training
     dev = resolve_device(device)
     out = Path(out)

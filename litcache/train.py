@@ -96,7 +96,9 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
     return config
 
 
-def _fields(mode: str, sections: int, block: int | None, hint: int) -> list[str]:
+def _fields(mode: str, sections: int, block: int | None, hint: int, beta: float) -> list[str]:
+    if mode == "lit" and beta == 0:  # IR only: the logits are never read
+        return [f"boundaries/{i}" for i in range(sections + 1)]
     if mode == "lit":
         return [f"boundaries/{i}" for i in range(sections + 1)] + ["logits", "labels"]
     if mode == "ir":
@@ -187,6 +189,10 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
                  log: Callable[[str], None] = print) -> list[dict]:
     """Train each named student from the store; returns one result dict per student."""
     store = open_store(store_path)
+    if recipe.task != "classification" and (options.mode not in ("lit", "ir") or (options.mode == "lit" and
+                                                                                    resolve_config(recipe, options)["beta"] > 0)):
+        raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task: its students train with the IR losses only "
+                          "(--mode ir, or --mode lit with --beta 0); KD needs class logits.")
     if store.manifest["identity"]["recipe"] != recipe.name:
         raise StoreMismatchError(f"Store {str(store_path)!r} was extracted for recipe {store.manifest['identity']['recipe']!r}, "
                                  f"not {recipe.name!r}.")
@@ -235,13 +241,15 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
-    fields = _fields(options.mode, sections, options.block, hint)
+    fields = _fields(options.mode, sections, options.block, hint, config["beta"])
     dataset = StoreDataset(store, fields, cache_chunks=2 * options.buffer_chunks + 2)
     sampler = ChunkShuffleSampler.for_store(store, config["batch_size"], buffer_chunks=options.buffer_chunks,
                                             num_workers=options.loader_workers, seed=options.seed)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers, pin_memory=device.type == "cuda")
     store_record = {"path": str(store.path), "identity": store.manifest["identity"]}
-    eval_set = recipe.load_split("test") if options.evaluate and options.block is None and "test" in recipe.splits else None
+    # Per-epoch test accuracy: classification only, and only for a whole student.
+    wants_eval = options.evaluate and options.block is None and recipe.task == "classification"
+    eval_set = recipe.load_split("test") if wants_eval and "test" in recipe.splits else None
     hint_epochs = config["epochs"] // 2 if options.mode == "hints" else 0
 
     for epoch in range(start_epoch, config["epochs"]):

@@ -106,9 +106,8 @@ def run_pipeline(recipe, student: str, tmp_path: Path, *, views: int, finetune: 
     result = litcache.extract(recipe, store, options, teacher_checkpoint=ckpt, progress=False, log=quiet)
     assert result.rows == len(dataset) * views
 
-    # train-blocks' per-epoch test score is top-1 accuracy, which a generator's images do not have:
-    # generation recipes train with evaluate=False (--no-eval), as celeba_stargan.py tells its users.
-    train = dict(epochs=1, batch_size=8, device="cpu", evaluate=recipe.task == "classification")
+    # train-blocks scores each epoch by test top-1 for classifiers and skips it for generators.
+    train = dict(epochs=1, batch_size=8, device="cpu")
     lit = litcache.train_blocks(recipe, store, [student], tmp_path / "lit", BlockTrainOptions(**train), log=quiet)[0]
     assert math.isfinite(lit["history"][-1]["loss"])
     checkpoint = lit["checkpoint"]
@@ -299,6 +298,29 @@ def test_celeba_stargan_pipeline(celeba, tmp_path, monkeypatch):
     assert student["compression_by_depth"] == pytest.approx(18 / 10, abs=1e-3)  # the paper's 1.8x
     with Image.open(student["samples_png"]) as png:  # 4 rows of (input, teacher, student), 2-pixel gaps
         assert png.size == (3 * 8 + 2 * 2, 4 * 8 + 3 * 2)
+
+
+def test_generation_trains_with_ir_only_and_evaluates_in_text(celeba, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from litcache.cli import main
+
+    recipe = load("celeba_stargan", monkeypatch, **STARGAN_TINY)
+    ckpt = make_teacher(recipe, tmp_path / "teacher.pt")
+    store = tmp_path / "s.zarr"
+    litcache.extract(recipe, store, ExtractOptions(dtype="float32", chunk_rows=8), teacher_checkpoint=ckpt,
+                     progress=False, log=quiet)
+    assert litcache.open_store(store).manifest["arrays"]["logits"]["shape"][1:] == [3, 8, 8]
+    for mode, extra in (("kd", {}), ("lit", {"beta": 0.5})):
+        with pytest.raises(OptionError, match="IR losses only"):
+            litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / mode, BlockTrainOptions(mode=mode, epochs=1, **extra),
+                                  log=quiet)
+    [ir] = litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / "ir", BlockTrainOptions(mode="ir", epochs=1), log=quiet)
+    recipe_file = str(PIPELINES / "celeba_stargan.py")
+    result = CliRunner().invoke(main, ["evaluate", recipe_file, "--student", ir["checkpoint"], "--teacher", str(ckpt),
+                                       "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "student  MSE vs teacher" in result.output and "samples:" in result.output
 
 
 def test_celeba_targets_follow_stargan(celeba, monkeypatch):
