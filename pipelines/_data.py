@@ -193,6 +193,20 @@ def cifar10_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``size`` samples, as many of each class as possible, drawn with a fixed seed.
+    (A class-sorted split's first N samples, as --limit takes them, would hold only a few classes.)"""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = -(-size // len(classes))
+    picks = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
+    return np.sort(rng.permutation(picks)[:size])
+
+
 def load_cifar10(split: str) -> NormalizedImages:
     images, labels = cifar10_arrays(split)
+    subset = env_int("LITCACHE_CIFAR10_TRAIN_SUBSET", 0) if split == "train" else 0
+    if 0 < subset < len(labels):
+        keep = balanced_subset(labels, subset)
+        images, labels = images[keep], labels[keep]
     return NormalizedImages(images, labels, CIFAR10_MEAN, CIFAR10_STD)

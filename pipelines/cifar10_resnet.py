@@ -10,6 +10,8 @@ Data (nothing is downloaded), read when a split is loaded:
   LITCACHE_CIFAR10_DIR     ImageFolder dir: train/<class>/*.jpg, test/<class>/*.jpg, e.g. after
                            `tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR`; decoded once into
                            DIR/.litcache/ (or LITCACHE_CACHE_DIR)
+  LITCACHE_CIFAR10_TRAIN_SUBSET  N > 0: a class-balanced, seeded subset of N training images (for
+                           CPU-sized runs; --limit takes the first N, which a class-sorted folder biases)
 
 Model size, read whenever a model is built (the defaults are the paper's):
   LITCACHE_CIFAR_TEACHER   teacher depth, 6n + 2 (default 110; 56 is the other common teacher)

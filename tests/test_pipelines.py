@@ -184,6 +184,13 @@ def test_cifar10_images_are_decoded_once(cifar_dir, monkeypatch):
     assert list((cifar_dir / ".litcache").glob("cifar10-train-*/done"))
 
 
+def test_cifar10_train_subset_is_class_balanced(cifar_dir, monkeypatch):
+    recipe = load("cifar10_resnet", monkeypatch, LITCACHE_CIFAR10_TRAIN_SUBSET="10")
+    subset = recipe.load_split("train")
+    assert len(subset) == 10 and sorted(subset[i][1] for i in range(10)) == list(range(10))
+    assert len(recipe.load_split("test")) == 10  # the test split is never subset
+
+
 def test_cifar10_without_data_says_how_to_get_it(tmp_path, monkeypatch):
     for var in ("LITCACHE_CIFAR10_ROOT", "LITCACHE_CIFAR10_DIR"):
         monkeypatch.delenv(var, raising=False)
