@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
 
+import torch
 import torch.nn as nn
 import xxhash
 from torch.utils.data import Dataset
@@ -31,9 +32,13 @@ TASKS = ("classification", "generation")
 ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and a step schedule, as in the LIT paper's released code."""
+    """An optimizer and a step schedule. SGD with momentum, as in the LIT paper's released code for
+    classifiers; Adam (with ``betas``) for the StarGAN generator."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -42,8 +47,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise RecipeError(f"Expected TrainConfig.optimizer in {OPTIMIZERS}, got {self.optimizer!r} instead.")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"Expected TrainConfig.{name} >= 1, got {getattr(self, name)} instead.")

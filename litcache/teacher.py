@@ -131,8 +131,7 @@ def train_teacher(
     out = Path(out)
     torch.manual_seed(seed)
     model = (recipe.student_builder(student) if student else recipe.build_teacher)().to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=False)
+    optimizer = config.make_optimizer(model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     start_epoch, history = 0, []
     if out.exists():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,6 +34,7 @@ from .student import adopt_teacher_parts, build_student, read_student, save_stud
 __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "step_losses", "check_student_fits"]
 
 MODES = ("lit", "ir", "finetune", "kd", "hints")
+_TRAIN_CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
                  if getattr(options, k) is not None}
     phase = replace(phase, **overrides)
     beta = 0.0 if options.mode == "ir" else (options.beta if options.beta is not None else recipe.distill.beta)
-    config = {**asdict(phase), "milestones": list(phase.milestones),
+    config = {**asdict(phase), "milestones": list(phase.milestones), "betas": list(phase.betas),
               "alpha": options.alpha if options.alpha is not None else recipe.distill.alpha,
               "tau": options.tau if options.tau is not None else recipe.distill.tau,
               "beta": beta}
@@ -222,7 +223,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         model.load_state_dict(init["state_dict"])
     model.to(device)
     params = _trainable(split, options.mode, options.block)
-    optimizer = torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"])
+    optimizer = TrainConfig(**{k: config[k] for k in _TRAIN_CONFIG_FIELDS}).make_optimizer(params)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config["milestones"], config["gamma"])
 
     last, final = out / "last.pt", out / "student.pt"
@@ -241,8 +242,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
-    fields = _fields(options.mode, sections, options.block, hint, config["beta"])
-    dataset = StoreDataset(store, fields, cache_chunks=2 * options.buffer_chunks + 2)
+    wanted = _fields(options.mode, sections, options.block, hint, config["beta"])
+    dataset = StoreDataset(store, wanted, cache_chunks=2 * options.buffer_chunks + 2)
     sampler = ChunkShuffleSampler.for_store(store, config["batch_size"], buffer_chunks=options.buffer_chunks,
                                             num_workers=options.loader_workers, seed=options.seed)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers, pin_memory=device.type == "cuda")

@@ -173,3 +173,20 @@ def test_several_students_and_cli_end_to_end(tiny_store, teacher_ckpt, tmp_path)
                                   str(tmp_path / "y"), "--mode", "lit", "--block", "1"])
     assert result.exit_code == 1 and "Error: --block trains one section alone" in result.output
     assert "Traceback" not in result.output
+
+
+def test_optimizer_choice_follows_the_recipe(tiny_store, tmp_path):
+    from dataclasses import replace
+
+    from litcache.errors import RecipeError
+    from litcache.recipe import DistillConfig, TrainConfig
+
+    adam = TrainConfig(epochs=1, batch_size=16, lr=1e-3, optimizer="adam", betas=(0.5, 0.999), weight_decay=0.0)
+    assert isinstance(adam.make_optimizer([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Adam)
+    with pytest.raises(RecipeError, match="optimizer in"):
+        TrainConfig(optimizer="lbfgs")
+    recipe = replace(load_recipe(RECIPES / "tiny.py"), distill=DistillConfig(lit=adam, finetune=adam))
+    [r] = train_blocks(recipe, tiny_store, ["resnet8"], tmp_path, BlockTrainOptions(evaluate=False), **QUIET)
+    assert r["config"]["optimizer"] == "adam" and r["config"]["betas"] == [0.5, 0.999]
+    state = torch.load(tmp_path / "resnet8" / "last.pt", weights_only=True)["optimizer"]
+    assert "exp_avg" in next(iter(state["state"].values()))  # Adam's moment estimates
