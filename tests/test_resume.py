@@ -188,6 +188,53 @@ def test_resume_after_kill_during_shard_write(teacher_ckpt, reference, tmp_path)
     _assert_same_store(out, reference)
 
 
+def test_resume_after_kill_during_a_ledger_write(teacher_ckpt, reference, tmp_path):
+    # Shard 3's arrays are written and its ledger entry sits in a temporary file: killed before the
+    # rename that commits it, so shard 3 is not committed and is extracted again.
+    wrapper = _wrapper(tmp_path, """
+        import litcache.store as store
+
+        def write_atomic(path, data):
+            if path.name == "shard-000003.json":
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(data)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _write_atomic(path, data)
+
+        _write_atomic = store._write_atomic
+        store._write_atomic = write_atomic
+    """)
+    out = tmp_path / "ledger.zarr"
+    pid = _run_killed(wrapper, out, teacher_ckpt)
+    _assert_killed_state(out, pid, 3, 3)
+    assert sorted(read_ledger(out)) == [0, 1, 2]
+    assert list((out / "ledger").glob(".shard-000003.json.*.tmp"))  # the uncommitted entry is ignored
+    _refuses_without_resume(out, teacher_ckpt)
+    _resume_in_process(out, teacher_ckpt, SAMPLES - 48)
+    _assert_same_store(out, reference)
+
+
+def test_resume_after_kill_right_after_a_commit(teacher_ckpt, reference, tmp_path):
+    # Killed between shards: shard 1 is fully committed, nothing of shard 2 is written yet.
+    wrapper = _wrapper(tmp_path, """
+        _write_shard = StoreWriter.write_shard
+
+        def write_shard(self, index, start, data):
+            entry = _write_shard(self, index, start, data)
+            if index == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return entry
+
+        StoreWriter.write_shard = write_shard
+    """)
+    out = tmp_path / "between.zarr"
+    pid = _run_killed(wrapper, out, teacher_ckpt)
+    _assert_killed_state(out, pid, 2, 2)
+    _refuses_without_resume(out, teacher_ckpt)
+    _resume_in_process(out, teacher_ckpt, SAMPLES - 32)
+    _assert_same_store(out, reference)
+
+
 def test_resume_after_kill_during_finalize(teacher_ckpt, reference, tmp_path):
     wrapper = _wrapper(tmp_path, """
         def finalize(self, extra=None):
