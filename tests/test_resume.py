@@ -1,5 +1,6 @@
 """Resume after `litcache extract` is stopped: SIGKILLed mid-run, in the middle of a shard write,
-while committing the manifest and while creating the store, or interrupted with Ctrl-C. The
+while writing a ledger entry, right after a commit, while committing the manifest and while
+creating the store, or interrupted with Ctrl-C. The
 resumed store must be the store an uninterrupted run makes, byte for byte."""
 
 from __future__ import annotations
