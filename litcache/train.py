@@ -190,8 +190,8 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
                  log: Callable[[str], None] = print) -> list[dict]:
     """Train each named student from the store; returns one result dict per student."""
     store = open_store(store_path)
-    if recipe.task != "classification" and (options.mode not in ("lit", "ir") or (options.mode == "lit" and
-                                                                                    resolve_config(recipe, options)["beta"] > 0)):
+    ir_only = options.mode == "ir" or (options.mode == "lit" and resolve_config(recipe, options)["beta"] == 0)
+    if recipe.task != "classification" and not ir_only:
         raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task: its students train with the IR losses only "
                           "(--mode ir, or --mode lit with --beta 0); KD needs class logits.")
     if store.manifest["identity"]["recipe"] != recipe.name:
