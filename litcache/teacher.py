@@ -163,12 +163,13 @@ def train_teacher(
             optimizer.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch used
         scheduler.step()
         elapsed = time.perf_counter() - t0
         test_accuracy = accuracy(model, test_set, dev)
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "test_accuracy": test_accuracy, "seconds": elapsed})
         log(f"epoch {epoch + 1}/{config.epochs}  loss {loss_sum / seen:.4f}  test acc {test_accuracy:.4f}  "
-            f"lr {optimizer.param_groups[0]['lr']:.4g}  {seen / elapsed:.0f} img/s")
+            f"lr {lr:.4g}  {seen / elapsed:.0f} img/s")
         config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
         if student:
             from .student import save_student

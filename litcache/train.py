@@ -274,9 +274,10 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
             rows += n
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * n
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch used
         scheduler.step()
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, **{k: v / rows for k, v in sums.items()}, "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch + 1, **{k: v / rows for k, v in sums.items()}, "lr": lr,
                   "rows_per_s": rows / seconds, "seconds": seconds}
         if eval_set is not None:
             from .evaluate import accuracy
