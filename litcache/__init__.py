@@ -11,6 +11,7 @@ from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset  # noqa: E
 from .evaluate import evaluate  # noqa: E402
 from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
 from .student import assemble, load_student  # noqa: E402
+from .sweep import SweepResult, sweep  # noqa: E402
 from .train import BlockTrainOptions, train_blocks  # noqa: E402
 from .teacher import load_teacher, train_teacher  # noqa: E402
 from .views import CropFlip  # noqa: E402
@@ -30,6 +31,7 @@ __all__ = [
     "SplitModel",
     "Store",
     "StoreDataset",
+    "SweepResult",
     "TrainConfig",
     "VerifyReport",
     "assemble",
@@ -42,6 +44,7 @@ __all__ = [
     "open_store",
     "split_model",
     "store_info",
+    "sweep",
     "train_blocks",
     "train_teacher",
     "verify_store",

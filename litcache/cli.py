@@ -18,6 +18,7 @@ from .errors import LitcacheError
 from .extract import ExtractOptions, extract
 from .recipe import load_recipe
 from .store import CODECS, DTYPES
+from .sweep import SWEEP_MODES
 from .train import MODES
 
 
@@ -100,17 +101,20 @@ def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume,
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Finish an interrupted extraction into --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made from something else.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Extract on a local dask cluster of N single-threaded processes (1: in this process).")
+@click.option("--scheduler", help="Extract on the running dask cluster at ADDRESS (e.g. tcp://host:8786).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print the store identity.")
 @_friendly_errors
-def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, quiet, verbose, **options):
+def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, scheduler, quiet, verbose, **options):
     """Run RECIPE's teacher once and store its section boundaries, logits and labels in a Zarr store.
 
     Example: litcache extract pipelines/mnist_resnet.py --teacher runs/mnist/teacher.pt --out runs/mnist/train.zarr --views 4
     """
     r = load_recipe(recipe)
     result = extract(r, out, ExtractOptions(**options), teacher_checkpoint=teacher_checkpoint, resume=resume,
-                     overwrite=overwrite, progress=not quiet, log=_logger(quiet))
+                     overwrite=overwrite, progress=not quiet, log=_logger(quiet), workers=workers, scheduler=scheduler)
     if verbose:
         click.echo(json.dumps(store_info(out)["manifest"]["identity"], indent=2), err=True)
     if not quiet:
@@ -258,6 +262,56 @@ def assemble_cmd(parts, out):
 
     result = assemble(parts, out)
     click.echo(f"assembled {out} from " + ", ".join(f"section {i}: {p}" for i, p in result["sections"].items()))
+
+
+@main.command("sweep")
+@click.argument("recipe")
+@click.option("--store", "store_path", required=True, type=click.Path(), help="A complete store made by `litcache extract`.")
+@click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to sweep several.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder; each variant gets OUT/VARIANT/.")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Training seed; repeat to sweep.  [default: 0]")
+@click.option("--mode", type=click.Choice(SWEEP_MODES), default="lit", show_default=True,
+              help="ir: one task per (variant, section), then assembled.")
+@click.option("--epochs", type=click.IntRange(min=1), multiple=True, help="Repeat any hyperparameter to sweep its values.")
+@click.option("--batch-size", type=click.IntRange(min=1), multiple=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), multiple=True)
+@click.option("--momentum", type=click.FloatRange(min=0), multiple=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), multiple=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), multiple=True)
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), multiple=True)
+@click.option("--beta", type=click.FloatRange(0, 1), multiple=True)
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local dask cluster of N single-threaded processes; 1: in this process, no cluster.  [default: one per core]")
+@click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead (e.g. tcp://host:8786).")
+@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint: its test accuracy is marked on the plot.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+@_friendly_errors
+def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler, teacher, device, quiet, **grid):
+    """Train every combination of students, seeds and hyperparameter values from one store as dask
+    tasks, evaluate each, and write OUT/results.csv, OUT/results.json and OUT/pareto.png.
+
+    Rerunning skips the variants already trained. Exits 1 if any variant failed; the others are kept.
+
+    Example: litcache sweep pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --student resnet14 --lr 0.05 --lr 0.1 --out runs/mnist/sweep
+    """
+    from .sweep import sweep
+
+    try:
+        result = sweep(load_recipe(recipe), store_path, students, out, seeds=seeds or (0,), grid=grid, mode=mode,
+                       workers=workers, scheduler=scheduler, teacher=teacher, device=device, log=_logger(quiet))
+    except KeyboardInterrupt:  # before the generic handler, whose advice (--resume) is extract's
+        click.echo("Error: interrupted. Finished variants are kept; run the same command again to train the rest.", err=True)
+        sys.exit(130)
+    for row in result.rows:
+        if row["status"] != "failed":
+            click.echo(f"{row['variant']}: {row['status']}, test accuracy {row['accuracy']:.4f}, params {row['params']:,}, "
+                       f"MACs/sample {row['macs'] / 1e6:.2f}M, depth {row['depth']}")
+    click.echo(f"results: {result.results_csv}, {result.results_json}, {result.pareto_png}")
+    for row in result.failed:
+        click.echo(f"Error: variant {row['variant']} failed: {row['error']}", err=True)
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command("evaluate")

@@ -8,6 +8,7 @@ compute overlaps compression and I/O; memory holds at most a few shards.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -348,8 +349,23 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> ExtractResult:
-    """Extract the recipe's teacher boundaries for ``options.split`` into the store at ``out``."""
+    """Extract the recipe's teacher boundaries for ``options.split`` into the store at ``out``.
+
+    With ``workers`` > 1 (a local dask cluster) or ``scheduler`` (an existing one), this process
+    plans, creates and finalizes the store and dask workers extract disjoint sets of whole shards;
+    the store is the same as a serial extraction's.
+    """
+    if workers is not None or scheduler:
+        from .sweep import check_parallel_options
+
+        check_parallel_options(workers, scheduler)
+    distributed = bool(scheduler) or (workers or 1) > 1
+    if distributed and not recipe.source:
+        raise OptionError(f"Recipe {recipe.name!r} has no source path; dask workers load the recipe by it. "
+                          "Load it with litcache.load_recipe.")
     out = Path(out)
     t_start = time.perf_counter()
     plan = plan_extraction(recipe, options, teacher_checkpoint)
@@ -374,11 +390,16 @@ def extract(
                 "Free some space, or reduce --limit/--views, or use a smaller --dtype."
             )
     # Decide again under the lock: another extraction may have started or finished meanwhile.
-    with store_lock(out):
+    with store_lock(out), contextlib.ExitStack() as cluster:
         action = _decide(out, plan.identity, resume, overwrite)
         if action == "unchanged":
             log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
             return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
+        client = None
+        if distributed:  # connected before the store is touched: an unreachable scheduler changes nothing
+            from .sweep import dask_client
+
+            client = cluster.enter_context(dask_client(workers, scheduler))
         if action == "create":
             modules = {"stem": plan.split.stem.state_dict(), "head": plan.split.head.state_dict()}
             writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)
@@ -393,7 +414,10 @@ def extract(
         committed = writer.committed()
         pending = [i for i in range(len(ranges)) if i not in committed]
 
-        teacher_seconds, rows_done = _run(plan, writer, ranges, pending, device, progress)
+        if client is not None:
+            teacher_seconds, rows_done = _run_distributed(plan, out, pending, client, log)
+        else:
+            teacher_seconds, rows_done = _run(plan, writer, ranges, pending, device, progress)
         manifest = writer.finalize({"completed": _now(), "timing": {
             "seconds": round(time.perf_counter() - t_start, 3), "teacher_seconds": round(teacher_seconds, 3)}})
     seconds = time.perf_counter() - t_start
@@ -515,4 +539,60 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
         if background.is_alive():
             background.queue.put(None)  # on an error, let shards already queued (all whole and finite) commit
             background.join()
+    return teacher_seconds, rows_done
+
+
+def _extract_task(recipe_source: str, options: ExtractOptions, checkpoint: str, store: str, shards: list[int]) -> tuple[float, int]:
+    """A dask worker's part of a distributed extraction: the given whole shards, written and committed."""
+    from .recipe import load_recipe
+
+    torch.set_num_threads(1)  # one core per worker; on CPU ResNets 1 and 2 threads store the same bytes (measured)
+    recipe = load_recipe(recipe_source)
+    # Dask worker processes are daemons, which may not start DataLoader worker processes.
+    plan = plan_extraction(recipe, replace(options, loader_workers=0), checkpoint)
+    writer = StoreWriter.reopen(store)
+    diff = _identity_diff(writer.manifest["identity"], plan.identity)
+    if diff:  # e.g. a worker on another machine with other data or another teacher file
+        raise StoreMismatchError(f"A dask worker sees another recipe, teacher or data than store {store!r} was started with "
+                                 f"({'; '.join(diff)}). Give every worker the same files.")
+    ranges = shard_ranges(plan.rows, plan.shard_rows)
+    return _run(plan, writer, ranges, shards, resolve_device(options.device), progress=False)
+
+
+def _span(shards: list[int]) -> str:
+    return f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else str(shards[0])
+
+
+def _run_distributed(plan: _Plan, out: Path, pending: list[int], client, log: Callable[[str], None]) -> tuple[float, int]:
+    """Split the pending shards into one contiguous run per dask worker thread and extract them
+    there. Zarr writers in several processes are safe on distinct whole shards only, which is all
+    ``_run`` ever writes. Returns (teacher seconds summed over workers, rows extracted)."""
+    from distributed import as_completed
+
+    from .sweep import portable_path
+
+    if not pending:
+        return 0.0, 0
+    args = (portable_path(plan.recipe.source), plan.options, str(Path(plan.checkpoint).resolve()), str(out.resolve()))
+    teacher_seconds, rows_done, failures = 0.0, 0, []
+    slots = max(1, sum(client.nthreads().values()))
+    runs = [run.tolist() for run in np.array_split(np.array(pending), min(slots, len(pending)))]
+    log(f"extracting {len(pending)} shards on {len(runs)} dask workers: shards " + ", ".join(map(_span, runs)))
+    futures = {client.submit(_extract_task, *args, run, pure=False): run for run in runs}
+    for future in as_completed(futures):
+        run = futures[future]
+        try:
+            seconds, rows = future.result()
+        except Exception as exc:  # the other workers' shards are committed all the same
+            failures.append(f"shards {_span(run)} failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            log(failures[-1])
+            continue
+        teacher_seconds, rows_done = teacher_seconds + seconds, rows_done + rows
+        log(f"shards {_span(run)} done ({rows} rows)")
+    if failures:
+        done, total = len(read_ledger(out)), len(shard_ranges(plan.rows, plan.shard_rows))
+        raise IncompleteStoreError(
+            f"Extraction into {str(out)!r} did not finish: {'; '.join(failures)}. The {done} of {total} shards committed "
+            "are kept; fix the cause and run the same command with --resume to finish it."
+        )
     return teacher_seconds, rows_done

@@ -1,0 +1,437 @@
+"""`litcache sweep`: train every (student, seed, hyperparameters) combination from one store as dask
+tasks, evaluate each trained student, and write results.csv, results.json and a Pareto plot.
+
+Each combination is a *variant*, trained under OUT/<variant>/ exactly as `train_blocks` would
+train it (same options, same seed, so the same weights). ``--mode lit`` runs one task per variant;
+``--mode ir`` runs one task per (variant, section) and a last task that assembles the sections.
+Tasks are plain functions of picklable arguments: the recipe travels by its source path and is
+loaded again in the worker, because recipe modules exist only in the process that loaded them.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from .audit import require_intact
+from .errors import LitcacheError, OptionError, StoreMismatchError
+from .recipe import Recipe, load_recipe
+from .store import open_store
+from .train import BlockTrainOptions, resolve_config, train_blocks
+
+__all__ = ["HYPERPARAMETERS", "SWEEP_MODES", "Variant", "SweepResult", "plan_variants", "variant_name", "pareto_front",
+           "dask_client", "check_parallel_options", "portable_path", "sweep"]
+
+#: Options a sweep can vary, in the order they appear in variant names and result columns.
+HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "alpha", "tau", "beta")
+SWEEP_MODES = ("lit", "ir")
+RESULT_FILE = "result.json"  # per variant, written last by its task: what a rerun reads back
+COLUMNS = ("variant", "student", "seed", "mode", *HYPERPARAMETERS, "params", "macs", "depth", "accuracy",
+           "train_seconds", "status", "pareto_params", "pareto_macs", "checkpoint", "error")
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One combination of the sweep; ``hyperparameters`` holds the swept values only."""
+
+    name: str
+    student: str
+    seed: int
+    mode: str
+    hyperparameters: dict = field(default_factory=dict)
+
+    def options(self, device: str = "auto", block: int | None = None) -> BlockTrainOptions:
+        # The store is verified once by the sweep, not once per task; the sweep evaluates each
+        # final student itself, so no per-epoch test accuracy.
+        return BlockTrainOptions(mode=self.mode, block=block, seed=self.seed, device=device, verify=False, evaluate=False,
+                                 **self.hyperparameters)
+
+    def checkpoint(self, out: Path) -> Path:
+        """The variant's final checkpoint (assembled in ir mode): where train_blocks puts it."""
+        return out / self.name / self.student / "student.pt"
+
+    def block_dir(self, out: Path, block: int) -> Path:
+        return out / self.name / f"block{block}"
+
+
+def _value_text(value) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def variant_name(student: str, seed: int, mode: str, hyperparameters: Mapping) -> str:
+    """A stable, filesystem-safe name, e.g. ``resnet8_seed0_lr0.05_batch-size16`` (``_ir`` after the
+    student in ir mode). Floats use their shortest exact form, so 0.1 is always ``0.1``."""
+    parts = [re.sub(r"[^A-Za-z0-9_.+-]", "-", student), *(["ir"] if mode == "ir" else []), f"seed{seed}"]
+    parts += [f"{key.replace('_', '-')}{_value_text(value)}" for key, value in hyperparameters.items()]
+    return "_".join(parts)
+
+
+def plan_variants(students: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence], mode: str) -> list[Variant]:
+    """Every combination of students x hyperparameter values x seeds, duplicates dropped."""
+    unknown = sorted(set(grid) - set(HYPERPARAMETERS))
+    if unknown:
+        raise OptionError(f"Expected hyperparameters among {', '.join(HYPERPARAMETERS)}, got {', '.join(unknown)} instead.")
+    if mode not in SWEEP_MODES:
+        raise OptionError(f"Expected --mode in {SWEEP_MODES}, got {mode!r} instead.")
+    if mode == "ir" and grid.get("beta"):
+        raise OptionError("--beta weights the KD term, which --mode ir does not have (it trains with beta = 0).")
+    keys = [k for k in HYPERPARAMETERS if grid.get(k)]
+    values = [list(dict.fromkeys(grid[k])) for k in keys]
+    variants, names = [], {}
+    for student in dict.fromkeys(students):
+        for combo in itertools.product(*values):
+            for seed in dict.fromkeys(seeds):
+                hyper = dict(zip(keys, combo))
+                v = Variant(variant_name(student, seed, mode, hyper), student, seed, mode, hyper)
+                if v.name in names:  # only possible when two student names differ in unsafe characters
+                    raise OptionError(f"Students {names[v.name]!r} and {student!r} give the same variant name {v.name!r}.")
+                names[v.name] = student
+                variants.append(v)
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks. Module-level functions of picklable arguments, run in a dask worker or in this process.
+
+
+def _prepare(recipe_source: str) -> Recipe:
+    # One torch thread in every task, in a worker (one core each) and in this process alike: CPU
+    # kernels round differently with other thread counts and SGD amplifies it (one MNIST epoch:
+    # weights apart by up to 0.75), so results must not depend on --workers or --scheduler.
+    torch.set_num_threads(1)
+    return load_recipe(recipe_source)
+
+
+def _train(recipe: Recipe, store: str, variant: Variant, out: Path, device: str, block: int | None = None) -> str:
+    # resume=True: a variant killed mid-training continues from its last.pt (same weights as straight).
+    [result] = train_blocks(recipe, store, [variant.student], out, variant.options(device, block), resume=True, log=_quiet)
+    return result["checkpoint"]
+
+
+def _measure(recipe: Recipe, variant: Variant, checkpoint: str, parts: Sequence[str]) -> dict:
+    """Evaluate the final student; train time is the seconds of its training epochs (summed over
+    sections in ir mode), read from the checkpoints so a rerun can recover it."""
+    from .evaluate import evaluate
+    from .student import read_student
+
+    report = evaluate(recipe, checkpoint, None)["student"]
+    seconds = sum(h.get("seconds", 0.0) for p in parts for h in read_student(p)["history"])
+    record = {"variant": variant.name, "checkpoint": checkpoint, "params": report["params"],
+              "macs": report["macs_per_sample"], "depth": report["depth"], "accuracy": report["accuracy"],
+              "train_seconds": round(seconds, 3)}
+    (Path(checkpoint).parents[1] / RESULT_FILE).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _lit_task(recipe_source: str, store: str, variant: Variant, out: str, device: str) -> dict:
+    recipe = _prepare(recipe_source)
+    checkpoint = _train(recipe, store, variant, Path(out) / variant.name, device)
+    return _measure(recipe, variant, checkpoint, [checkpoint])
+
+
+def _section_task(recipe_source: str, store: str, variant: Variant, out: str, device: str, block: int) -> str:
+    recipe = _prepare(recipe_source)
+    return _train(recipe, store, variant, variant.block_dir(Path(out), block), device, block)
+
+
+def _assemble_task(recipe_source: str, variant: Variant, out: str, *parts: str) -> dict:
+    from .student import assemble
+
+    recipe = _prepare(recipe_source)
+    final = variant.checkpoint(Path(out))
+    assemble(parts, final, recipe)
+    return _measure(recipe, variant, str(final), parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tasks.
+
+
+@contextmanager
+def dask_client(workers: int | None, scheduler: str | None) -> Iterator["object"]:
+    """A dask client: of the cluster at ``scheduler``, or of a new LocalCluster of ``workers``
+    single-threaded processes (default: one per core). Closed (and the cluster stopped) on exit."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError) as exc:  # unreachable, or not an address
+            raise OptionError(f"Expected a running dask scheduler at --scheduler {scheduler!r}, could not connect: {exc}.") from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    # dask starts its workers with MALLOC_TRIM_THRESHOLD_ set, which also turns off glibc's adaptive
+    # mmap threshold: every large torch tensor becomes a fresh mmap, and one MNIST training epoch
+    # took 2.2x as long as in this process. Keep dask's other variables (one thread for OpenMP etc.).
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    # The scheduler's HTTP server (and dashboard, with bokeh) on any free port: 8787 may be taken.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def check_parallel_options(workers: int | None, scheduler: str | None) -> None:
+    if workers is not None and scheduler:
+        raise OptionError("Give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both.")
+    if workers is not None and workers < 1:
+        raise OptionError(f"Expected --workers >= 1, got {workers} instead.")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, LitcacheError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())  # one line per failed variant
+
+
+@dataclass
+class _Job:
+    variant: Variant
+    #: ir mode: section -> its checkpoint from an earlier run, or None to train it.
+    parts: dict[int, str | None] = field(default_factory=dict)
+
+
+def _run_in_process(jobs: list[_Job], source: str, store: str, out: str, device: str, on_done: Callable) -> None:
+    threads = torch.get_num_threads()
+    try:
+        for job in jobs:
+            v = job.variant
+            try:
+                if v.mode == "lit":
+                    outcome = _lit_task(source, store, v, out, device)
+                else:
+                    parts = [p or _section_task(source, store, v, out, device, b) for b, p in job.parts.items()]
+                    outcome = _assemble_task(source, v, out, *parts)
+            except Exception as exc:  # one failed variant must not lose the others
+                outcome = exc
+            on_done(v, outcome)
+    finally:
+        torch.set_num_threads(threads)  # the tasks set one thread; give the caller its own back
+
+
+def _run_on_dask(client, jobs: list[_Job], source: str, store: str, out: str, device: str, on_done: Callable) -> None:
+    from distributed import as_completed
+
+    futures = {}
+    for job in jobs:
+        v = job.variant
+        if v.mode == "lit":
+            future = client.submit(_lit_task, source, store, v, out, device, pure=False)
+        else:
+            parts = [p or client.submit(_section_task, source, store, v, out, device, b, pure=False)
+                     for b, p in job.parts.items()]
+            future = client.submit(_assemble_task, source, v, out, *parts, pure=False)
+        futures[future] = v
+    for future in as_completed(futures):
+        try:
+            outcome = future.result()
+        except Exception as exc:  # a failed section fails its assembly with the section's own error
+            outcome = exc
+        on_done(futures[future], outcome)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict]
+    teacher: dict
+    results_csv: Path
+    results_json: Path
+    pareto_png: Path
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+
+def portable_path(path: str) -> str:
+    """Workers may run in another directory: give them absolute paths."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def _read_back(recipe: Recipe, variant: Variant, out: Path, store_identity: dict, config: dict, sections: int) -> dict | None:
+    """The results of a variant trained by an earlier run (None if it has no final checkpoint)."""
+    from .errors import CheckpointError
+    from .student import read_student
+
+    final = variant.checkpoint(out)
+    if not final.is_file():
+        return None
+    saved = read_student(final)
+    keys = (*HYPERPARAMETERS, "seed", "mode")
+    if saved["store"]["identity"] != store_identity or any(saved["config"].get(k) != config[k] for k in keys):
+        # Same name, other training: never report it as this variant's result.
+        raise CheckpointError(f"{str(final)!r} holds a student trained from another store or with other options "
+                              f"(recipe defaults may have changed). Remove {str(out / variant.name)!r} or choose another --out.")
+    try:
+        return json.loads((out / variant.name / RESULT_FILE).read_text())
+    except (OSError, ValueError):  # killed between the checkpoint and its record: measure it again
+        parts = [str(final)] if variant.mode == "lit" else \
+            [str(variant.block_dir(out, b) / variant.student / "student.pt") for b in range(1, sections + 1)]
+        return _measure(recipe, variant, str(final), [p for p in parts if Path(p).is_file()])
+
+
+def _teacher_point(recipe: Recipe, teacher: str | Path | None) -> dict:
+    """The teacher on the plot: its test accuracy when a checkpoint is given, else only its size."""
+    from .evaluate import evaluate, model_stats
+
+    if teacher is not None:
+        t = evaluate(recipe, None, teacher)["teacher"]
+        return {"checkpoint": t["checkpoint"], "params": t["params"], "macs": t["macs_per_sample"], "depth": t["depth"],
+                "accuracy": t["accuracy"]}
+    sample = recipe.load_split("test")[0][0][None]
+    s = model_stats(recipe.build_teacher(), sample)
+    return {"checkpoint": None, "params": s["params"], "macs": s["macs_per_sample"], "depth": s["depth"], "accuracy": None}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (cost, accuracy) points: True for each point that no other point beats, i.e. none is at
+    least as accurate for at most the cost and strictly better in one of the two."""
+    return [not any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2 in points) for c, a in points]
+
+
+def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str | Path, *, seeds: Sequence[int] = (0,),
+          grid: Mapping[str, Sequence] | None = None, mode: str = "lit", workers: int | None = None,
+          scheduler: str | None = None, teacher: str | Path | None = None, device: str = "auto",
+          log: Callable[[str], None] = print) -> SweepResult:
+    """Train every variant (student x hyperparameter values x seed) from ``store``, evaluate each, and
+    write OUT/results.csv, OUT/results.json and OUT/pareto.png. A failed variant is a row with
+    status "failed" and its error, never an exception; variants trained by an earlier run are skipped."""
+    check_parallel_options(workers, scheduler)
+    if not recipe.source:
+        raise OptionError(f"Recipe {recipe.name!r} has no source path; sweep tasks load the recipe by it. "
+                          "Load it with litcache.load_recipe.")
+    if recipe.task != "classification":
+        raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test accuracy, "
+                          "which needs a classification recipe.")
+    recipe.check_split_name("test")
+    variants = plan_variants(students, seeds, grid or {}, mode)
+    for name in dict.fromkeys(students):
+        recipe.student_builder(name)  # an unknown student fails the sweep now, not in every task
+    opened = open_store(store)
+    if opened.manifest["identity"]["recipe"] != recipe.name:
+        raise StoreMismatchError(f"Store {str(store)!r} was extracted for recipe {opened.manifest['identity']['recipe']!r}, "
+                                 f"not {recipe.name!r}.")
+    configs = {v.name: resolve_config(recipe, v.options(device)) for v in variants}  # refuses bad values up front
+    teacher_point = _teacher_point(recipe, teacher)  # a bad --teacher fails before any training
+    out = Path(out)
+    sections = len(opened.boundary_names) - 1
+
+    rows = {v.name: {"variant": v.name, "student": v.student, "seed": v.seed, "mode": v.mode,
+                     **{k: configs[v.name][k] for k in HYPERPARAMETERS}, "params": None, "macs": None, "depth": None,
+                     "accuracy": None, "train_seconds": None, "status": None, "pareto_params": False,
+                     "pareto_macs": False, "checkpoint": None, "error": None} for v in variants}
+    jobs = []
+    for v in variants:
+        try:
+            record = _read_back(recipe, v, out, opened.manifest["identity"], configs[v.name], sections)
+        except LitcacheError as exc:
+            rows[v.name].update(status="failed", error=_error_text(exc))
+            log(f"{v.name}: failed: {rows[v.name]['error']}")
+            continue
+        if record is not None:
+            rows[v.name].update(record, status="skipped")
+            log(f"{v.name}: skipped, already trained ({record['checkpoint']})")
+        elif v.mode == "lit":
+            jobs.append(_Job(v))
+        else:
+            done = {b: v.block_dir(out, b) / v.student / "student.pt" for b in range(1, sections + 1)}
+            jobs.append(_Job(v, {b: str(p) if p.is_file() else None for b, p in done.items()}))
+
+    if jobs:
+        require_intact(opened)  # once here, instead of once per task
+        in_process = workers == 1 or (workers is None and not scheduler and (os.cpu_count() or 1) == 1)
+        where = "in this process" if in_process else (f"on the dask cluster at {scheduler}" if scheduler else
+                                                      f"on a local dask cluster of {workers or os.cpu_count()} workers")
+        log(f"sweep {recipe.name}: {len(variants)} variants, {len(jobs)} to train {where}")
+        finished = [0]
+
+        def on_done(variant: Variant, outcome) -> None:
+            finished[0] += 1
+            row = rows[variant.name]
+            if isinstance(outcome, BaseException):
+                row.update(status="failed", error=_error_text(outcome))
+                log(f"[{finished[0]}/{len(jobs)}] {variant.name}: failed: {row['error']}")
+            else:
+                row.update(outcome, status="trained")
+                log(f"[{finished[0]}/{len(jobs)}] {variant.name}: test accuracy {row['accuracy']:.4f}, "
+                    f"{row['train_seconds']:.1f} s of training")
+
+        args = (jobs, portable_path(recipe.source), portable_path(str(store)), str(out.resolve()), device, on_done)
+        if in_process:
+            _run_in_process(*args)
+        else:
+            with dask_client(workers, scheduler) as client:
+                _run_on_dask(client, *args)
+
+    table = list(rows.values())
+    measured = [r for r in table if r["accuracy"] is not None]
+    for key in ("params", "macs"):
+        for r, on_front in zip(measured, pareto_front([(r[key], r["accuracy"]) for r in measured])):
+            r[f"pareto_{key}"] = on_front
+    return _write_results(recipe, store, table, teacher_point, out)
+
+
+def _write_results(recipe: Recipe, store: str | Path, rows: list[dict], teacher: dict, out: Path) -> SweepResult:
+    out.mkdir(parents=True, exist_ok=True)
+    result = SweepResult(rows, teacher, out / "results.csv", out / "results.json", out / "pareto.png")
+    result.results_json.write_text(json.dumps({"recipe": recipe.name, "store": str(store), "teacher": teacher,
+                                               "variants": rows}, indent=2))
+    with open(result.results_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, teacher, result.pareto_png, f"{recipe.name}: {len(rows)} variants")
+    return result
+
+
+def _plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
+    # The object API with no pyplot: the Agg canvas, and no global backend switched under the caller.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    measured = [r for r in rows if r["accuracy"] is not None]
+    for ax, key, label in zip(fig.subplots(1, 2), ("params", "macs"), ("parameters", "multiply-adds per sample")):
+        ax.scatter([r[key] for r in measured], [r["accuracy"] for r in measured], color="tab:blue", alpha=0.6, label="variants")
+        front = sorted((r[key], r["accuracy"], r["variant"]) for r in measured if r[f"pareto_{key}"])
+        if front:
+            ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", drawstyle="steps-post",
+                    label="Pareto front")
+            names: dict[tuple, list[str]] = {}
+            for x, y, name in front:
+                names.setdefault((x, y), []).append(name)
+            for (x, y), group in names.items():  # tied variants share one label
+                text = "\n".join(group[:3]) + (f"\n+{len(group) - 3} more" if len(group) > 3 else "")
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if teacher["accuracy"] is not None:
+            ax.scatter([teacher[key]], [teacher["accuracy"]], marker="*", s=250, color="black", zorder=3, label="teacher")
+        else:
+            ax.axvline(teacher[key], color="black", linestyle="--", label="teacher size (no --teacher: accuracy unknown)")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
