@@ -34,6 +34,10 @@ from .student import adopt_teacher_parts, build_student, read_student, save_stud
 __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "step_losses", "check_student_fits"]
 
 MODES = ("lit", "ir", "finetune", "kd", "hints")
+#: Settings a resumed run must share with the run it continues (--epochs may grow; device,
+#: workers and logging may change).
+RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
+               "alpha", "tau", "beta", "block", "hint_boundary", "init", "seed", "buffer_chunks")
 _TRAIN_CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 
 
@@ -232,9 +236,13 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if not resume:
             raise CheckpointError(f"{str(out)!r} already holds a training run. Pass --resume to continue it, or choose another --out.")
         state = read_student(last)
-        if state["config"].get("mode") != options.mode or state["store"]["identity"] != store.manifest["identity"]:
-            raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained in mode {state['config'].get('mode')!r} "
-                                  "or from another store.")
+        if state["store"]["identity"] != store.manifest["identity"]:
+            raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
+        changed = [f"{k} {state['config'].get(k)!r} -> {config.get(k)!r}" for k in RESUME_KEYS
+                   if state["config"].get(k) != config.get(k)]
+        if changed:
+            raise CheckpointError(f"Cannot resume {str(last)!r} with other settings ({'; '.join(changed)}). "
+                                  "Resume with the same options (only --epochs may grow), or choose another --out.")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], list(state["history"])

@@ -127,6 +127,8 @@ def test_resume_continues_where_it_stopped(tiny_recipe, tiny_store, tmp_path):
     train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=2), **QUIET)
     with pytest.raises(CheckpointError, match="--resume"):
         train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), **QUIET)
+    with pytest.raises(CheckpointError, match=r"with other settings \(lr 0.05 -> 0.1\)"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4, lr=0.1), resume=True, **QUIET)
     [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), resume=True, **QUIET)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     a = load_student(straight["checkpoint"]).state_dict()
