@@ -12,7 +12,6 @@ Everything is measured side by side in one run; absolute times on shared machine
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

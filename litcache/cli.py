@@ -154,7 +154,7 @@ def info_cmd(store, as_json):
         f"transforms   {json.dumps(ident['transforms'])}",
         f"layout       {layout['chunk_rows']} rows/chunk, {layout['shard_rows']} rows/shard, {layout['num_shards']} shards, {layout['row_order']}",
         f"created      {m.get('created')}   completed {m.get('completed', '-')}",
-        f"versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "arrays:",
     ]
     for name, a in info["arrays"].items():

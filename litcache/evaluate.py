@@ -166,7 +166,7 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
     return total / max(count, 1), kept
 
 
-def _to_rgb(image: torch.Tensor) -> "np.ndarray | None":
+def _to_rgb(image: torch.Tensor):
     """(C, H, W) in [-1, 1] -> (H, W, 3) uint8 from its first 3 channels; None if it is not an image."""
     import numpy as np
 

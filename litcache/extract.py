@@ -1,9 +1,10 @@
 """`litcache extract`: run the teacher once, stream its section boundaries into a store.
 
 Pipeline: DataLoader (views made from per-row seeds) -> teacher, section by section, in
-inference mode -> cast to the storage dtype -> one buffer per shard -> a background writer
-thread that compresses, writes the whole shard and commits its ledger entry. The teacher's
-compute overlaps compression and I/O; memory holds at most a few shards.
+inference mode -> cast to the storage dtype -> one buffer per shard -> a shard writer that
+compresses, writes the whole shard and commits its ledger entry. The writer is a background
+thread (compression overlaps the teacher) on a GPU or when a core is spare, inline otherwise;
+memory holds at most a few shards.
 """
 
 from __future__ import annotations
@@ -143,7 +144,11 @@ class _Plan:
 
     @property
     def bytes_per_row(self) -> int:
-        return sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in self.specs)
+        return _bytes_per_row(self.specs)
+
+
+def _bytes_per_row(specs: list[ArraySpec]) -> int:
+    return sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
 
 
 def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint: str | Path | None = None) -> _Plan:
@@ -180,7 +185,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
     if rows.num_params:
         specs.append(ArraySpec("view_params", (rows.num_params,), "float32"))
 
-    bytes_per_row = sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
+    bytes_per_row = _bytes_per_row(specs)
     if options.shard_rows is not None:
         shard_rows = options.shard_rows
     else:

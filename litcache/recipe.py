@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from .errors import RecipeError
 from .views import Augmentation
 
-__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "load_recipe"]
+__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "load_recipe", "import_beside"]
 
 #: What a recipe's model outputs, which decides how ``litcache evaluate`` scores it:
 #: "classification" (logits; accuracy) or "generation" (an image; error against the teacher's).
@@ -154,6 +154,23 @@ class Recipe:
         if name not in self.students:
             raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}), got {name!r} instead.")
         return self.students[name]
+
+
+def import_beside(recipe_file: str | Path, name: str):
+    """Import ``name.py`` from the folder of ``recipe_file`` (recipes are files, not a package), once
+    per process, so recipes can share helper modules such as ``pipelines/_data.py``."""
+    path = Path(recipe_file).resolve().with_name(f"{name}.py")
+    key = f"litcache_recipe_helper_{name}_{xxhash.xxh3_64_hexdigest(str(path).encode())}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
 
 
 def _hash_file(path: Path) -> str:

@@ -40,7 +40,6 @@ import zarr
 import zarr.codecs
 
 from .errors import (
-    CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
     StoreFormatError,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, RecipeError

@@ -25,15 +25,13 @@ Model and sequence size, read when a split is loaded or a model is built (defaul
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import xxhash
 from torch.utils.data import Dataset
 
+from litcache.recipe import import_beside
 from litcache import DistillConfig, Recipe, TrainConfig
 from litcache.errors import RecipeError
 from litcache.zoo import vdcnn
@@ -44,19 +42,9 @@ PAD, UNKNOWN = 0, 1
 VOCAB_SIZE = len(ALPHABET) + 2  # 69
 
 
-def _sibling(name: str):
-    """Import pipelines/<name>.py by path (pipelines/ is not a package), once per process."""
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"litcache_pipelines_{name}_{xxhash.xxh3_64_hexdigest(str(path).encode())}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
-_data = _sibling("_data")
+_data = import_beside(__file__, "_data")
 NUM_CLASSES = _data.env_int("LITCACHE_AMAZON_CLASSES", 2)
 
 # Code point -> token for ASCII; everything else is UNKNOWN.

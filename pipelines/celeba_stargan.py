@@ -37,15 +37,14 @@ Images are decoded on the fly (202,599 of them at 128x128 would take 10 GB as ui
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import sys
 from pathlib import Path
 
 import torch
-import xxhash
 from torch.utils.data import Dataset
 
+from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.errors import RecipeError
 from litcache.zoo import convert_stargan_state, stargan_generator
@@ -55,19 +54,9 @@ HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 C_DIM = len(ATTRIBUTES)
 
 
-def _sibling(name: str):
-    """Import pipelines/<name>.py by path (pipelines/ is not a package), once per process."""
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"litcache_pipelines_{name}_{xxhash.xxh3_64_hexdigest(str(path).encode())}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
-_data = _sibling("_data")
+_data = import_beside(__file__, "_data")
 
 
 def target_attributes(original: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,29 +22,16 @@ Model size, read whenever a model is built. The defaults are the ResNeXt paper's
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
-import xxhash
 
+from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.zoo import cifar_resnext
 
 
-def _sibling(name: str):
-    """Import pipelines/<name>.py by path (pipelines/ is not a package), once per process."""
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"litcache_pipelines_{name}_{xxhash.xxh3_64_hexdigest(str(path).encode())}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
 
 
-_data = _sibling("_data")
+_data = import_beside(__file__, "_data")
 
 
 def load_split(split: str):

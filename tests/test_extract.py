@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import tempfile
 from dataclasses import replace
@@ -32,7 +31,6 @@ from litcache.errors import (
     NonFiniteOutputError,
     OptionError,
     StoreLockedError,
-    SplitMismatchError,
     StoreMismatchError,
 )
 from litcache.extract import shard_batches, plan_extraction
