@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from .errors import (
     StoreFormatError,
     StoreMismatchError,
 )
+from .location import StoreLocation
 from .recipe import Recipe
 from .sections import check_split, split_model
 from .store import (
@@ -217,9 +217,10 @@ def _identity_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: store has {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def _decide(out: Path, identity: dict, resume: bool, overwrite: bool) -> str:
+def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -> str:
     """What to do with ``out``: "create", "resume" or "unchanged"; refuses what would lose data."""
-    if not out.exists() or (out.is_dir() and all(child.name == LOCK_FILE for child in out.iterdir())):
+    out = StoreLocation(out)
+    if not out.exists() or (out.is_dir() and all(name == LOCK_FILE for name in out.listdir())):
         return "create"  # nothing there, or only the lock of an extraction killed before it wrote anything
     try:
         manifest = read_manifest(out)
@@ -252,11 +253,9 @@ def _decide(out: Path, identity: dict, resume: bool, overwrite: bool) -> str:
     return "resume" if read_ledger(out) else "create"
 
 
-def _free_bytes(path: Path) -> int:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+def _free_bytes(path: StoreLocation) -> int | None:
+    """Free disk space at the store; None when unknown (an object store)."""
+    return StoreLocation(path).free_bytes()
 
 
 def _human(n: float) -> str:
@@ -371,7 +370,7 @@ def extract(
     if distributed and not recipe.source:
         raise OptionError(f"Recipe {recipe.name!r} has no source path; dask workers load the recipe by it. "
                           "Load it with litcache.load_recipe.")
-    out = Path(out)
+    out = StoreLocation(out)  # a local directory or an fsspec URL
     t_start = time.perf_counter()
     plan = plan_extraction(recipe, options, teacher_checkpoint)
     device = resolve_device(options.device)
@@ -388,8 +387,9 @@ def extract(
         shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
         log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "
             f"shards), boundaries {shapes}, {_human(plan.bytes_per_row)}/row, est. store {_human(estimate)} "
-            f"({options.dtype}+{options.codec}), free disk {_human(free)}, device {device}")
-        if estimate > free:
+            f"({options.dtype}+{options.codec}), free disk {'unknown (remote store)' if free is None else _human(free)}, "
+            f"device {device}")
+        if free is not None and estimate > free:
             raise DiskSpaceError(
                 f"The store needs about {_human(estimate)} but only {_human(free)} is free at {str(out)!r}. "
                 "Free some space, or reduce --limit/--views, or use a smaller --dtype."
@@ -568,7 +568,7 @@ def _span(shards: list[int]) -> str:
     return f"{shards[0]}-{shards[-1]}" if len(shards) > 1 else str(shards[0])
 
 
-def _run_distributed(plan: _Plan, out: Path, pending: list[int], client, log: Callable[[str], None]) -> tuple[float, int]:
+def _run_distributed(plan: _Plan, out: StoreLocation, pending: list[int], client, log: Callable[[str], None]) -> tuple[float, int]:
     """Split the pending shards into one contiguous run per dask worker thread and extract them
     there. Zarr writers in several processes are safe on distinct whole shards only, which is all
     ``_run`` ever writes. Returns (teacher seconds summed over workers, rows extracted)."""
@@ -578,7 +578,8 @@ def _run_distributed(plan: _Plan, out: Path, pending: list[int], client, log: Ca
 
     if not pending:
         return 0.0, 0
-    args = (portable_path(plan.recipe.source), plan.options, str(Path(plan.checkpoint).resolve()), str(out.resolve()))
+    args = (portable_path(plan.recipe.source), plan.options, str(Path(plan.checkpoint).resolve()),
+            out.url if out.remote else str(out.path.resolve()))
     teacher_seconds, rows_done, failures = 0.0, 0, []
     slots = max(1, sum(client.nthreads().values()))
     runs = [run.tolist() for run in np.array_split(np.array(pending), min(slots, len(pending)))]

@@ -46,6 +46,7 @@ from .errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
+from .location import StoreLocation
 
 __all__ = [
     "FORMAT",
@@ -109,29 +110,21 @@ def checksum(array: np.ndarray) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write a local file whole or not at all (tmp + fsync + rename + fsync of the directory)."""
+    StoreLocation(Path(path).parent).write_bytes(Path(path).name, data)
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path | StoreLocation) -> dict:
     """The manifest of the store at ``path``; refuses non-stores and unknown format versions."""
-    path = Path(path)
-    if not path.exists():
+    loc = StoreLocation(path)
+    path = loc.path
+    if not loc.exists():
         raise StoreNotFoundError(f"Expected a litcache store at {str(path)!r}, but nothing is there. Create one with `litcache extract`.")
-    meta = path / "zarr.json"
-    if not path.is_dir() or not meta.is_file():
-        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a {'directory' if path.is_dir() else 'file'} with no Zarr group in it.")
+    meta = loc / "zarr.json"
+    if not loc.is_dir() or not loc.is_file("zarr.json"):
+        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a {'directory' if loc.is_dir() else 'file'} with no Zarr group in it.")
     try:
-        meta_json = json.loads(meta.read_text())
+        meta_json = json.loads(loc.read_bytes("zarr.json").decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NotAStoreError(f"Expected {str(meta)!r} to be Zarr group metadata, but it does not parse: {exc}.") from None
     attrs = meta_json.get("attributes") if isinstance(meta_json, dict) else None
@@ -165,19 +158,20 @@ class ArraySpec:
 class Store:
     """Read access to a complete (or, for inspection, incomplete) store."""
 
-    def __init__(self, path: str | Path, manifest: dict) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | StoreLocation, manifest: dict) -> None:
+        self.location = StoreLocation(path)
+        self.path = self.location.path  # a Path, or the URL string of a remote store
         self.manifest = manifest
         self._group: zarr.Group | None = None  # opened lazily: DataLoader workers open their own
 
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = zarr.open_group(str(self.path), mode="r")
+            self._group = self.location.open_group(mode="r")
         return self._group
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "manifest": self.manifest, "_group": None}
+        return {"location": self.location, "path": self.path, "manifest": self.manifest, "_group": None}
 
     @property
     def complete(self) -> bool:
@@ -206,7 +200,7 @@ class Store:
 
     def committed(self) -> dict[int, dict]:
         """Ledger entries by shard index."""
-        return read_ledger(self.path)
+        return read_ledger(self.location)
 
     def module_state(self, part: str) -> dict[str, torch.Tensor]:
         """The teacher's stored ``stem`` or ``head`` state dict."""
@@ -218,12 +212,12 @@ def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
 
 
-def read_ledger(path: Path) -> dict[int, dict]:
+def read_ledger(path: str | Path | StoreLocation) -> dict[int, dict]:
+    loc = StoreLocation(path)
     entries = {}
-    ledger = Path(path) / LEDGER_DIR
-    if ledger.is_dir():
-        for file in sorted(ledger.glob("shard-*.json")):
-            entry = json.loads(file.read_text())
+    for name in loc.listdir(LEDGER_DIR):
+        if name.startswith("shard-") and name.endswith(".json"):
+            entry = json.loads(loc.read_bytes(f"{LEDGER_DIR}/{name}"))
             entries[entry["index"]] = entry
     return entries
 
@@ -244,22 +238,23 @@ def open_store(path: str | Path, require_complete: bool = True) -> Store:
 class StoreWriter:
     """Creates a store's arrays, commits whole shards with ledger entries, then the manifest."""
 
-    def __init__(self, path: Path, manifest: dict) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | StoreLocation, manifest: dict) -> None:
+        self.location = StoreLocation(path)
+        self.path = self.location.path
         self.manifest = manifest
-        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.group = self.location.open_group(mode="r+")
         self._arrays = {name: self.group[name] for name in manifest["arrays"]}
 
     @classmethod
     def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str,
                modules: dict[str, dict[str, torch.Tensor]] | None = None) -> "StoreWriter":
-        path = Path(path)
+        loc = StoreLocation(path)
         layout = manifest["layout"]
         rows, chunk_rows, shard_rows = layout["rows"], layout["chunk_rows"], layout["shard_rows"]
-        _clear_store_dir(path)
+        _clear_store_dir(loc)
         # The group is born with its (incomplete) manifest, so a crash from here on leaves a store
         # that readers refuse as incomplete and `--resume` recognises, never an anonymous group.
-        group = zarr.open_group(str(path), mode="a", attributes={MANIFEST_ATTR: {**manifest, "arrays": {}, "complete": False}})
+        group = loc.open_group(mode="a", attributes={MANIFEST_ATTR: {**manifest, "arrays": {}, "complete": False}})
         arrays = {}
         for spec in specs:
             group.create_array(
@@ -285,16 +280,17 @@ class StoreWriter:
                 group.create_array(f"teacher/{part}/{key}", shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
                 teacher_modules[part][key] = {"shape": list(value.shape), "dtype": value.dtype.name, "xxh3_64": checksum(value)}
         manifest = {**manifest, "arrays": arrays, "teacher_modules": teacher_modules, "complete": False}
-        (path / LEDGER_DIR).mkdir(exist_ok=True)
+        loc.makedirs(LEDGER_DIR)
         group.attrs[MANIFEST_ATTR] = manifest
-        return cls(path, manifest)
+        return cls(loc, manifest)
 
     @classmethod
-    def reopen(cls, path: str | Path) -> "StoreWriter":
-        return cls(Path(path), read_manifest(path))
+    def reopen(cls, path: str | Path | StoreLocation) -> "StoreWriter":
+        loc = StoreLocation(path)
+        return cls(loc, read_manifest(loc))
 
     def committed(self) -> dict[int, dict]:
-        return read_ledger(self.path)
+        return read_ledger(self.location)
 
     def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
         """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""
@@ -308,18 +304,16 @@ class StoreWriter:
             "xxh3_64": {name: checksum(data[name]) for name in self._arrays},
             "committed": time.time(),
         }
-        _write_atomic(self.path / LEDGER_DIR / f"shard-{index:06d}.json", json.dumps(entry).encode())
+        key, data = f"{LEDGER_DIR}/shard-{index:06d}.json", json.dumps(entry).encode()
+        if self.location.remote:
+            self.location.write_bytes(key, data)  # one PUT: the entry is whole or absent
+        else:
+            _write_atomic(self.path / key, data)
         return entry
 
     def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
         """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""
-        shard_file = self.path / name / "c" / str(index) / Path(*(["0"] * (ndim - 1)))
-        if shard_file.is_file():
-            fd = os.open(shard_file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.location.fsync("/".join([name, "c", str(index), *(["0"] * (ndim - 1))]))
 
     def finalize(self, extra: dict | None = None) -> dict:
         """Record every shard's checksums and mark the store complete (the last write)."""
@@ -335,18 +329,9 @@ class StoreWriter:
         return manifest
 
 
-def _clear_store_dir(path: Path) -> None:
+def _clear_store_dir(path: str | Path | StoreLocation) -> None:
     """Empty a store directory except its lock (zarr's mode "w" would delete the lock too)."""
-    import shutil
-
-    path.mkdir(parents=True, exist_ok=True)
-    for child in path.iterdir():
-        if child.name == LOCK_FILE:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    StoreLocation(path).clear(keep=LOCK_FILE)
 
 
 def verify_checksums(store: Store) -> list[str]:
@@ -385,21 +370,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _locked_error(path: Path, owner: dict) -> StoreLockedError:
+def _locked_error(path: StoreLocation, owner: dict) -> StoreLockedError:
     return StoreLockedError(
         f"Store {str(path)!r} is locked by process {owner.get('pid', '?')} on host {owner.get('host', '?')}: "
         f"another extraction is writing it. Wait for it to finish; if that process is gone, delete {str(path / LOCK_FILE)!r}."
     )
 
 
-def _live_lock_owner(path: Path) -> dict | None:
+def _live_lock_owner(path: str | Path | StoreLocation) -> dict | None:
     """The owner of the store's lock, or None when there is no lock or its process (on this host) is gone."""
-    lock = path / LOCK_FILE
-    if not lock.exists():
+    loc = StoreLocation(path)
+    if not loc.exists(LOCK_FILE):
         return None
     try:
-        owner = json.loads(lock.read_text())
-    except (OSError, json.JSONDecodeError):
+        owner = json.loads(loc.read_bytes(LOCK_FILE))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         owner = {}
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
         return None
@@ -408,42 +393,39 @@ def _live_lock_owner(path: Path) -> dict | None:
 
 def check_unlocked(path: str | Path) -> None:
     """Refuse a store that a live extraction holds."""
-    owner = _live_lock_owner(Path(path))
+    loc = StoreLocation(path)
+    owner = _live_lock_owner(loc)
     if owner is not None:
-        raise _locked_error(Path(path), owner)
+        raise _locked_error(loc, owner)
 
 
 @contextmanager
 def store_lock(path: str | Path) -> Iterator[None]:
-    """Exclusive lock on a store directory; a lock whose process is gone (same host) is taken over."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    lock = path / LOCK_FILE
+    """Exclusive lock on a store directory; a lock whose process is gone (same host) is taken over.
+
+    Atomic on local disks; on object stores best effort (see ``StoreLocation.create_exclusive``)."""
+    loc = StoreLocation(path)
+    loc.makedirs()
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _live_lock_owner(path)
-            if owner is None:
-                lock.unlink(missing_ok=True)  # its owner died without cleaning up
-                continue
-            raise _locked_error(path, owner) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+        if loc.create_exclusive(LOCK_FILE, json.dumps(me).encode()):
+            break
+        owner = _live_lock_owner(loc)
+        if owner is None:
+            loc.delete(LOCK_FILE)  # its owner died without cleaning up
+            continue
+        raise _locked_error(loc, owner)
     else:
-        raise _locked_error(path, _live_lock_owner(path) or {})
+        raise _locked_error(loc, _live_lock_owner(loc) or {})
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        loc.delete(LOCK_FILE)
 
 
 def store_sizes(store: Store) -> dict[str, int]:
     """Bytes on disk per array."""
     sizes = {}
     for name in store.manifest["arrays"]:
-        directory = store.path / name
-        sizes[name] = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
+        sizes[name] = store.location.tree_size(name)
     return sizes

@@ -1,0 +1,216 @@
+"""Where a store lives: a local directory or an fsspec URL (``s3://``, ``gs://``, ``memory://``).
+
+Local stores keep their durability guarantees (atomic, fsynced ledger writes; an ``O_EXCL``
+lock; fsynced shard files; a free-disk check). URL stores go through fsspec with the storage
+options in ``LITCACHE_STORAGE_OPTIONS`` (a JSON object, passed to the filesystem and to zarr).
+One object PUT is atomic on object stores, so a ledger entry is either whole or absent there too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import OptionError
+
+__all__ = ["StoreLocation", "is_url", "storage_options"]
+
+STORAGE_OPTIONS_ENV = "LITCACHE_STORAGE_OPTIONS"
+
+
+def is_url(path) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def storage_options() -> dict:
+    """fsspec/zarr storage options for URL stores, from ``LITCACHE_STORAGE_OPTIONS``."""
+    raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise OptionError(f"Expected {STORAGE_OPTIONS_ENV} to be a JSON object, but it does not parse: {exc}.") from None
+    if not isinstance(options, dict):
+        raise OptionError(f"Expected {STORAGE_OPTIONS_ENV} to be a JSON object, got {type(options).__name__} instead.")
+    return options
+
+
+class StoreLocation:
+    """A store root; every method takes a key relative to it ("" is the root, "/" separates parts)."""
+
+    def __init__(self, path: "str | Path | StoreLocation") -> None:
+        if isinstance(path, StoreLocation):  # share the resolved filesystem rather than resolve again
+            self.__dict__.update(path.__dict__)
+            return
+        self.remote = is_url(path)
+        if self.remote:
+            from fsspec.core import url_to_fs
+
+            self.url = path.rstrip("/")
+            self.options = storage_options()
+            self.fs, root = url_to_fs(self.url, **self.options)
+            self.root = root.rstrip("/")
+            self.path: str | Path = self.url
+        else:
+            self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, key: str) -> str:
+        """The full path or URL of ``key`` (for messages)."""
+        return f"{self.url}/{key}" if self.remote else str(self.path / key)
+
+    def _full(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def _local(self, key: str) -> Path:
+        return self.path / key if key else self.path
+
+    def _fresh(self) -> None:
+        # zarr writes through its own (async) filesystem instance, so listings cached by ours
+        # (s3fs, gcsfs) can be stale: drop them before every query.
+        self.fs.invalidate_cache()
+
+    # -- queries ---------------------------------------------------------------------------
+    def exists(self, key: str = "") -> bool:
+        if self.remote:
+            self._fresh()
+            return self.fs.exists(self._full(key))
+        return self._local(key).exists()
+
+    def is_dir(self, key: str = "") -> bool:
+        if self.remote:
+            self._fresh()
+            return self.fs.isdir(self._full(key))
+        return self._local(key).is_dir()
+
+    def is_file(self, key: str) -> bool:
+        if self.remote:
+            self._fresh()
+            return self.fs.isfile(self._full(key))
+        return self._local(key).is_file()
+
+    def listdir(self, key: str = "") -> list[str]:
+        """Names directly under ``key`` (empty when it is not a directory)."""
+        if self.remote:
+            self._fresh()
+            if not self.fs.isdir(self._full(key)):
+                return []
+            return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self._full(key), detail=False))
+        directory = self._local(key)
+        return sorted(child.name for child in directory.iterdir()) if directory.is_dir() else []
+
+    def read_bytes(self, key: str) -> bytes:
+        if self.remote:
+            return self.fs.cat_file(self._full(key))
+        return self._local(key).read_bytes()
+
+    def tree_size(self, key: str) -> int:
+        """Bytes stored under ``key`` (zarr's ``.partial`` leftovers excluded)."""
+        if self.remote:
+            self._fresh()
+            sizes = self.fs.du(self._full(key), total=False) if self.fs.exists(self._full(key)) else {}
+            return sum(size for name, size in sizes.items() if not name.endswith(".partial"))
+        directory = self._local(key)
+        return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
+
+    def free_bytes(self) -> int | None:
+        """Free disk space where the store would go; None when unknown (object stores)."""
+        if self.remote:
+            return None
+        probe = self.path
+        while not probe.exists():
+            probe = probe.parent
+        return shutil.disk_usage(probe).free
+
+    # -- changes ---------------------------------------------------------------------------
+    def makedirs(self, key: str = "") -> None:
+        if self.remote:
+            return  # object stores have no directories; keys imply them
+        self._local(key).mkdir(parents=True, exist_ok=True)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``key`` whole or not at all: tmp + fsync + rename locally, one PUT remotely."""
+        if self.remote:
+            self.fs.pipe_file(self._full(key), data)
+            return
+        path = self._local(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist; False if it does.
+
+        Atomic locally (O_EXCL). On object stores it is check-then-put: best effort, since two
+        writers starting at the same moment can both succeed where the store has no conditional writes.
+        """
+        if self.remote:
+            if self.fs.exists(self._full(key)):
+                return False
+            self.fs.pipe_file(self._full(key), data)
+            return True
+        try:
+            fd = os.open(self._local(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def delete(self, key: str) -> None:
+        """Remove file ``key`` if present."""
+        if self.remote:
+            try:
+                self.fs.rm_file(self._full(key))
+            except FileNotFoundError:
+                pass
+            return
+        self._local(key).unlink(missing_ok=True)
+
+    def clear(self, keep: str) -> None:
+        """Create the root if needed and empty it, except the entry named ``keep``."""
+        self.makedirs()
+        for name in self.listdir():
+            if name == keep:
+                continue
+            if self.remote:
+                self.fs.rm(self._full(name), recursive=True)
+                continue
+            child = self.path / name
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def fsync(self, key: str) -> None:
+        """Make a written file durable (local only: an object PUT is durable once it returns)."""
+        if self.remote:
+            return
+        path = self._local(key)
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- zarr ------------------------------------------------------------------------------
+    def open_group(self, mode: str, **kwargs):
+        import zarr
+
+        if self.remote:
+            return zarr.open_group(self.url, mode=mode, storage_options=self.options or None, **kwargs)
+        return zarr.open_group(str(self.path), mode=mode, **kwargs)
