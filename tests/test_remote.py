@@ -140,6 +140,12 @@ def test_s3_store_extract_verify_train_cli(tiny_recipe, teacher_ckpt, s3_url, lo
     # A second run is a no-op, and the lock was released.
     assert _extract(tiny_recipe, s3_url, teacher_ckpt).status == "unchanged"
 
+    # A sweep reads the same remote store (in-process: --workers 1).
+    sweep = run_cli("sweep", TINY, "--store", s3_url, "--student", "resnet8", "--out", tmp_path / "sweep",
+                    "--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--lr", "0.1", "--workers", "1")
+    assert sweep.exit_code == 0, sweep.output
+    assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 3  # header + 2 variants
+
 
 @pytest.mark.parametrize("backend", ["memory", "s3"])
 def test_remote_store_resumes_after_interruption(backend, request, tiny_recipe, teacher_ckpt, local_reference, monkeypatch):
