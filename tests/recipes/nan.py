@@ -8,29 +8,16 @@ teacher's, so the tiny teacher checkpoints fit.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
-from litcache import load_recipe
+from litcache.recipe import import_beside
 
 MARKED = (20, 37)
-base = load_recipe(Path(__file__).with_name("tiny.py"))
-
-
-class MarkedImages(Dataset):
-    def __init__(self, split: str) -> None:
-        self.inner = base.load_split(split)
-        self.marked = MARKED if split == "train" else ()
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int):
-        x, y = self.inner[i]
-        return (torch.full_like(x, 100.0) if i in self.marked else x), y
+_marked = import_beside(__file__, "_marked")
+base = _marked.base
 
 
 class NanStem(nn.Sequential):
@@ -40,10 +27,5 @@ class NanStem(nn.Sequential):
         return torch.where(bad[:, None, None, None], torch.full_like(out, float("nan")), out)
 
 
-def build_teacher() -> nn.Module:
-    model = base.build_teacher()
-    model.stem = NanStem(*model.stem)
-    return model
-
-
-recipe = replace(base, name="tiny_nan", build_teacher=build_teacher, load_split=MarkedImages)
+recipe = replace(base, name="tiny_nan", build_teacher=_marked.teacher_with_stem(NanStem),
+                 load_split=partial(_marked.MarkedImages, marked=MARKED, value=100.0))

@@ -11,30 +11,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
 
-from litcache import load_recipe
+from litcache.recipe import import_beside
 
 MARKED = range(32, 40)
 MARK = 3.0
-base = load_recipe(Path(__file__).with_name("tiny.py"))
-
-
-class MarkedImages(Dataset):
-    def __init__(self, split: str) -> None:
-        self.inner = base.load_split(split)
-        self.marked = MARKED if split == "train" else ()
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int):
-        x, y = self.inner[i]
-        return (torch.full_like(x, MARK) if i in self.marked else x), y
+_marked = import_beside(__file__, "_marked")
+base = _marked.base
 
 
 class FailingStem(nn.Sequential):
@@ -45,10 +32,5 @@ class FailingStem(nn.Sequential):
         return super().forward(x)
 
 
-def build_teacher() -> nn.Module:
-    model = base.build_teacher()
-    model.stem = FailingStem(*model.stem)
-    return model
-
-
-recipe = replace(base, name="tiny_failing_teacher", build_teacher=build_teacher, load_split=MarkedImages)
+recipe = replace(base, name="tiny_failing_teacher", build_teacher=_marked.teacher_with_stem(FailingStem),
+                 load_split=partial(_marked.MarkedImages, marked=MARKED, value=MARK))
