@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .audit import store_info, verify_store
 from .errors import LitcacheError
-from .extract import ExtractOptions, extract
+from .extract import ExtractOptions, extract, human_bytes
 from .recipe import load_recipe
 from .store import CODECS, DTYPES
 from .sweep import SWEEP_MODES
@@ -121,14 +121,6 @@ def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, sch
         click.echo(f"{result.status}: {out} ({result.rows} rows)")
 
 
-def _format_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 @main.command("info")
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -160,9 +152,9 @@ def info_cmd(store, as_json):
     for name, a in info["arrays"].items():
         ratio = f"{a['ratio']:.2f}x" if a["ratio"] else "-"
         lines.append(f"  {name:<16} {str(tuple(a['shape'])):<22} {a['dtype']:<9} {a['codec']:<5} "
-                     f"{_format_bytes(a['stored_bytes']):>10} of {_format_bytes(a['raw_bytes']):>10}  {ratio}")
+                     f"{human_bytes(a['stored_bytes']):>10} of {human_bytes(a['raw_bytes']):>10}  {ratio}")
     total_ratio = info["raw_bytes"] / info["stored_bytes"] if info["stored_bytes"] else 0
-    lines.append(f"total        {_format_bytes(info['stored_bytes'])} stored, {_format_bytes(info['raw_bytes'])} raw, "
+    lines.append(f"total        {human_bytes(info['stored_bytes'])} stored, {human_bytes(info['raw_bytes'])} raw, "
                  f"{total_ratio:.2f}x; {info['raw_bytes'] / max(layout['rows'], 1):.0f} raw bytes/row")
     click.echo("\n".join(lines))
 

@@ -258,7 +258,8 @@ def _free_bytes(path: StoreLocation) -> int | None:
     return StoreLocation(path).free_bytes()
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """Bytes in decimal units: 512 B, 50.1 MB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -386,12 +387,12 @@ def extract(
         free = _free_bytes(out)
         shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
         log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "
-            f"shards), boundaries {shapes}, {_human(plan.bytes_per_row)}/row, est. store {_human(estimate)} "
-            f"({options.dtype}+{options.codec}), free disk {'unknown (remote store)' if free is None else _human(free)}, "
+            f"shards), boundaries {shapes}, {human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
+            f"({options.dtype}+{options.codec}), free disk {'unknown (remote store)' if free is None else human_bytes(free)}, "
             f"device {device}")
         if free is not None and estimate > free:
             raise DiskSpaceError(
-                f"The store needs about {_human(estimate)} but only {_human(free)} is free at {str(out)!r}. "
+                f"The store needs about {human_bytes(estimate)} but only {human_bytes(free)} is free at {str(out)!r}. "
                 "Free some space, or reduce --limit/--views, or use a smaller --dtype."
             )
     # Decide again under the lock: another extraction may have started or finished meanwhile.
