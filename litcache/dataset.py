@@ -60,8 +60,7 @@ class StoreDataset(Dataset):
         key = (name, chunk)
         data = self._cache.get(key)
         if data is None:
-            start = chunk * self.chunk_rows
-            data = self.store.array(name)[start : start + self.chunk_rows]
+            data = self.store.read_chunk(name, chunk)
             self._cache[key] = data
             while len(self._cache) > self.cache_chunks * len(self.fields):
                 self._cache.popitem(last=False)

@@ -109,14 +109,24 @@ class StoreLocation:
             return self.fs.cat_file(self._full(key))
         return self._local(key).read_bytes()
 
+    def read_range(self, key: str, start: int, stop: int | None) -> bytes:
+        """Bytes ``start:stop`` of file ``key``; a negative ``start`` counts from the end."""
+        if self.remote:
+            if start < 0:  # not every object store takes a suffix range: ask for the size
+                start = max(0, self.fs.size(self._full(key)) + start)
+            return self.fs.cat_file(self._full(key), start=start, end=stop)
+        with open(self._local(key), "rb") as f:
+            f.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+            return f.read(-1 if stop is None else stop - f.tell())
+
     def tree_size(self, key: str) -> int:
-        """Bytes stored under ``key`` (zarr's ``.partial`` leftovers excluded)."""
+        """Bytes stored under ``key`` (leftover ``.partial`` and ``.tmp`` files of killed writers excluded)."""
         if self.remote:
             self._fresh()
             sizes = self.fs.du(self._full(key), total=False) if self.fs.exists(self._full(key)) else {}
-            return sum(size for name, size in sizes.items() if not name.endswith(".partial"))
+            return sum(size for name, size in sizes.items() if not name.endswith((".partial", ".tmp")))
         directory = self._local(key)
-        return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith(".partial"))
+        return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith((".partial", ".tmp")))
 
     def free_bytes(self) -> int | None:
         """Free disk space where the store would go; None when unknown (object stores)."""
@@ -139,6 +149,7 @@ class StoreLocation:
             self.fs.pipe_file(self._full(key), data)
             return
         path = self._local(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)

@@ -47,6 +47,7 @@ from .errors import (
     StoreNotFoundError,
 )
 from .location import StoreLocation
+from .shards import ShardFormat, shard_io_pool
 
 __all__ = [
     "FORMAT",
@@ -106,7 +107,7 @@ def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def checksum(array: np.ndarray) -> str:
-    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).tobytes())
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array))  # hashes the buffer in place: no copy
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -163,6 +164,8 @@ class Store:
         self.path = self.location.path  # a Path, or the URL string of a remote store
         self.manifest = manifest
         self._group: zarr.Group | None = None  # opened lazily: DataLoader workers open their own
+        self._formats: dict[str, ShardFormat | None] = {}
+        self._shard_indexes: dict[str, bytes] = {}  # a complete store's shards never change
 
     @property
     def group(self) -> zarr.Group:
@@ -171,7 +174,8 @@ class Store:
         return self._group
 
     def __getstate__(self) -> dict:
-        return {"location": self.location, "path": self.path, "manifest": self.manifest, "_group": None}
+        return {"location": self.location, "path": self.path, "manifest": self.manifest, "_group": None,
+                "_formats": {}, "_shard_indexes": {}}
 
     @property
     def complete(self) -> bool:
@@ -197,6 +201,26 @@ class Store:
         """Rows ``start:stop`` of array ``name`` as a tensor of its logical dtype."""
         data = self.array(name)[start:stop]
         return from_storage(data, self.manifest["arrays"][name]["dtype"])
+
+    def shard_format(self, name: str) -> ShardFormat | None:
+        """How litcache reads array ``name`` itself; None where zarr reads it."""
+        if name not in self._formats:
+            self._formats[name] = ShardFormat.from_metadata(json.loads(self.location.read_bytes(f"{name}/zarr.json")))
+        return self._formats[name]
+
+    def read_chunk(self, name: str, chunk: int) -> np.ndarray:
+        """The rows of chunk ``chunk`` of array ``name`` in their storage dtype (the last one may be short)."""
+        chunk_rows = self.manifest["layout"]["chunk_rows"]
+        start = chunk * chunk_rows
+        stop = min(start + chunk_rows, self.rows)
+        fmt = self.shard_format(name)
+        if fmt is None:
+            return self.array(name)[start:stop]
+        shard, within = divmod(chunk, fmt.chunks_per_shard)
+        key = ShardFormat.shard_key(name, shard, 1 + len(fmt.row_shape))
+        rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
+        self._shard_indexes[key] = index
+        return rows[: stop - start]
 
     def committed(self) -> dict[int, dict]:
         """Ledger entries by shard index."""
@@ -244,6 +268,9 @@ class StoreWriter:
         self.manifest = manifest
         self.group = self.location.open_group(mode="r+")
         self._arrays = {name: self.group[name] for name in manifest["arrays"]}
+        # Row arrays litcache encodes itself (see shards.py); any other layout goes through zarr.
+        self._formats = {name: ShardFormat.from_metadata(json.loads(self.location.read_bytes(f"{name}/zarr.json")))
+                         for name in manifest["arrays"]}
 
     @classmethod
     def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str,
@@ -295,9 +322,16 @@ class StoreWriter:
     def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
         """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""
         rows = next(iter(data.values())).shape[0]
+        # Every chunk of every array is queued for encoding at once, so all cores compress, and
+        # each array's shard file is written (and fsynced) as soon as its chunks are done.
+        writes = [shard_io_pool().submit(self._put_shard, name, index, start, fmt, fmt.submit(data[name]))
+                  for name, fmt in self._formats.items() if fmt is not None]
         for name, array in self._arrays.items():
-            array[start : start + rows] = data[name]
-            self._fsync_shard(name, index, array.ndim)
+            if self._formats[name] is None:
+                array[start : start + rows] = data[name]
+                self._fsync_shard(name, index, array.ndim)
+        for write in writes:
+            write.result()
         entry = {
             "index": index,
             "rows": [start, start + rows],
@@ -310,6 +344,12 @@ class StoreWriter:
         else:
             _write_atomic(self.path / key, data)
         return entry
+
+    def _put_shard(self, name: str, index: int, start: int, fmt: ShardFormat, chunks: list) -> None:
+        if start != index * fmt.chunk_rows * fmt.chunks_per_shard:
+            raise ValueError(f"Shard {index} of {name!r} must start at row {index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
+        # Whole or absent: tmp + fsync + rename locally, one PUT remotely.
+        self.location.write_bytes(ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)), fmt.assemble(chunks))
 
     def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
         """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""

