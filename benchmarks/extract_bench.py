@@ -12,37 +12,16 @@ Everything is measured side by side in one run; absolute times on shared machine
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from litcache import ExtractOptions, extract, load_recipe, store_info
-from litcache.extract import plan_extraction
 
-
-def bare_forward_seconds(recipe, teacher, options: ExtractOptions) -> tuple[float, int]:
-    plan = plan_extraction(recipe, options, teacher)
-    loader = DataLoader(plan.rows_dataset, batch_size=options.batch_size, num_workers=options.loader_workers)
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for x, *_ in loader:
-            plan.split.boundaries(x)
-    return time.perf_counter() - t, plan.rows
-
-
-def peak_rss_mb(args: list[str]) -> float:
-    """Peak RSS of a child process (ru_maxrss of the largest waited-for child, in MB)."""
-    code = ("import resource, sys; from litcache.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
-    return int(out.split("PEAK")[-1]) / 1024
+from _common import bare_forward_seconds, peak_rss_mb  # beside this script
 
 
 def main() -> None:

@@ -217,11 +217,14 @@ def verify_cmd(store, replay, recipe, teacher_checkpoint, seed, as_json):
 @click.option("--amp", is_flag=True, help="bfloat16 autocast for the student's compute.")
 @click.option("--no-verify", "no_verify", is_flag=True, help="Skip the store's checksum verification before training.")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Skip the per-epoch test accuracy.")
+@click.option("--online-teacher", type=click.Path(dir_okay=False),
+              help="Online LIT, the baseline for comparisons: run this teacher (the store's, same weights hash) on every "
+                   "batch instead of reading its boundaries; the store gives its layout and view seeds only.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/STUDENT/last.pt.")
 @click.option("-q", "--quiet", is_flag=True)
 @_friendly_errors
 def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, milestones, no_verify, no_eval, **options):
-    """Train LIT students of RECIPE from a store; the teacher never runs.
+    """Train LIT students of RECIPE from a store; the teacher never runs (except with --online-teacher).
 
     Example: litcache train-blocks pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --out runs/mnist/lit
     """

@@ -7,6 +7,9 @@ Every mode starts from the stored stem output T_0 (the stem is the teacher's, fr
     finetune  KD(S(T_0)) alone, from an assembled student (--init)              (sections + head)
     kd        KD(S(T_0)) alone, from a fresh student: the KD baseline           (sections + head)
     hints     FitNets: first half of the epochs MSE(S_1..m(T_0), T_m), then KD  (sections + head)
+
+``online_teacher`` is the baseline for comparisons: the same run with the teacher's boundaries
+computed on every batch (``litcache.online``) instead of read from the store.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn as nn
 
 from .audit import require_intact
 from .data import resolve_device
-from .dataset import ChunkShuffleSampler, StoreDataset, make_loader
+from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import CheckpointError, OptionError, StoreMismatchError
 from .losses import ir_loss, kd_loss, lit_loss
 from .recipe import Recipe, TrainConfig
@@ -35,9 +38,12 @@ __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "step_losses", "check_s
 
 MODES = ("lit", "ir", "finetune", "kd", "hints")
 #: Settings a resumed run must share with the run it continues (--epochs may grow; device,
-#: workers and logging may change).
+#: workers, where the stored rows are read from and logging may change). ``online``: an online
+#: and a cached run are different runs, even with the same teacher.
 RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
-               "alpha", "tau", "beta", "block", "hint_boundary", "init", "seed", "buffer_chunks")
+               "alpha", "tau", "beta", "block", "hint_boundary", "init", "seed", "buffer_chunks", "online")
+#: What a checkpoint written before a resume key existed had instead.
+_RESUME_DEFAULTS = {"online": False}
 _TRAIN_CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 
 
@@ -65,6 +71,12 @@ class BlockTrainOptions:
     amp: bool = False
     verify: bool = True
     evaluate: bool = True
+    #: A teacher checkpoint: run it on every batch instead of reading the store's boundaries (the
+    #: online baseline; the store gives its layout and view seeds only).
+    online_teacher: str | None = None
+    #: Read the needed arrays into memory before the first epoch (not timed): for benchmarks, the
+    #: same steps with no store reads. Results are identical to reading the store.
+    in_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -83,6 +95,8 @@ class BlockTrainOptions:
             raise OptionError("--mode finetune continues a trained student: give its checkpoint with --init.")
         if self.buffer_chunks < 1 or self.loader_workers < 0:
             raise OptionError("Expected --buffer-chunks >= 1 and --loader-workers >= 0.")
+        if self.online_teacher is not None and self.in_memory:
+            raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store into memory.")
 
 
 def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
@@ -98,7 +112,19 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
               "beta": beta}
     config.update({k: v for k, v in asdict(options).items() if k not in config})
     config["milestones"] = list(config["milestones"])
+    config["online"] = options.online_teacher is not None
     return config
+
+
+def _hint_boundary(options: BlockTrainOptions, sections: int) -> int:
+    return options.hint_boundary or max(1, math.ceil(sections / 2))
+
+
+def _wanted_fields(recipe: Recipe, store: Store, options: BlockTrainOptions) -> list[str]:
+    """The store arrays a run of ``options`` reads (the same for every student of the run)."""
+    sections = len(store.boundary_names) - 1
+    beta = resolve_config(recipe, options)["beta"]
+    return _fields(options.mode, sections, options.block, _hint_boundary(options, sections), beta)
 
 
 def _fields(mode: str, sections: int, block: int | None, hint: int, beta: float) -> list[str]:
@@ -203,19 +229,27 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
                                  f"not {recipe.name!r}.")
     if options.block is not None and not 1 <= options.block <= len(store.boundary_names) - 1:
         raise OptionError(f"Expected --block between 1 and {len(store.boundary_names) - 1}, got {options.block} instead.")
-    if options.verify:
+    if options.verify and options.online_teacher is None:  # an online run reads no stored activations
         require_intact(store)
     for name in students:
         recipe.student_builder(name)  # refuse an unknown student before any training
-    return [_train_one(recipe, store, name, Path(out_dir) / name, options, resume, log) for name in students]
+    online = None
+    if options.online_teacher is not None:  # loaded once, and a wrong teacher refused before any training
+        from .online import OnlineTeacherDataset
+
+        device = resolve_device(options.device)
+        if device.type == "cuda" and options.loader_workers:
+            raise OptionError("--online-teacher runs the teacher on the GPU in the training process: use --loader-workers 0.")
+        online = OnlineTeacherDataset(recipe, store, options.online_teacher, _wanted_fields(recipe, store, options), device)
+    return [_train_one(recipe, store, name, Path(out_dir) / name, options, resume, log, online) for name in students]
 
 
 def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: BlockTrainOptions,
-               resume: bool, log: Callable[[str], None]) -> dict:
+               resume: bool, log: Callable[[str], None], online=None) -> dict:
     config = resolve_config(recipe, options)
     device = resolve_device(options.device)
     sections = len(store.boundary_names) - 1
-    hint = options.hint_boundary or max(1, math.ceil(sections / 2))
+    hint = _hint_boundary(options, sections)
     torch.manual_seed(options.seed)  # the student's initial weights depend on --seed alone
     model, split = build_student(recipe, student)
     check_student_fits(split, store, student)  # before the head: a misfit section is the clearer message
@@ -238,8 +272,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         state = read_student(last)
         if state["store"]["identity"] != store.manifest["identity"]:
             raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
-        changed = [f"{k} {state['config'].get(k)!r} -> {config.get(k)!r}" for k in RESUME_KEYS
-                   if state["config"].get(k) != config.get(k)]
+        saved = {k: state["config"].get(k, _RESUME_DEFAULTS.get(k)) for k in RESUME_KEYS}
+        changed = [f"{k} {saved[k]!r} -> {config.get(k)!r}" for k in RESUME_KEYS if saved[k] != config.get(k)]
         if changed:
             raise CheckpointError(f"Cannot resume {str(last)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
@@ -251,10 +285,20 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     out.mkdir(parents=True, exist_ok=True)
 
     wanted = _fields(options.mode, sections, options.block, hint, config["beta"])
-    dataset = StoreDataset(store, wanted, cache_chunks=2 * options.buffer_chunks + 2)
+    if online is not None:
+        dataset = online
+    else:
+        dataset = StoreDataset(store, wanted, cache_chunks=2 * options.buffer_chunks + 2)
+        if options.in_memory:
+            t = time.perf_counter()
+            dataset = MemoryDataset.from_store(dataset)
+            log(f"{student}: read {len(dataset)} rows of {', '.join(wanted)} into memory in {time.perf_counter() - t:.1f} s "
+                "(not counted in the epochs' seconds)")
+    # The same sampler in every case: cached, in-memory and online runs visit the same rows in the same order.
     sampler = ChunkShuffleSampler.for_store(store, config["batch_size"], buffer_chunks=options.buffer_chunks,
                                             num_workers=options.loader_workers, seed=options.seed)
-    loader = make_loader(dataset, sampler, num_workers=options.loader_workers, pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, sampler, num_workers=options.loader_workers,
+                         pin_memory=device.type == "cuda" and online is None)  # online batches are on the device already
     store_record = {"path": str(store.path), "identity": store.manifest["identity"]}
     # Per-epoch test accuracy: classification only, and only for a whole student.
     wants_eval = options.evaluate and options.block is None and recipe.task == "classification"
@@ -292,11 +336,11 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
 
             record["test_accuracy"] = accuracy(model, eval_set, device)
         history.append(record)
-        log(_log_line(student, options.mode, record, config["epochs"]))
+        log(_log_line(student, options.mode + (" online" if config["online"] else ""), record, config["epochs"]))
         save_student(last, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
                      store=store_record, config=config, history=history, epoch=epoch + 1, optimizer=optimizer.state_dict())
-        (out / "metrics.json").write_text(json.dumps({"student": student, "mode": options.mode, "config": config,
-                                                      "history": history}, indent=2))
+        (out / "metrics.json").write_text(json.dumps({"student": student, "mode": options.mode, "online": config["online"],
+                                                      "config": config, "history": history}, indent=2))
 
     save_student(final, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
                  store=store_record, config=config, history=history, epoch=config["epochs"])

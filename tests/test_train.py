@@ -192,3 +192,72 @@ def test_optimizer_choice_follows_the_recipe(tiny_store, tmp_path):
     assert r["config"]["optimizer"] == "adam" and r["config"]["betas"] == [0.5, 0.999]
     state = torch.load(tmp_path / "resnet8" / "last.pt", weights_only=True)["optimizer"]
     assert "exp_avg" in next(iter(state["state"].values()))  # Adam's moment estimates
+
+
+def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store, tmp_path, monkeypatch):
+    """Online LIT (teacher every batch) is the cached run's baseline: same rows, order, initial
+    weights and losses, so after an epoch the weights agree to float32 rounding. The teacher runs
+    on batches of 16 online and of 8 in the extraction; CPU kernels may round a batch's rows by
+    its size in the last bit (~1e-7 relative), which three SGD steps amplify little: 1e-5 allows
+    that (the runs measured bit-identical here) and is far below what another row or order gives."""
+    from litcache.store import Store
+
+    [cached] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "cached", _options(epochs=1), **QUIET)
+    [memory] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "memory", _options(epochs=1, in_memory=True), **QUIET)
+
+    def no_reads(self, name):
+        raise AssertionError(f"the online run read store array {name}")
+
+    monkeypatch.setattr(Store, "array", no_reads)  # the store gives its manifest only
+    [online] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "online",
+                            _options(epochs=1, online_teacher=str(teacher_ckpt)), **QUIET)
+    monkeypatch.undo()
+
+    weights = {name: load_student(r["checkpoint"]).state_dict() for name, r in
+               (("cached", cached), ("memory", memory), ("online", online))}
+    for key, value in weights["cached"].items():
+        assert torch.equal(weights["memory"][key], value), key  # the same bytes, read beforehand
+        torch.testing.assert_close(weights["online"][key], value, rtol=1e-5, atol=1e-5)
+    for a, b in zip(cached["history"], online["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["kd"] == pytest.approx(a["kd"], rel=1e-5)
+    metrics = json.loads((tmp_path / "online" / "resnet8" / "metrics.json").read_text())
+    assert metrics["online"] is True and metrics["config"]["online_teacher"] == str(teacher_ckpt)
+    assert json.loads((tmp_path / "cached" / "resnet8" / "metrics.json").read_text())["online"] is False
+
+
+def test_online_teacher_of_other_weights_is_refused(tiny_recipe, tiny_store, other_teacher_ckpt, tmp_path):
+    store_hash = open_store(tiny_store).manifest["identity"]["teacher_hash"]
+    other_hash = load_teacher(tiny_recipe, other_teacher_ckpt)[1]
+    with pytest.raises(StoreMismatchError, match=f"weights hash {other_hash}.*weights hash {store_hash}"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(online_teacher=str(other_teacher_ckpt)), **QUIET)
+    assert not (tmp_path / "resnet8").exists()
+    with pytest.raises(OptionError, match="--online-teacher"):
+        _options(online_teacher=str(other_teacher_ckpt), in_memory=True)
+
+
+def test_online_teacher_flag_and_resume(tiny_store, teacher_ckpt, other_teacher_ckpt, tmp_path):
+    from conftest import assert_clean_error, run_cli
+
+    tiny = str(RECIPES / "tiny.py")
+    args = ["train-blocks", tiny, "--store", tiny_store, "--student", "resnet8", "--out", tmp_path / "run",
+            "--batch-size", "16", "--no-eval", "-q"]
+    result = run_cli(*args, "--epochs", "1", "--online-teacher", teacher_ckpt)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "resnet8" / "metrics.json").read_text())["online"] is True
+    # Online and cached runs are different runs: one does not continue the other.
+    result = run_cli(*args, "--epochs", "2", "--resume")
+    assert "online True -> False" in assert_clean_error(result, "Cannot resume")
+    result = run_cli(*args, "--epochs", "2", "--resume", "--online-teacher", teacher_ckpt)
+    assert result.exit_code == 0, result.output
+    result = run_cli(*args, "--epochs", "1", "--online-teacher", other_teacher_ckpt, "--out", tmp_path / "other")
+    assert_clean_error(result, "Online teacher")
+
+    # A checkpoint from before the online option resumes as the cached run it was.
+    run_cli(*args, "--epochs", "1", "--out", tmp_path / "old")
+    last = tmp_path / "old" / "resnet8" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["online"]
+    torch.save(state, last)
+    result = run_cli(*args, "--epochs", "2", "--resume", "--out", tmp_path / "old")
+    assert result.exit_code == 0, result.output

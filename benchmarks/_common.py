@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmark scripts (run them as ``python benchmarks/NAME.py``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from litcache import ExtractOptions
+from litcache.data import resolve_device
+from litcache.extract import plan_extraction
+
+__all__ = ["bare_forward_seconds", "peak_rss_mb"]
+
+
+def bare_forward_seconds(recipe, teacher, options: ExtractOptions) -> tuple[float, int]:
+    """(seconds, rows) of the teacher's bare forward over the rows ``extract`` would store: the same
+    views, DataLoader and device, output discarded. What an extraction cannot go below."""
+    plan = plan_extraction(recipe, options, teacher)
+    device = resolve_device(options.device)
+    split = plan.split.to(device).eval()
+    loader = DataLoader(plan.rows_dataset, batch_size=options.batch_size, num_workers=options.loader_workers)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x, *_ in loader:
+            split.boundaries(x.to(device, non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, plan.rows
+
+
+_PEAK = ("import resource, sys\nfrom litcache.cli import main\n"
+         "try:\n    main(sys.argv[1:])\n    code = 0\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
+         "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\nsys.exit(code)")
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak RSS in MB of ``litcache ARGS`` run in a child process (its own ru_maxrss; DataLoader
+    workers not included). A failing command raises with its output instead of giving a figure."""
+    done = subprocess.run([sys.executable, "-c", _PEAK, *map(str, args)], capture_output=True, text=True)
+    if done.returncode != 0 or "PEAK" not in done.stdout:
+        raise RuntimeError(f"`litcache {' '.join(map(str, args))}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    peak = int(done.stdout.split("PEAK")[-1].split()[0])
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
