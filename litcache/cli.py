@@ -93,6 +93,8 @@ def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float16", show_default=True)
 @click.option("--codec", type=click.Choice(CODECS), default="zstd", show_default=True)
+@click.option("--keep-bits", type=int, help="Lossy: round activations to N mantissa bits (float16 has 10, bfloat16 7, "
+              "float32 23) so they compress further; relative error at most 2^-(N+1) (normal values). Default: exact.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--shard-rows", type=click.IntRange(min=1), help="Multiple of --chunk-rows (default: about 64 MB of rows).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view and the row order.")
@@ -144,6 +146,8 @@ def info_cmd(store, as_json):
         f"data         split {ident['split']}, {ident['samples']} samples x {ident['views']} views = {layout['rows']} rows "
         f"(fingerprint {ident['data_fingerprint']}, seed {ident['seed']})",
         f"transforms   {json.dumps(ident['transforms'])}",
+        f"values       {ident['dtype']}, " + (f"rounded to {ident['keep_bits']} mantissa bits (lossy)" if ident.get("keep_bits")
+                                             else "exact in that dtype"),
         f"layout       {layout['chunk_rows']} rows/chunk, {layout['shard_rows']} rows/shard, {layout['num_shards']} shards, {layout['row_order']}",
         f"created      {m.get('created')}   completed {m.get('completed', '-')}",
         "versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),

@@ -45,6 +45,7 @@ from .store import (
     FORMAT,
     FORMAT_VERSION,
     LOCK_FILE,
+    MANTISSA_BITS,
     ArraySpec,
     StoreWriter,
     check_unlocked,
@@ -80,6 +81,7 @@ class ExtractOptions:
     device: str = "auto"
     dtype: str = "float16"
     codec: str = "zstd"
+    keep_bits: int | None = None  # lossy: round activations to this many mantissa bits (None: exact)
     chunk_rows: int = 256
     shard_rows: int | None = None  # None: whole chunks up to SHARD_TARGET_BYTES
     seed: int = 0
@@ -101,6 +103,10 @@ class ExtractOptions:
             raise OptionError(f"Expected --dtype in {sorted(DTYPES)}, got {self.dtype!r} instead.")
         if self.codec not in CODECS:
             raise OptionError(f"Expected --codec in {list(CODECS)}, got {self.codec!r} instead.")
+        if self.keep_bits is not None and not 1 <= self.keep_bits < MANTISSA_BITS[self.dtype]:
+            raise OptionError(f"Expected --keep-bits between 1 and {MANTISSA_BITS[self.dtype] - 1} for --dtype {self.dtype} "
+                              f"(it has {MANTISSA_BITS[self.dtype]} mantissa bits), got {self.keep_bits} instead. "
+                              "Leave it out to store the values exactly.")
         if self.loader_workers < 0:
             raise OptionError(f"Expected --loader-workers >= 0, got {self.loader_workers} instead.")
 
@@ -206,6 +212,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         "transforms": augment.describe() if augment is not None else None,
         "dtype": dtype,
         "codec": options.codec,
+        **({"keep_bits": options.keep_bits} if options.keep_bits is not None else {}),  # absent: exact values
         "chunk_rows": options.chunk_rows,
         "shard_rows": shard_rows,
     }
@@ -492,6 +499,8 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
     shapes = {s.name: s.row_shape for s in plan.specs}
     storage = {s.name: s.storage_dtype for s in plan.specs}
 
+    # Above this magnitude a value may become Inf in the storage dtype (rounding up to fewer bits included).
+    finite_limit = _FINITE_LIMIT[o.dtype] * (1 - 2.0 ** -((o.keep_bits or MANTISSA_BITS[o.dtype]) + 1))
     spare_cores = (os.cpu_count() or 1) > torch.get_num_threads()
     background = _ShardWriter(writer, inline=device.type == "cpu" and not spare_cores and not _FORCE_BACKGROUND)
     background.start()
@@ -510,14 +519,14 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
             t = time.perf_counter()
             with torch.inference_mode():
                 outs, logits = teacher.boundaries(x.to(device, non_blocking=True))
-                stored = [to_storage(z, o.dtype) for z in outs] + [to_storage(logits, "float32")]
+                stored = [to_storage(z, o.dtype, o.keep_bits) for z in outs] + [to_storage(logits, "float32")]
             teacher_seconds += time.perf_counter() - t
             row0 = start + filled
             n = len(y)
             for i, z in enumerate(outs):
                 # One cheap reduction per boundary and batch (NaN fails the comparison too); rows are
                 # named only on failure. A finite float32 value above 65504 still overflows float16.
-                if not z.abs().amax() <= _FINITE_LIMIT[o.dtype]:
+                if not z.abs().amax() <= finite_limit:
                     _check_finite(f"boundary {i}", z, row0, plan.rows_dataset, o.dtype)
                     _check_finite(f"boundary {i} (as {o.dtype})", from_storage(stored[i], o.dtype), row0, plan.rows_dataset, o.dtype)
             _check_finite("logits", logits, row0, plan.rows_dataset, o.dtype)

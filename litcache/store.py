@@ -77,6 +77,9 @@ REQUIRED_KEYS = ("identity", "layout", "arrays")
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CODECS = ("zstd", "lz4", "none")
+#: Explicit mantissa bits of each activation dtype: ``keep_bits`` (lossy rounding) must keep fewer.
+MANTISSA_BITS = {"float32": 23, "float16": 10, "bfloat16": 7}
+_UINT = {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}
 
 
 def codec_pipeline(codec: str) -> list:
@@ -91,12 +94,32 @@ def codec_pipeline(codec: str) -> list:
     raise ValueError(f"Expected a codec in {CODECS}, got {codec!r} instead.")
 
 
-def to_storage(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """Cast activations to the storage representation (casting in torch is faster than numpy)."""
+def to_storage(tensor: torch.Tensor, dtype: str, keep_bits: int | None = None) -> np.ndarray:
+    """Cast activations to the storage representation (casting in torch is faster than numpy),
+    rounding the mantissa to ``keep_bits`` bits when given (lossy; see ``round_mantissa``)."""
     t = tensor.detach().to("cpu", _TORCH_DTYPES[dtype]).contiguous()
-    if dtype == "bfloat16":
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
+    if keep_bits is not None and t.data_ptr() == tensor.data_ptr():
+        t = t.clone()  # rounding works in place: never on the caller's tensor
+    array = t.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else t.numpy()
+    if keep_bits is not None:
+        round_mantissa(array, dtype, keep_bits)
+    return array
+
+
+def round_mantissa(array: np.ndarray, dtype: str, keep_bits: int) -> np.ndarray:
+    """Round floats of ``dtype`` (bfloat16 as its uint16 bits) to ``keep_bits`` mantissa bits, in
+    place, to nearest with ties to even: numcodecs' BitRound. The dropped bits become zeros, which
+    zstd then compresses; the relative error of a normal (not subnormal) value is at most 2**-(keep_bits + 1)."""
+    drop = MANTISSA_BITS[dtype] - keep_bits
+    if drop <= 0:
+        return array
+    bits = array.view(_UINT[dtype])
+    kind = bits.dtype.type
+    lowest_kept = (bits >> kind(drop)) & kind(1)
+    bits += kind((1 << (drop - 1)) - 1)
+    bits += lowest_kept  # ties go to the even neighbour
+    bits &= kind(~((1 << drop) - 1) & np.iinfo(kind).max)
+    return array
 
 
 def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:

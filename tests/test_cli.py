@@ -166,6 +166,12 @@ def test_shard_rows_not_multiple_of_chunk_rows(teacher_ckpt, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_keep_bits_beyond_the_dtype(teacher_ckpt, tmp_path):
+    result = run_cli(*_extract_args(tmp_path / "s", teacher_ckpt, "--dtype", "bfloat16", "--keep-bits", "7"))
+    assert_clean_error(result, "Expected --keep-bits between 1 and 6 for --dtype bfloat16 (it has 7 mantissa bits), got 7 instead.", 1)
+    assert not (tmp_path / "s").exists()
+
+
 def test_unknown_split(teacher_ckpt, tmp_path):
     result = run_cli(*_extract_args(tmp_path / "s", teacher_ckpt, "--split", "val"))
     assert_clean_error(result, "Expected a split of recipe 'tiny' (train, test), got 'val' instead.", 1)

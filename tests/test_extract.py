@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -35,7 +36,8 @@ from litcache.errors import (
 )
 from litcache.extract import shard_batches, plan_extraction
 from litcache.sections import split_model
-from litcache.store import open_store, read_ledger, shard_ranges, store_lock, verify_checksums
+from litcache.audit import verify_store
+from litcache.store import open_store, read_ledger, round_mantissa, shard_ranges, store_lock, store_sizes, verify_checksums
 from litcache.teacher import load_teacher
 from litcache.views import view_generator
 
@@ -195,6 +197,29 @@ def test_low_precision_store(tiny_recipe, teacher_ckpt, direct_tiny, tmp_path, d
     torch.testing.assert_close(store.read("logits", 0, store.rows), direct["logits"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,keep", [("float16", 3), ("bfloat16", 2), ("float32", 8)])
+def test_keep_bits_rounds_exactly_the_values_an_exact_store_holds(tiny_recipe, teacher_ckpt, tmp_path, dtype, keep):
+    options = dict(views=2, dtype=dtype, chunk_rows=8, shard_rows=32, batch_size=16)
+    exact = open_store(_run(tiny_recipe, tmp_path / "exact", teacher_ckpt, **options).path)
+    lossy = open_store(_run(tiny_recipe, tmp_path / "lossy", teacher_ckpt, keep_bits=keep, **options).path)
+    assert lossy.manifest["identity"]["keep_bits"] == keep and "keep_bits" not in exact.manifest["identity"]
+    for name in exact.boundary_names:
+        want = round_mantissa(np.array(exact.array(name)[...]), dtype, keep)
+        np.testing.assert_array_equal(np.array(lossy.array(name)[...]), want)
+        exact_values = exact.read(name, 0, exact.rows).float()
+        error = (lossy.read(name, 0, lossy.rows).float() - exact_values).abs()
+        normal = exact_values.abs() >= torch.finfo(TORCH_DTYPES[dtype]).smallest_normal  # subnormals have fewer bits
+        assert (error[normal] <= exact_values.abs()[normal] * 2.0 ** -(keep + 1)).all()
+    np.testing.assert_array_equal(lossy.array("logits")[...], exact.array("logits")[...])  # logits stay exact
+    sizes = {s.manifest["identity"].get("keep_bits"): store_sizes(s)["boundaries/0"] for s in (exact, lossy)}
+    assert sizes[keep] < sizes[None]
+    report = verify_store(lossy.path, replay=6, recipe=tiny_recipe, teacher_checkpoint=teacher_ckpt)  # rounded alike: replays
+    assert report.ok, report.replay_failures
+    # The same extraction without rounding is another store.
+    with pytest.raises(StoreMismatchError, match="keep_bits: store has 3|keep_bits: store has 2|keep_bits: store has 8"):
+        _run(tiny_recipe, lossy.path, teacher_ckpt, **options)
+
+
 def test_unaugmented_split_and_auto_shards(tiny_recipe, teacher_ckpt, tmp_path):
     out = tmp_path / "test.zarr"
     result = _run(tiny_recipe, out, teacher_ckpt, split="test", dtype="float32", chunk_rows=5)
@@ -229,6 +254,9 @@ def test_limit_beyond_split_uses_all_samples(tiny_recipe, teacher_ckpt, tmp_path
     ({"dtype": "int8"}, "--dtype"),
     ({"codec": "gzip"}, "--codec"),
     ({"loader_workers": -1}, "--loader-workers"),
+    ({"keep_bits": 10}, "--keep-bits between 1 and 9 for --dtype float16"),
+    ({"keep_bits": 0, "dtype": "float32"}, "--keep-bits between 1 and 22 for --dtype float32"),
+    ({"keep_bits": 7, "dtype": "bfloat16"}, "--keep-bits between 1 and 6"),
 ])
 def test_options_refused(kwargs, match):
     with pytest.raises(OptionError, match=match):
