@@ -5,24 +5,23 @@
 
 The three runs share the student initialisation, the sampler (same rows, same order), the loss
 code (`litcache.train.step_losses`) and the optimizer; only where the teacher's boundaries come
-from differs. Printed: rows/s of each, the loader ratio (memory / store time), and the cost of
+from differs. Printed: rows/s of each, the loader ratio (store / memory time, median over --repeats
+rotated runs), and the cost of
 cached LIT (extraction once, from the store's manifest, + E epochs) against online LIT.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, load_recipe, open_store
-from litcache.data import ViewRows
 from litcache.dataset import make_loader
-from litcache.sections import split_model
+from litcache.online import OnlineTeacherDataset
 from litcache.student import build_student
-from litcache.teacher import load_teacher
 from litcache.train import step_losses
 
 
@@ -52,6 +51,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--loader-workers", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="each source this many times, in rotated order")
     args = p.parse_args()
 
     recipe = load_recipe(args.recipe)
@@ -66,32 +66,28 @@ def main() -> None:
         return build_student(recipe, args.student, store.module_state("stem"), store.module_state("head"))[1]
 
     dataset = StoreDataset(store, fields, cache_chunks=10)
-    store_loader = make_loader(dataset, sampler, num_workers=args.loader_workers)
     memory = MemoryDataset.from_store(dataset)
-    memory_loader = make_loader(memory, sampler)
-
-    teacher, _, _ = load_teacher(recipe, args.teacher or store.manifest["teacher"]["checkpoint"])
-    teacher_split = split_model(teacher, recipe).eval()
-    views = ViewRows.from_identity(recipe.load_split(ident["split"]), ident, recipe.augmentation_for(ident["split"]))
-    view_loader = DataLoader(views, batch_sampler=sampler, num_workers=args.loader_workers)
-
-    def online_batches():
-        for x, y, *_ in view_loader:
-            with torch.inference_mode():
-                outs, logits = teacher_split.boundaries(x)
-            yield {**{f"boundaries/{i}": t.clone() for i, t in enumerate(outs)}, "logits": logits.clone(), "labels": y}
+    online = OnlineTeacherDataset(recipe, store, args.teacher or store.manifest["teacher"]["checkpoint"], fields, "cpu")
+    loaders = {"store": make_loader(dataset, sampler, num_workers=args.loader_workers),
+               "memory": make_loader(memory, sampler),
+               "online": make_loader(online, sampler)}
 
     rows = len(dataset) // layout["views"] * args.epochs
-    seconds = {
-        "store": run(fresh_student(), lambda: iter(store_loader), args.epochs, sampler, config),
-        "memory": run(fresh_student(), lambda: iter(memory_loader), args.epochs, sampler, config),
-        "online": run(fresh_student(), online_batches, args.epochs, sampler, config),
-    }
+    runs = {name: [] for name in loaders}
+    for repeat in range(args.repeats):
+        # Rotate the order each repeat, so no source always runs first (or last) on a noisy machine.
+        order = list(loaders)[repeat % 3:] + list(loaders)[:repeat % 3]
+        for name in order:
+            runs[name].append(run(fresh_student(), lambda: iter(loaders[name]), args.epochs, sampler, config))
+    seconds = {name: statistics.median(times) for name, times in runs.items()}
+    ratios = [s / m for s, m in zip(runs["store"], runs["memory"])]
     print(f"LIT {args.student} from {args.store}: {rows} rows ({args.epochs} epochs x {rows // args.epochs}), "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.loader_workers} loader workers")
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.loader_workers} loader workers, "
+          f"median of {args.repeats} repeats")
     for name, s in seconds.items():
-        print(f"   {name:<7} {rows / s:>8,.0f} rows/s  ({s:.1f} s)")
-    print(f"   loader ratio store/memory time = {seconds['store'] / seconds['memory']:.2f}")
+        print(f"   {name:<7} {rows / s:>8,.0f} rows/s  ({s:.1f} s; runs {', '.join(f'{t:.1f}' for t in runs[name])})")
+    print(f"   loader ratio store/memory time = {statistics.median(ratios):.2f} (median of the per-repeat ratios "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; target <= 1.10)")
     extract_s = store.manifest.get("timing", {}).get("seconds")
     if extract_s:
         per_epoch_online = seconds["online"] / args.epochs

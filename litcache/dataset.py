@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import RowLayout, worker_context
+from .shards import decoder_pool
 from .store import Store, from_storage, open_store
 
 __all__ = ["StoreDataset", "MemoryDataset", "ChunkShuffleSampler", "make_loader", "collate_rows"]
@@ -54,23 +55,37 @@ class StoreDataset(Dataset):
         state["_cache"], state["_pid"] = OrderedDict(), None
         return state
 
-    def _chunk(self, name: str, chunk: int) -> np.ndarray:
+    def _own_process(self) -> None:
         if self._pid != os.getpid():  # a forked worker must not share the parent's zarr handles
             self._pid, self._cache, self.store._group = os.getpid(), OrderedDict(), None
+
+    def _remember(self, key: tuple[str, int], data: np.ndarray) -> None:
+        self._cache[key] = data
+        while len(self._cache) > self.cache_chunks * len(self.fields):
+            self._cache.popitem(last=False)
+
+    def _chunk(self, name: str, chunk: int) -> np.ndarray:
         key = (name, chunk)
         data = self._cache.get(key)
         if data is None:
             data = self.store.read_chunk(name, chunk)
-            self._cache[key] = data
-            while len(self._cache) > self.cache_chunks * len(self.fields):
-                self._cache.popitem(last=False)
+            self._remember(key, data)
         else:
             self._cache.move_to_end(key)
         return data
 
+    def _prefetch(self, chunks: np.ndarray) -> None:
+        """Decode the chunks this batch needs and the cache lacks, all at once on the decoder pool."""
+        missing = [(name, int(c)) for name in self.fields for c in np.unique(chunks) if (name, int(c)) not in self._cache]
+        if len(missing) > 1:
+            for key, data in zip(missing, decoder_pool().map(lambda k: self.store.read_chunk(*k), missing)):
+                self._remember(key, data)
+
     def __getitems__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = np.asarray(rows, dtype=np.int64)
         chunks, local = np.divmod(rows, self.chunk_rows)
+        self._own_process()
+        self._prefetch(chunks)
         batch = {}
         for name in self.fields:
             first = self._chunk(name, int(chunks[0]))

@@ -26,7 +26,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
-__all__ = ["ShardFormat", "encoder_pool", "shard_io_pool"]
+__all__ = ["ShardFormat", "encoder_pool", "decoder_pool", "shard_io_pool"]
 
 #: Marks a chunk that is absent from its shard (reads as the fill value).
 EMPTY = np.uint64(2**64 - 1)
@@ -47,6 +47,11 @@ def _pool(name: str, threads: int) -> ThreadPoolExecutor:
 def encoder_pool() -> ThreadPoolExecutor:
     """Compression: one thread per core (the codecs release the GIL)."""
     return _pool("encode", os.cpu_count() or 1)
+
+
+def decoder_pool() -> ThreadPoolExecutor:
+    """Decompression for readers: one thread per core (the codecs release the GIL)."""
+    return _pool("decode", os.cpu_count() or 1)
 
 
 def shard_io_pool() -> ThreadPoolExecutor:

@@ -18,15 +18,27 @@ def _run(script: str, *args) -> str:
 
 
 def test_extract_bench(teacher_ckpt):
-    out = _run("extract_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--limit", 16, "--views", 2,
-               "--storage-limit", 8, "--memory-limits", "8,16")
-    assert "ratio extract/forward = " in out
-    assert sum(line.split()[:2] in (["float16", "zstd"], ["float32", "none"]) for line in out.splitlines()) == 2
-    assert out.count("peak RSS") == 2
+    out = _run("extract_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--limit", 16, "--views", 2, "--repeats", 2)
+    assert out.count("   repeat ") == 2
+    assert "ratio extract/forward = " in out and "(inline writer)" in out and "(background writer)" in out
+
+
+def test_storage_bench(teacher_ckpt, tmp_path):
+    out = _run("storage_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--bytes-limit", 16, "--limit", 16,
+               "--views", 2, "--lit-epochs", 1, "--ft-epochs", 1, "--seeds", "0,1", "--keep-bits", 4,
+               "--json", tmp_path / "storage.json")
+    report = json.loads((tmp_path / "storage.json").read_text())
+    configs = {(r["dtype"], r["codec"], r["keep_bits"]) for r in report["bytes"]}
+    assert len(configs) == 10 and ("float16", "zstd", 4) in configs
+    assert "lossless codecs of each dtype decode to identical values (checked)" in out
+    assert [(r["dtype"], r["keep_bits"], r["seed"]) for r in report["accuracy"]] == [
+        ("float32", None, 0), ("float32", None, 1), ("float16", None, 0), ("bfloat16", None, 0), ("float16", 4, 0)]
+    assert all(0 <= r["accuracy"] <= 1 for r in report["accuracy"])
 
 
 def test_train_bench(tiny_store, teacher_ckpt):
-    out = _run("train_bench.py", "--recipe", TINY, "--store", tiny_store, "--teacher", teacher_ckpt, "--batch-size", 16)
+    out = _run("train_bench.py", "--recipe", TINY, "--store", tiny_store, "--teacher", teacher_ckpt, "--batch-size", 16,
+               "--repeats", 2)
     for source in ("store", "memory", "online"):
         assert f"   {source} " in out, source
     assert "loader ratio store/memory time = " in out
