@@ -21,7 +21,7 @@ share rows, order and initial weights. For each K:
 
 Test accuracy (the recipe's test split) of the cached and online students must agree within 0.5
 points. The online run uses the teacher's float32 outputs, the cached one the store's --dtype.
-Epochs, lr and batch size come from the flags (default: 2 epochs, the recipe's LIT lr and batch,
+Epochs, lr, milestones and batch size come from the flags (default: 2 epochs, the recipe's LIT lr and batch,
 no lr milestone). Results also go to OUT/reuse.json; the stores and runs are deleted unless --keep.
 """
 
@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -60,7 +61,8 @@ def main() -> None:
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's LIT batch size")
-    p.add_argument("--lr", type=float, default=None, help="default: the recipe's LIT lr (no milestone inside the run)")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's LIT lr")
+    p.add_argument("--milestones", default="", help="comma list of epochs after which lr x0.1 (default: none)")
     p.add_argument("--dtype", default="float16", help="store dtype")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="folder for reuse.json and the work (default: a new temporary folder)")
@@ -98,7 +100,8 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
     forward_s, rows = bare_forward_seconds(recipe, args.teacher, options)
     store = open_store(work / "store.zarr")
     teacher = args.teacher or store.manifest["teacher"]["checkpoint"]
-    base = BlockTrainOptions(mode="lit", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, milestones=(),
+    base = BlockTrainOptions(mode="lit", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             milestones=tuple(_ints(args.milestones)),
                              device=args.device, verify=False, evaluate=False)
     test_set = recipe.load_split("test")
     print(f"reuse: {recipe.name}, {rows} rows ({rows // args.views} samples x {args.views} views, {args.dtype}), "
@@ -107,10 +110,12 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
     print(f"   {'variant':<18}{'cached C s':>11}{'memory M s':>11}{'online O s':>11}{'acc cached':>11}{'acc online':>11}"
           f"{'diff pts':>9}")
     records = []
-    for student, seed in variants:
+    sources = [("cached", {}), ("memory", {"in_memory": True}), ("online", {"online_teacher": str(teacher)})]
+    for i, (student, seed) in enumerate(variants):
         name = f"{student}_seed{seed}"
         row = {"variant": name, "student": student, "seed": seed}
-        for source, extra in (("cached", {}), ("memory", {"in_memory": True}), ("online", {"online_teacher": str(teacher)})):
+        # Rotate the order per variant, so no source always runs first on a noisy machine.
+        for source, extra in sources[i % 3:] + sources[:i % 3]:
             [result] = train_blocks(recipe, store.path, [student], work / source / name, replace(base, seed=seed, **extra), **quiet)
             row[f"{source}_s"] = sum(h["seconds"] for h in result["history"])
             if source != "memory":  # the memory run's weights are the cached run's, bit for bit
@@ -122,6 +127,11 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
 
     worst = max(abs(r["accuracy_diff_points"]) for r in records)
     print(f"   largest accuracy difference cached - online: {worst:.2f} points (target: within 0.5)")
+    for student in dict.fromkeys(r["student"] for r in records):  # seed-to-seed spread: the noise band
+        accs = [r[f"{source}_accuracy"] for r in records if r["student"] == student for source in ("cached", "online")]
+        print(f"   {student}: mean over seeds cached {100 * statistics.mean(r['cached_accuracy'] for r in records if r['student'] == student):.2f}%, "
+              f"online {100 * statistics.mean(r['online_accuracy'] for r in records if r['student'] == student):.2f}%; "
+              f"spread of all its runs {100 * (max(accs) - min(accs)):.2f} points")
     print(f"   {'K':>3}{'online s':>11}{'cached s':>11}{'ideal s':>11}{'online/cached':>15}{'cached/ideal':>14}")
     table = []
     for k in ks:
