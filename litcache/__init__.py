@@ -9,6 +9,7 @@ from .recipe import DistillConfig, Recipe, TrainConfig, load_recipe  # noqa: E40
 from .sections import SplitModel, check_split, split_model  # noqa: E402
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .online import OnlineTeacherDataset  # noqa: E402
 from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
 from .student import assemble, load_student  # noqa: E402
 from .sweep import SweepResult, sweep  # noqa: E402
@@ -27,6 +28,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LitcacheError",
     "MemoryDataset",
+    "OnlineTeacherDataset",
     "Recipe",
     "SplitModel",
     "Store",
