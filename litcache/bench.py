@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import zarr
@@ -117,8 +117,13 @@ def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
 
 
 def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | None = None, student: str | None = None,
-          samples: int = 1024, batch_size: int = 128, device: str = "auto", log: Callable[[str], None] = print) -> dict:
-    """Measure this machine; extracts a temporary store of ``samples`` rows when none is given."""
+          samples: int = 1024, batch_size: int = 128, device: str = "auto", loader_workers: Sequence[int] = (0,),
+          log: Callable[[str], None] = print) -> dict:
+    """Measure this machine; extracts a temporary store of ``samples`` rows when none is given.
+
+    Store reads are timed with each count of DataLoader workers in ``loader_workers``: against the
+    rate the student consumes rows (fed from memory), that says how many decode workers keep it fed.
+    """
     dev = resolve_device(device)
     student = student or next(iter(recipe.students))
     with tempfile.TemporaryDirectory(prefix="litcache-bench-") as tmp:
@@ -138,7 +143,8 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
         teacher_rate = teacher_forward_rate(recipe, teacher, min(samples, open_store(store).manifest["identity"]["samples"]),
                                             batch_size, dev)
         log("timing store reads ...")
-        read_rate, read_mb = store_read_rate(store, batch_size)
+        reads = [(workers, *store_read_rate(store, batch_size, workers)) for workers in loader_workers]
+        read_rate, read_mb = reads[0][1], reads[0][2]
         log("timing student steps from the store and from memory ...")
         from_store = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=False)
         from_memory = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=True)
@@ -153,10 +159,16 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
     break_even = one_off / (online - cached) if online > cached else None
     stages = {"teacher": teacher_rate, "store read + decode": read_rate, "student step": from_memory}
     bottleneck = "store read + decode" if read_rate < from_memory else "student step"
+    # What the student consumes, in decoded bytes, against what the reader delivers per worker count.
+    mb_per_row = read_mb / read_rate
+    enough = [workers for workers, rate, _ in reads if rate >= from_memory]
     return {
         "device": str(dev), "student": student, "batch_size": batch_size,
         "teacher_forward_rows_per_s": teacher_rate, "extract_rows_per_s": extract_rate,
         "store_read_rows_per_s": read_rate, "store_read_mb_per_s": read_mb,
+        "store_read_by_workers": [{"loader_workers": w, "rows_per_s": r, "mb_per_s": mb} for w, r, mb in reads],
+        "student_consumes_mb_per_s": from_memory * mb_per_row,
+        "decode_workers_needed": min(enough) if enough else None,
         "student_step_rows_per_s_from_store": from_store, "student_step_rows_per_s_from_memory": from_memory,
         "loader_overhead": from_memory / from_store, "storage": storage, "stages_rows_per_s": stages,
         "training_bottleneck": bottleneck, "break_even_epochs": break_even,

@@ -362,9 +362,11 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
 @click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True, help="Rows of the temporary store.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--loader-workers", type=click.IntRange(min=0), multiple=True,
+              help="Time store reads with this many DataLoader workers; repeat to compare (default: 0).")
 @click.option("--json", "as_json", is_flag=True)
 @_friendly_errors
-def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, as_json):
+def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, loader_workers, as_json):
     """Measure teacher, store reads, student steps and storage on this machine; print the bottleneck
     and after how many student epochs a store pays for itself.
 
@@ -376,7 +378,7 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
     if student:
         r.student_builder(student)
     report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
-                   device=device, log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+                   device=device, loader_workers=loader_workers or (0,), log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -389,6 +391,10 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
         f"  student LIT step, memory {report['student_step_rows_per_s_from_memory']:>10,.0f} rows/s   "
         f"(store/memory time {report['loader_overhead']:.2f})",
         f"  training bottleneck: {report['training_bottleneck']}",
+        f"  the student consumes {report['student_consumes_mb_per_s']:,.0f} MB/s of decoded rows; the reader delivers "
+        + ", ".join(f"{r['mb_per_s']:,.0f} MB/s with {r['loader_workers']} loader workers" for r in report["store_read_by_workers"])
+        + (f"; {report['decode_workers_needed']} loader workers keep it fed" if report["decode_workers_needed"] is not None
+           else "; none of these keeps it fed: try more --loader-workers"),
         "  bytes per row (boundaries):   " + "   ".join(
             f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"]),
     ]

@@ -27,6 +27,24 @@ def test_bench_on_a_store_reports_every_stage(tiny_store, teacher_ckpt):
     assert storage[("float16", "zstd")]["bytes_per_row"] < storage[("float16", "none")]["bytes_per_row"]
 
 
+def test_bench_compares_loader_worker_counts(tiny_store, teacher_ckpt):
+    result = CliRunner().invoke(main, ["bench", TINY, "--store", str(tiny_store), "--teacher", str(teacher_ckpt),
+                                       "--batch-size", "8", "--loader-workers", "0", "--loader-workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [r["loader_workers"] for r in report["store_read_by_workers"]] == [0, 1]
+    assert all(r["rows_per_s"] > 0 and r["mb_per_s"] > 0 for r in report["store_read_by_workers"])
+    assert report["student_consumes_mb_per_s"] > 0
+    needed = report["decode_workers_needed"]
+    fast_enough = [r["loader_workers"] for r in report["store_read_by_workers"]
+                   if r["rows_per_s"] >= report["student_step_rows_per_s_from_memory"]]
+    assert needed == (min(fast_enough) if fast_enough else None)
+    text = CliRunner().invoke(main, ["bench", TINY, "--store", str(tiny_store), "--teacher", str(teacher_ckpt),
+                                     "--batch-size", "8", "--loader-workers", "1"])
+    assert text.exit_code == 0, text.output
+    assert "MB/s with 1 loader workers" in text.output and "the student consumes" in text.output
+
+
 def test_bench_without_a_store_extracts_a_temporary_one(teacher_ckpt, tmp_path):
     result = CliRunner().invoke(main, ["bench", TINY, "--teacher", str(teacher_ckpt), "--samples", "32",
                                        "--batch-size", "8"])
