@@ -26,6 +26,8 @@ import google_crc32c
 import numcodecs
 import numpy as np
 
+from .errors import CorruptStoreError
+
 __all__ = ["ShardFormat", "encoder_pool", "decoder_pool", "shard_io_pool"]
 
 #: Marks a chunk that is absent from its shard (reads as the fill value).
@@ -161,10 +163,10 @@ class ShardFormat:
     def chunk_range(self, index_tail: bytes, within: int) -> tuple[int, int] | None:
         """(offset, nbytes) of chunk ``within`` from the shard's index bytes; None if absent."""
         if len(index_tail) != self.index_bytes:
-            raise ValueError(f"Expected a {self.index_bytes}-byte shard index, got {len(index_tail)} bytes.")
+            raise CorruptStoreError(f"Expected a {self.index_bytes}-byte shard index, got {len(index_tail)} bytes.")
         raw, crc = index_tail[:-4], index_tail[-4:]
         if np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes() != crc:
-            raise ValueError("The shard index fails its crc32c check: the shard file is damaged.")
+            raise CorruptStoreError("The shard index fails its crc32c check: the shard file is damaged.")
         offset, nbytes = np.frombuffer(raw, dtype="<u8").reshape(self.chunks_per_shard, 2)[within]
         return None if offset == EMPTY else (int(offset), int(nbytes))
 
@@ -173,10 +175,13 @@ class ShardFormat:
         shape = (self.chunk_rows, *self.row_shape)
         if payload is None:
             return np.zeros(shape, dtype=self.dtype)
-        raw = payload if self.compressor is None else self.compressor.decode(payload)
+        try:
+            raw = payload if self.compressor is None else self.compressor.decode(payload)
+        except Exception as exc:  # the codec's own error types vary
+            raise CorruptStoreError(f"A chunk does not decode ({exc}): the shard file is damaged.") from None
         expected = math.prod(shape) * self.dtype.itemsize
         if len(raw) != expected:
-            raise ValueError(f"A decoded chunk holds {len(raw)} bytes, expected {expected}: the shard file is damaged.")
+            raise CorruptStoreError(f"A decoded chunk holds {len(raw)} bytes, expected {expected}: the shard file is damaged.")
         return np.frombuffer(raw, dtype=self.dtype).reshape(shape)
 
     def read_chunk(self, read_range: Callable[[int, int | None], bytes], chunk_in_shard: int,

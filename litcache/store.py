@@ -40,6 +40,7 @@ import zarr
 import zarr.codecs
 
 from .errors import (
+    CorruptStoreError,
     IncompleteStoreError,
     NotAStoreError,
     StoreFormatError,
@@ -241,7 +242,12 @@ class Store:
             return self.array(name)[start:stop]
         shard, within = divmod(chunk, fmt.chunks_per_shard)
         key = ShardFormat.shard_key(name, shard, 1 + len(fmt.row_shape))
-        rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
+        try:
+            rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
+        except (CorruptStoreError, FileNotFoundError) as exc:
+            reason = "it is missing" if isinstance(exc, FileNotFoundError) else exc
+            raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
+                                    "`litcache verify` checks every shard; extract the store again to repair it.") from None
         self._shard_indexes[key] = index
         return rows[: stop - start]
 
@@ -376,7 +382,7 @@ class StoreWriter:
 
     def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
         """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""
-        self.location.fsync("/".join([name, "c", str(index), *(["0"] * (ndim - 1))]))
+        self.location.fsync(ShardFormat.shard_key(name, index, ndim))
 
     def finalize(self, extra: dict | None = None) -> dict:
         """Record every shard's checksums and mark the store complete (the last write)."""

@@ -10,6 +10,11 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from click.testing import CliRunner
+
+from conftest import TINY
+from litcache.cli import main
+from litcache.errors import CorruptStoreError
 from litcache.location import StoreLocation
 from litcache.shards import ShardFormat
 from litcache.store import DTYPES, codec_pipeline
@@ -78,8 +83,21 @@ def test_a_damaged_shard_index_is_reported_not_misread(tmp_path):
     fmt = _format(root, "a")
     blob = bytearray(fmt.encode(np.ones((8, 2), np.float32)))
     blob[-10] ^= 0xFF
-    with pytest.raises(ValueError, match="crc32c"):
+    with pytest.raises(CorruptStoreError, match="crc32c"):
         fmt.read_chunk(lambda a, b: bytes(blob[a:b] if a >= 0 else blob[a:]), 0)
+
+
+def test_training_from_a_store_with_a_damaged_shard_index_stops_with_one_error_line(tiny_store, teacher_ckpt, tmp_path):
+    key = ShardFormat.shard_key("boundaries/1", 1, 2 + 2)  # boundaries/1 rows are (C, H, W)
+    path = tiny_store / key
+    blob = bytearray(path.read_bytes())
+    blob[-6] ^= 0xFF  # inside the index: the crc32c no longer matches
+    path.write_bytes(bytes(blob))
+    result = CliRunner().invoke(main, ["train-blocks", TINY, "--store", str(tiny_store), "--student", "resnet8",
+                                       "--out", str(tmp_path / "run"), "--epochs", "1", "--no-verify", "--no-eval"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: Cannot read shard 1 of 'boundaries/1' in store ")
+    assert "shard index fails its crc32c check" in result.output and "Traceback" not in result.output
 
 
 def test_arrays_with_other_layouts_are_left_to_zarr(tmp_path):
