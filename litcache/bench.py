@@ -95,14 +95,21 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
 
 
 def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
-    """Stored bytes per row of the store's boundaries for every dtype and codec, from real rows."""
+    """Stored bytes per row of the store's boundaries for every dtype and codec, from real rows.
+
+    A float16 or bfloat16 store cannot say what float32 would cost: its values, widened, have
+    zero low mantissa bits and would compress far better than real float32 activations; so the
+    float32 rows come only from a float32 store."""
     store = open_store(store_path)
+    stored_dtype = store.manifest["identity"]["dtype"]
     rows = min(sample_rows, store.rows)
     chunk = store.manifest["layout"]["chunk_rows"]
     values = {name: store.read(name, 0, rows).float() for name in store.boundary_names}
     raw32 = sum(v.numel() * 4 for v in values.values())
     table = []
     for dtype in DTYPES:
+        if dtype == "float32" and stored_dtype != "float32":
+            continue
         for codec in CODECS:
             stored = 0
             for v in values.values():

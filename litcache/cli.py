@@ -396,7 +396,8 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
         + (f"; {report['decode_workers_needed']} loader workers keep it fed" if report["decode_workers_needed"] is not None
            else "; none of these keeps it fed: try more --loader-workers"),
         "  bytes per row (boundaries):   " + "   ".join(
-            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"]),
+            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"])
+        + ("" if any(s["dtype"] == "float32" for s in report["storage"]) else "   (float32 rows need a float32 store)"),
     ]
     if report["break_even_epochs"] is not None:
         lines.append(f"  online/cached time per epoch {report['online_over_cached_per_epoch']:.2f}: extraction pays for itself after "

@@ -51,3 +51,12 @@ def test_bench_without_a_store_extracts_a_temporary_one(teacher_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "training bottleneck" in result.output
     assert "pays for itself" in result.output or "does not pay off" in result.output
+
+
+def test_a_float16_store_reports_no_float32_storage_rows(tiny_store_f16):
+    # Widened float16 values compress far better than real float32 activations: no made-up row.
+    from litcache.bench import storage_table
+
+    table = storage_table(tiny_store_f16)
+    assert {row["dtype"] for row in table} == {"float16", "bfloat16"}
+    assert len(table) == 6
