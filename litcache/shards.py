@@ -105,6 +105,7 @@ class ShardFormat:
             return None
         if (sharding.get("name") != "sharding_indexed" or config.get("index_location", "end") != "end"
                 or [c.get("name") for c in config.get("index_codecs", [])] != ["bytes", "crc32c"]
+                or config["index_codecs"][0].get("configuration", {}).get("endian", "little") != "little"
                 or key_encoding.get("name") != "default"
                 or key_encoding.get("configuration", {}).get("separator", "/") != "/"
                 or list(chunk_shape[1:]) != list(shard_shape[1:]) or shard_shape[0] % chunk_shape[0]
