@@ -128,10 +128,10 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
     worst = max(abs(r["accuracy_diff_points"]) for r in records)
     print(f"   largest accuracy difference cached - online: {worst:.2f} points (target: within 0.5)")
     for student in dict.fromkeys(r["student"] for r in records):  # seed-to-seed spread: the noise band
-        accs = [r[f"{source}_accuracy"] for r in records if r["student"] == student for source in ("cached", "online")]
-        print(f"   {student}: mean over seeds cached {100 * statistics.mean(r['cached_accuracy'] for r in records if r['student'] == student):.2f}%, "
-              f"online {100 * statistics.mean(r['online_accuracy'] for r in records if r['student'] == student):.2f}%; "
-              f"spread of all its runs {100 * (max(accs) - min(accs)):.2f} points")
+        cached = [r["cached_accuracy"] for r in records if r["student"] == student]
+        online = [r["online_accuracy"] for r in records if r["student"] == student]
+        print(f"   {student}: mean over seeds cached {100 * statistics.mean(cached):.2f}%, online {100 * statistics.mean(online):.2f}%; "
+              f"spread of all its runs {100 * (max(cached + online) - min(cached + online)):.2f} points")
     print(f"   {'K':>3}{'online s':>11}{'cached s':>11}{'ideal s':>11}{'online/cached':>15}{'cached/ideal':>14}")
     table = []
     for k in ks:

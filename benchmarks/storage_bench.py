@@ -59,17 +59,15 @@ def bytes_table(recipe, teacher: str | None, samples: int, keep_bits: list[int],
     return rows
 
 
-def train_and_score(recipe, teacher: str | None, store_options: ExtractOptions, seed: int, student: str,
+def train_and_score(recipe, store: Path, store_options: ExtractOptions, seed: int, student: str,
                     lit_epochs: int | None, ft_epochs: int | None, work: Path, test_set) -> dict:
-    """Extract (once per store options), LIT, fine-tune, test top-1 of the fine-tuned student."""
-    tag = f"{store_options.dtype}-k{store_options.keep_bits}"
-    store = work / f"{tag}.zarr"
-    extract(recipe, store, store_options, teacher_checkpoint=teacher, progress=False, log=lambda m: None)
+    """LIT, fine-tune, test top-1 of the fine-tuned student trained from ``store``."""
+    tag = f"{store.stem}-s{seed}"
     t = time.perf_counter()
     quiet = lambda m: None  # noqa: E731
-    lit = train_blocks(recipe, store, [student], work / f"{tag}-s{seed}-lit",
+    lit = train_blocks(recipe, store, [student], work / f"{tag}-lit",
                        BlockTrainOptions(mode="lit", epochs=lit_epochs, seed=seed, verify=False, evaluate=False), log=quiet)[0]
-    ft = train_blocks(recipe, store, [student], work / f"{tag}-s{seed}-ft",
+    ft = train_blocks(recipe, store, [student], work / f"{tag}-ft",
                       BlockTrainOptions(mode="finetune", epochs=ft_epochs, init=lit["checkpoint"], seed=seed, verify=False,
                                         evaluate=False), log=quiet)[0]
     return {"dtype": store_options.dtype, "keep_bits": store_options.keep_bits, "seed": seed,
@@ -110,12 +108,17 @@ def main() -> None:
 
         if not args.skip_accuracy:
             test_set = recipe.load_split("test")
-            scored = [train_and_score(recipe, args.teacher, ExtractOptions(views=args.views, limit=args.limit, dtype="float32"),
-                                      seed, student, args.lit_epochs, args.ft_epochs, work, test_set) for seed in seeds]
-            runs = [ExtractOptions(views=args.views, limit=args.limit, dtype=d) for d in ("float16", "bfloat16")]
-            runs += [ExtractOptions(views=args.views, limit=args.limit, dtype="float16", keep_bits=k) for k in keep_bits]
-            scored += [train_and_score(recipe, args.teacher, o, seeds[0], student, args.lit_epochs, args.ft_epochs, work, test_set)
-                       for o in runs]
+            # float32 with every seed (the noise band), every other set of values with the first seed.
+            plans = [(ExtractOptions(views=args.views, limit=args.limit, dtype="float32"), seeds)]
+            plans += [(ExtractOptions(views=args.views, limit=args.limit, dtype=d), seeds[:1]) for d in ("float16", "bfloat16")]
+            plans += [(ExtractOptions(views=args.views, limit=args.limit, dtype="float16", keep_bits=k), seeds[:1])
+                      for k in keep_bits]
+            scored = []
+            for options, run_seeds in plans:
+                store = work / f"{options.dtype}-k{options.keep_bits}.zarr"
+                extract(recipe, store, options, teacher_checkpoint=args.teacher, progress=False, log=lambda m: None)
+                scored += [train_and_score(recipe, store, options, seed, student, args.lit_epochs, args.ft_epochs, work, test_set)
+                           for seed in run_seeds]
             results["accuracy"] = scored
             base = [r["accuracy"] for r in scored if r["dtype"] == "float32"]
             mean, spread = statistics.mean(base), (max(base) - min(base))

@@ -74,9 +74,9 @@ class StoreDataset(Dataset):
             self._cache.move_to_end(key)
         return data
 
-    def _prefetch(self, chunks: np.ndarray) -> None:
+    def _prefetch(self, chunks: list[int]) -> None:
         """Decode the chunks this batch needs and the cache lacks, all at once on the decoder pool."""
-        missing = [(name, int(c)) for name in self.fields for c in np.unique(chunks) if (name, int(c)) not in self._cache]
+        missing = [(name, c) for name in self.fields for c in chunks if (name, c) not in self._cache]
         if len(missing) > 1:
             for key, data in zip(missing, decoder_pool().map(lambda k: self.store.read_chunk(*k), missing)):
                 self._remember(key, data)
@@ -84,15 +84,16 @@ class StoreDataset(Dataset):
     def __getitems__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = np.asarray(rows, dtype=np.int64)
         chunks, local = np.divmod(rows, self.chunk_rows)
+        needed = [int(c) for c in np.unique(chunks)]
         self._own_process()
-        self._prefetch(chunks)
+        self._prefetch(needed)
         batch = {}
         for name in self.fields:
-            first = self._chunk(name, int(chunks[0]))
+            first = self._chunk(name, needed[0])
             out = np.empty((len(rows), *first.shape[1:]), dtype=first.dtype)
-            for chunk in np.unique(chunks):
+            for chunk in needed:
                 mask = chunks == chunk
-                out[mask] = self._chunk(name, int(chunk))[local[mask]]
+                out[mask] = self._chunk(name, chunk)[local[mask]]
             batch[name] = from_storage(out, self.store.manifest["arrays"][name]["dtype"])
         return batch
 

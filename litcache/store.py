@@ -169,6 +169,11 @@ def read_manifest(path: str | Path | StoreLocation) -> dict:
     return manifest
 
 
+def _shard_format(location: StoreLocation, name: str) -> ShardFormat | None:
+    """How litcache encodes and reads array ``name`` itself, from its zarr.json; None: through zarr."""
+    return ShardFormat.from_metadata(json.loads(location.read_bytes(f"{name}/zarr.json")))
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     name: str
@@ -229,7 +234,7 @@ class Store:
     def shard_format(self, name: str) -> ShardFormat | None:
         """How litcache reads array ``name`` itself; None where zarr reads it."""
         if name not in self._formats:
-            self._formats[name] = ShardFormat.from_metadata(json.loads(self.location.read_bytes(f"{name}/zarr.json")))
+            self._formats[name] = _shard_format(self.location, name)
         return self._formats[name]
 
     def read_chunk(self, name: str, chunk: int) -> np.ndarray:
@@ -298,8 +303,7 @@ class StoreWriter:
         self.group = self.location.open_group(mode="r+")
         self._arrays = {name: self.group[name] for name in manifest["arrays"]}
         # Row arrays litcache encodes itself (see shards.py); any other layout goes through zarr.
-        self._formats = {name: ShardFormat.from_metadata(json.loads(self.location.read_bytes(f"{name}/zarr.json")))
-                         for name in manifest["arrays"]}
+        self._formats = {name: _shard_format(self.location, name) for name in manifest["arrays"]}
 
     @classmethod
     def create(cls, path: str | Path, manifest: dict, specs: list[ArraySpec], codec: str,
