@@ -23,22 +23,26 @@ from .extract import ExtractOptions, extract, plan_extraction
 from .recipe import Recipe
 from .store import CODECS, DTYPES, codec_pipeline, open_store, to_storage
 from .student import build_student
-from .train import step_losses
+from .precision import resolve_compute
+from .train import _set_train_mode, _trainable, step_losses
 
 __all__ = ["bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]
 
 
-def teacher_forward_rate(recipe: Recipe, teacher: str | None, samples: int, batch_size: int, device: torch.device) -> float:
-    """Rows/s of the teacher's forward alone, on batches made beforehand."""
-    plan = plan_extraction(recipe, ExtractOptions(limit=samples, batch_size=batch_size), teacher)
+def teacher_forward_rate(recipe: Recipe, teacher: str | None, samples: int, batch_size: int, device: torch.device,
+                         precision: str | None = None) -> float:
+    """Rows/s of the teacher's forward alone (in extract's compute), on batches made beforehand."""
+    plan = plan_extraction(recipe, ExtractOptions(limit=samples, batch_size=batch_size, device=str(device),
+                                                  precision=precision), teacher)
     batches = [x for x, *_ in DataLoader(plan.rows_dataset, batch_size=batch_size)]
-    split = plan.split.to(device).eval()
-    with torch.inference_mode():
-        split.boundaries(batches[0].to(device))  # warm-up
+    compute = plan.compute
+    split = compute.model(plan.split).eval()
+    with torch.inference_mode(), compute.autocast():
+        split.boundaries(compute.input(batches[0]))  # warm-up
         _sync(device)
         start = time.perf_counter()
         for x in batches:
-            split.boundaries(x.to(device, non_blocking=True))
+            split.boundaries(compute.input(x))
         _sync(device)
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
@@ -63,16 +67,20 @@ def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -
 
 
 def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_size: int, device: torch.device,
-                  in_memory: bool, max_steps: int = 50) -> float:
-    """Rows/s of LIT training steps (both losses, backward, SGD step) fed from the store or from memory."""
+                  in_memory: bool, max_steps: int = 50, precision: str | None = None) -> float:
+    """Rows/s of LIT training steps (both losses, backward, SGD step) fed from the store or from
+    memory: the trainer's step, modes and compute (``litcache.train``)."""
     store = open_store(store_path)
     dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
     source = MemoryDataset.from_store(dataset) if in_memory else dataset
     torch.manual_seed(0)
-    _, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
-    split.to(device).train()
-    optimizer = torch.optim.SGD([p for s in split.sections for p in s.parameters()], lr=0.01, momentum=0.9)
-    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta}
+    model, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
+    compute = resolve_compute(precision or recipe.precision, device, model)
+    compute.model(model)
+    optimizer = torch.optim.SGD(_trainable(split, "lit", None), lr=0.01, momentum=0.9)
+    _set_train_mode(split, "lit", None)
+    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta,
+              "loss_scale": recipe.distill.loss_scale}
     loader = make_loader(source, ChunkShuffleSampler.for_store(store, batch_size), pin_memory=device.type == "cuda")
     rows, start = 0, None
     for step, batch in enumerate(loader):
@@ -81,9 +89,9 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
             rows, start = 0, time.perf_counter()
         if step > max_steps:
             break
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        batch = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
-        loss, _ = step_losses(split, batch, "lit", config)
+        batch = {k: compute.input(v) for k, v in batch.items()}
+        with compute.autocast():
+            loss, _ = step_losses(split, batch, "lit", config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,8 +132,8 @@ def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
 
 
 def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | None = None, student: str | None = None,
-          samples: int = 1024, batch_size: int = 128, device: str = "auto", loader_workers: Sequence[int] = (0,),
-          log: Callable[[str], None] = print) -> dict:
+          samples: int = 1024, batch_size: int = 128, device: str = "auto", precision: str | None = None,
+          loader_workers: Sequence[int] = (0,), log: Callable[[str], None] = print) -> dict:
     """Measure this machine; extracts a temporary store of ``samples`` rows when none is given.
 
     Store reads are timed with each count of DataLoader workers in ``loader_workers``: against the
@@ -138,7 +146,7 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
             store = Path(tmp) / "bench.zarr"
             log(f"extracting a temporary store of {samples} rows ...")
             t = time.perf_counter()
-            extract(recipe, store, ExtractOptions(limit=samples, batch_size=batch_size, device=device),
+            extract(recipe, store, ExtractOptions(limit=samples, batch_size=batch_size, device=device, precision=precision),
                     teacher_checkpoint=teacher, progress=False, log=lambda m: None)
             extract_rate = samples / (time.perf_counter() - t)
         else:
@@ -148,13 +156,13 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
             extract_rate = manifest["layout"]["rows"] / timing["seconds"] if timing.get("seconds") else None
         log("timing the teacher's forward ...")
         teacher_rate = teacher_forward_rate(recipe, teacher, min(samples, open_store(store).manifest["identity"]["samples"]),
-                                            batch_size, dev)
+                                            batch_size, dev, precision)
         log("timing store reads ...")
         reads = [(workers, *store_read_rate(store, batch_size, workers)) for workers in loader_workers]
         read_rate, read_mb = reads[0][1], reads[0][2]
         log("timing student steps from the store and from memory ...")
-        from_store = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=False)
-        from_memory = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=True)
+        from_store = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=False, precision=precision)
+        from_memory = lit_step_rate(recipe, store, student, batch_size, dev, in_memory=True, precision=precision)
         log("measuring bytes per row per dtype and codec ...")
         storage = storage_table(store)
 
@@ -171,6 +179,7 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
     enough = [workers for workers, rate, _ in reads if rate >= from_memory]
     return {
         "device": str(dev), "student": student, "batch_size": batch_size,
+        "compute": resolve_compute(precision or recipe.precision, dev, recipe.build_teacher()).describe(),
         "teacher_forward_rows_per_s": teacher_rate, "extract_rows_per_s": extract_rate,
         "store_read_rows_per_s": read_rate, "store_read_mb_per_s": read_mb,
         "store_read_by_workers": [{"loader_workers": w, "rows_per_s": r, "mb_per_s": mb} for w, r, mb in reads],

@@ -17,6 +17,8 @@ from .audit import store_info, verify_store
 from .errors import LitcacheError
 from .extract import ExtractOptions, extract, human_bytes
 from .recipe import load_recipe
+from .precision import PRECISIONS
+from .recipe import SCHEDULES
 from .store import CODECS, DTYPES
 from .sweep import SWEEP_MODES
 from .train import MODES
@@ -33,6 +35,40 @@ def _friendly_errors(fn):
             click.echo("Error: interrupted. Committed work is kept; run the same command with --resume to continue.", err=True)
             sys.exit(130)
     return wrapper
+
+
+#: --precision, on every command that runs a network.
+_precision_option = click.option(
+    "--precision", type=click.Choice(PRECISIONS), default=None,
+    help="How networks compute: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, or fp16 "
+         "(CUDA only, with a gradient scaler). Weights, optimizer state and losses stay float32.  [default: the recipe's, auto]")
+
+
+def _schedule_options(fn):
+    """The optimizer and schedule flags shared by train-teacher and train-blocks (defaults: the recipe's)."""
+    for option in reversed([
+        click.option("--momentum", type=click.FloatRange(min=0), help="Default: the recipe's."),
+        click.option("--weight-decay", type=click.FloatRange(min=0), help="Default: the recipe's."),
+        click.option("--milestones", help="Comma-separated epochs where the lr is multiplied by gamma (multistep), "
+                                          "e.g. 100,150. Default: the recipe's."),
+        click.option("--schedule", type=click.Choice(SCHEDULES),
+                     help="Learning-rate schedule: multistep (milestones), cosine or onecycle, the last two with "
+                          "--warmup. Default: the recipe's."),
+        click.option("--warmup", type=click.FloatRange(0, 1, max_open=True),
+                     help="Fraction of the steps spent warming up (cosine, onecycle). Default: the recipe's."),
+        click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (SGD). Default: the recipe's."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _parse_milestones(milestones: str | None) -> tuple[int, ...] | None:
+    if milestones is None:
+        return None
+    try:
+        return tuple(int(m) for m in milestones.split(",") if m.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {milestones!r}", param_hint="--milestones")
 
 
 def _logger(quiet: bool):
@@ -58,25 +94,33 @@ def main() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Default: the recipe's.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: the recipe's.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: the recipe's.")
+@_schedule_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_precision_option
 @click.option("--resume", is_flag=True, help="Continue the training saved in --out.")
 @click.option("--student", help="Train this student variant from scratch instead (the baseline LIT is compared with).")
 @click.option("-q", "--quiet", is_flag=True)
 @_friendly_errors
-def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume, student, quiet):
+def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, quiet, milestones, **hyper):
     """Train RECIPE's teacher with cross-entropy and the recipe's augmentation.
 
     Example: litcache train-teacher pipelines/mnist_resnet.py --out runs/mnist/teacher.pt
     """
+    from .errors import OptionError, RecipeError
     from .teacher import train_teacher
 
     r = load_recipe(recipe)
     if student:
         r.student_builder(student)
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    result = train_teacher(r, out, config=replace(r.teacher_training, **overrides), seed=seed, resume=resume,
-                           device=device, student=student, log=_logger(quiet))
+    hyper["milestones"] = _parse_milestones(milestones)
+    overrides = {k: v for k, v in hyper.items() if v is not None}
+    try:
+        config = replace(r.teacher_training, **overrides)
+    except RecipeError as exc:  # e.g. --schedule onecycle without --warmup
+        raise OptionError(str(exc).replace("TrainConfig.", "--")) from None
+    result = train_teacher(r, out, config=config, seed=seed, resume=resume,
+                           device=device, precision=precision, student=student, log=_logger(quiet))
     last = result["history"][-1] if result["history"] else {}
     click.echo(f"{'student ' + student if student else 'teacher'} checkpoint {out}: test accuracy {last.get('test_accuracy', float('nan')):.4f}, "
                f"weights hash {result['weights_hash']}")
@@ -91,7 +135,9 @@ def train_teacher_cmd(recipe, out, epochs, batch_size, lr, seed, device, resume,
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float16", show_default=True)
+@_precision_option
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float16", show_default=True,
+              help="How activations are stored (independent of --precision, how the teacher computes).")
 @click.option("--codec", type=click.Choice(CODECS), default="zstd", show_default=True)
 @click.option("--keep-bits", type=int, help="Lossy: round activations to N mantissa bits (float16 has 10, bfloat16 7, "
               "float32 23) so they compress further; relative error at most 2^-(N+1) (normal values). Default: exact.")
@@ -204,26 +250,35 @@ def verify_cmd(store, replay, recipe, teacher_checkpoint, seed, as_json):
 @click.option("--mode", type=click.Choice(MODES), default="lit", show_default=True)
 @click.option("--block", type=click.IntRange(min=1), help="--mode ir: train only section I.")
 @click.option("--init", type=click.Path(dir_okay=False), help="Start from this student checkpoint (required by finetune).")
-@click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
-@click.option("--momentum", type=click.FloatRange(min=0))
-@click.option("--weight-decay", type=click.FloatRange(min=0))
-@click.option("--milestones", help="Comma-separated epochs where the lr is multiplied by gamma, e.g. 100,150.")
-@click.option("--alpha", type=click.FloatRange(0, 1), help="Weight of the hard-label term in KD.")
-@click.option("--tau", type=click.FloatRange(min=0, min_open=True), help="KD temperature.")
-@click.option("--beta", type=click.FloatRange(0, 1), help="Weight of KD against the IR losses (lit).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Default: the recipe's (lit or finetune phase).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: the recipe's.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: the recipe's.")
+@_schedule_options
+@click.option("--alpha", type=click.FloatRange(0, 1), help="Weight of the hard-label term in KD. Default: the recipe's.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), help="KD temperature. Default: the recipe's.")
+@click.option("--beta", type=click.FloatRange(0, 1), help="Weight of KD against the IR losses (lit). Default: the recipe's.")
+@click.option("--loss-scale", type=click.FloatRange(min=0, min_open=True),
+              help="Factor on the whole LIT-phase loss (the CIFAR recipes' 0.5 is the released code's /2). Default: the recipe's.")
 @click.option("--hint-boundary", type=click.IntRange(min=1), help="--mode hints: the boundary to regress (default: middle).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--views", type=click.IntRange(min=1),
+              help="Train on the first K of the store's views only (default: all), e.g. to measure what fewer views give.")
 @click.option("--buffer-chunks", type=click.IntRange(min=1), default=4, show_default=True, help="Chunks mixed in the shuffle buffer.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--amp", is_flag=True, help="bfloat16 autocast for the student's compute.")
+@_precision_option
+@click.option("--amp", is_flag=True, hidden=True, help="Old spelling of --precision bf16.")
 @click.option("--no-verify", "no_verify", is_flag=True, help="Skip the store's checksum verification before training.")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Skip the per-epoch test accuracy.")
 @click.option("--online-teacher", type=click.Path(dir_okay=False),
               help="Online LIT, the baseline for comparisons: run this teacher (the store's, same weights hash) on every "
                    "batch instead of reading its boundaries; the store gives its layout and view seeds only.")
+@click.option("--fresh-views", is_flag=True,
+              help="With --online-teacher: a fresh augmentation of every sample each epoch (the original LIT regime) "
+                   "instead of the store's K views.")
+@click.option("--recalibrate-bn", is_flag=True,
+              help="--mode finetune: re-estimate the sections' BatchNorm statistics along the student's own path "
+                   "before the first epoch (logged with the test accuracy before and after).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/STUDENT/last.pt.")
 @click.option("-q", "--quiet", is_flag=True)
 @_friendly_errors
@@ -234,11 +289,7 @@ def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, milestone
     """
     from .train import BlockTrainOptions, train_blocks
 
-    if milestones is not None:
-        try:
-            options["milestones"] = tuple(int(m) for m in milestones.split(",") if m.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers, got {milestones!r}", param_hint="--milestones")
+    options["milestones"] = _parse_milestones(milestones)
     r = load_recipe(recipe)
     results = train_blocks(r, store_path, students, out, BlockTrainOptions(**options, verify=not no_verify, evaluate=not no_eval),
                            resume=resume, log=_logger(quiet))
@@ -284,9 +335,10 @@ def assemble_cmd(parts, out):
 @click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead (e.g. tcp://host:8786).")
 @click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint: its test accuracy is marked on the plot.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_precision_option
 @click.option("-q", "--quiet", is_flag=True)
 @_friendly_errors
-def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler, teacher, device, quiet, **grid):
+def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler, teacher, device, precision, quiet, **grid):
     """Train every combination of students, seeds and hyperparameter values from one store as dask
     tasks, evaluate each, and write OUT/results.csv, OUT/results.json and OUT/pareto.png.
 
@@ -298,7 +350,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 
     try:
         result = sweep(load_recipe(recipe), store_path, students, out, seeds=seeds or (0,), grid=grid, mode=mode,
-                       workers=workers, scheduler=scheduler, teacher=teacher, device=device, log=_logger(quiet))
+                       workers=workers, scheduler=scheduler, teacher=teacher, device=device, precision=precision,
+                       log=_logger(quiet))
     except KeyboardInterrupt:  # before the generic handler, whose advice (--resume) is extract's
         click.echo("Error: interrupted. Finished variants are kept; run the same command again to train the rest.", err=True)
         sys.exit(130)
@@ -320,9 +373,10 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 @click.option("--split", default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_precision_option
 @click.option("--json", "as_json", is_flag=True)
 @_friendly_errors
-def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
+def evaluate_cmd(recipe, student, teacher, split, batch_size, device, precision, as_json):
     """Accuracy on RECIPE's real split, parameters, multiply-adds, depth, compression and CPU latency.
 
     Example: litcache evaluate pipelines/mnist_resnet.py --student runs/mnist/lit/resnet8/student.pt --teacher runs/mnist/teacher.pt
@@ -331,7 +385,8 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
 
     if not student and not teacher:
         raise click.UsageError("give --student CKPT, --teacher CKPT, or both")
-    report = evaluate(load_recipe(recipe), student, teacher, split=split, device=device, batch_size=batch_size)
+    report = evaluate(load_recipe(recipe), student, teacher, split=split, device=device, batch_size=batch_size,
+                      precision=precision)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -345,7 +400,8 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
                 quality = f"top-1 {m['accuracy']:.4f}"
             line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "
                     f"MACs/sample {m['macs_per_sample'] / 1e6:.2f}M  depth {m['depth']}  "
-                    f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}")
+                    f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}"
+                    + (f"  ({m['compute']})" if m.get("compute") else ""))
             if role == "student":
                 line += (f"  compression x{m['compression_by_depth']} depth, x{m['compression_by_params']} params, "
                          f"x{m['compression_by_macs']} MACs")
@@ -362,11 +418,12 @@ def evaluate_cmd(recipe, student, teacher, split, batch_size, device, as_json):
 @click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True, help="Rows of the temporary store.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_precision_option
 @click.option("--loader-workers", type=click.IntRange(min=0), multiple=True,
               help="Time store reads with this many DataLoader workers; repeat to compare (default: 0).")
 @click.option("--json", "as_json", is_flag=True)
 @_friendly_errors
-def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, loader_workers, as_json):
+def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, precision, loader_workers, as_json):
     """Measure teacher, store reads, student steps and storage on this machine; print the bottleneck
     and after how many student epochs a store pays for itself.
 
@@ -378,13 +435,13 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
     if student:
         r.student_builder(student)
     report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
-                   device=device, loader_workers=loader_workers or (0,), log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
+                   device=device, precision=precision, loader_workers=loader_workers or (0,), log=(lambda m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     extract_rate = f"{report['extract_rows_per_s']:,.0f}" if report["extract_rows_per_s"] else "-"
     lines = [
-        f"device {report['device']}, student {report['student']}, batch {report['batch_size']}",
+        f"device {report['device']}, student {report['student']}, batch {report['batch_size']}, {report['compute']}",
         f"  teacher forward          {report['teacher_forward_rows_per_s']:>10,.0f} rows/s   (extraction {extract_rate} rows/s)",
         f"  store read + decode      {report['store_read_rows_per_s']:>10,.0f} rows/s   ({report['store_read_mb_per_s']:,.0f} MB/s decoded)",
         f"  student LIT step, store  {report['student_step_rows_per_s_from_store']:>10,.0f} rows/s",

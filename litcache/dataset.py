@@ -129,12 +129,18 @@ class ChunkShuffleSampler(Sampler[list[int]]):
     batches. Buffers are dealt to ``num_workers`` streams and the streams interleaved batch by
     batch, matching DataLoader's round-robin, so each worker reads only its own chunks.
     Deterministic for (seed, epoch).
+
+    ``views`` = K uses only the first K stored views (default: all), so one store of many views
+    serves runs that measure what fewer views give.
     """
 
     def __init__(self, layout: RowLayout, batch_size: int, *, buffer_chunks: int = 4,
-                 num_workers: int = 0, seed: int = 0, drop_last: bool = False) -> None:
+                 num_workers: int = 0, seed: int = 0, drop_last: bool = False, views: int | None = None) -> None:
+        if views is not None and not 1 <= views <= layout.views:
+            raise ValueError(f"Expected views between 1 and the store's {layout.views}, got {views} instead.")
         self.layout, self.batch_size, self.buffer_chunks = layout, batch_size, max(1, buffer_chunks)
         self.streams, self.seed, self.drop_last = max(1, num_workers), seed, drop_last
+        self.views = views or layout.views
         self.epoch = 0
 
     @classmethod
@@ -148,7 +154,7 @@ class ChunkShuffleSampler(Sampler[list[int]]):
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         blocks = rng.permutation(self.layout.blocks)
-        block_views = rng.integers(0, self.layout.views, size=len(blocks))
+        block_views = rng.integers(0, self.views, size=len(blocks))
         streams: list[list[list[int]]] = [[] for _ in range(self.streams)]
         for b, first in enumerate(range(0, len(blocks), self.buffer_chunks)):
             rows = np.concatenate([np.asarray(self.layout.block_rows(int(k), int(v)))

@@ -21,6 +21,7 @@ __all__ = [
     "NonFiniteOutputError",
     "DiskSpaceError",
     "OptionError",
+    "DivergedError",
 ]
 
 
@@ -78,3 +79,7 @@ class DiskSpaceError(LitcacheError, OSError):
 
 class OptionError(LitcacheError, ValueError):
     """An option is out of range or inconsistent with another."""
+
+
+class DivergedError(LitcacheError, ArithmeticError):
+    """Training stopped because its loss became NaN or Inf."""

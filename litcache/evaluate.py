@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
 from .errors import OptionError
+from .precision import Compute, resolve_compute
 from .recipe import Recipe
 from .student import load_student
 from .teacher import load_teacher
@@ -27,13 +28,18 @@ __all__ = ["accuracy", "model_stats", "evaluate_model", "evaluate", "evaluate_ge
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu", batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (already on the device) over ``dataset``, computed as ``compute``
+    says (a plain device: fp32)."""
+    if not isinstance(compute, Compute):
+        compute = Compute(torch.device(compute), "fp32", channels_last=False)
     was = model.training
     model.eval()
     correct = total = 0
     try:
         for x, y in DataLoader(dataset, batch_size=batch_size):
-            pred = model(x.to(device)).argmax(1).cpu()
+            with compute.autocast():
+                pred = model(compute.input(x)).argmax(1).cpu()
             correct += (pred == torch.as_tensor(y)).sum().item()
             total += len(y)
     finally:
@@ -75,44 +81,62 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-def cpu_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5) -> float:
-    """Median seconds per forward of ``batch`` on the CPU (after one warm-up)."""
-    model = model.cpu().eval()
-    model(batch)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(batch)
-        times.append(time.perf_counter() - t)
+def cpu_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5, compute: Compute | None = None) -> float:
+    """Median seconds per forward of ``batch`` on the CPU (after one warm-up), computed as
+    ``compute`` says (default fp32, contiguous). Leaves the model on the CPU in its own layout."""
+    compute = compute or Compute(torch.device("cpu"), "fp32")
+    model = compute.model(model.cpu().eval())
+    batch = compute.input(batch)
+    try:
+        with compute.autocast():
+            model(batch)
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                model(batch)
+                times.append(time.perf_counter() - t)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     return statistics.median(times)
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", batch_size: int = 256) -> dict:
+def _cpu_compute(precision: str, model: nn.Module) -> Compute:
+    """What CPU latency is measured in: the same request on the CPU (fp16 is CUDA-only: fp32 there)."""
+    return resolve_compute("fp32" if precision == "fp16" else precision, "cpu", model)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", batch_size: int = 256,
+                   precision: str = "auto") -> dict:
     dev = resolve_device(device)
     batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
     stats = model_stats(model.cpu(), batch)
-    latency = cpu_latency(model, batch)
-    model.to(dev)
-    return {**stats, "accuracy": accuracy(model, dataset, dev, batch_size), "samples": len(dataset),
+    latency_compute = _cpu_compute(precision, model)
+    latency = cpu_latency(model, batch, compute=latency_compute)
+    compute = resolve_compute(precision, dev, model)
+    compute.model(model)
+    return {**stats, "accuracy": accuracy(model, dataset, compute, batch_size), "samples": len(dataset),
+            "compute": compute.describe(), "cpu_latency_compute": latency_compute.describe(),
             "cpu_latency_ms_per_batch": round(latency * 1000, 3), "latency_batch_size": len(batch)}
 
 
 def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
-             split: str = "test", device: str = "auto", batch_size: int = 256) -> dict:
+             split: str = "test", device: str = "auto", batch_size: int = 256, precision: str | None = None) -> dict:
     """Evaluate a student checkpoint and/or the teacher on the recipe's real ``split`` (not a store)."""
     recipe.check_split_name(split)
+    precision = precision or recipe.precision
     if recipe.task == "generation":
-        return evaluate_generation(recipe, student, teacher, split=split, device=device, batch_size=batch_size)
+        return evaluate_generation(recipe, student, teacher, split=split, device=device, batch_size=batch_size,
+                                   precision=precision)
     dataset = recipe.load_split(split)
     report: dict = {"recipe": recipe.name, "split": split}
     sample = torch.stack([dataset[0][0]])
     teacher_stats = model_stats(recipe.build_teacher(), sample)  # architecture only: no weights needed
     if teacher is not None:
         model, _, path = load_teacher(recipe, teacher)
-        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size)}
+        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size, precision)}
     if student is not None:
         model = load_student(student, recipe)
-        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size)}
+        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size, precision)}
         result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
         result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
         result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
@@ -141,25 +165,28 @@ def psnr(mse: float, peak_to_peak: float = GENERATION_RANGE) -> float | None:
 
 
 @torch.inference_mode()
-def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
+def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu",
                          batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
     """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
     first ``keep`` (input, teacher output, student output) triples for a picture."""
+    if not isinstance(compute, Compute):
+        compute = Compute(torch.device(compute), "fp32")
     was = student.training, teacher.training
     student.eval()
     teacher.eval()
     total, count, kept = 0.0, 0, []
     try:
         for x, _ in DataLoader(dataset, batch_size=batch_size):
-            x = x.to(device)
-            t, s = teacher(x), student(x)
+            x = compute.input(x)
+            with compute.autocast():
+                t, s = teacher(x).float(), student(x).float()
             if t.shape != s.shape:
                 raise OptionError(f"Expected the student's output shape {tuple(t.shape[1:])} (the teacher's), "
                                   f"got {tuple(s.shape[1:])} instead.")
             total += F.mse_loss(s.float(), t.float(), reduction="sum").item()
             count += t.numel()
             for i in range(min(len(x), keep - len(kept))):
-                kept.append((x[i].cpu(), t[i].cpu(), s[i].cpu()))
+                kept.append((x[i].cpu().contiguous(), t[i].cpu().contiguous(), s[i].cpu().contiguous()))
     finally:
         student.train(was[0])
         teacher.train(was[1])
@@ -201,7 +228,7 @@ def save_grid(triples: list[tuple[torch.Tensor, ...]], path: str | Path, gap: in
 
 
 def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
-                        split: str = "test", device: str = "auto", batch_size: int = 64) -> dict:
+                        split: str = "test", device: str = "auto", batch_size: int = 64, precision: str = "auto") -> dict:
     """Score a generation student against its teacher's outputs on ``split`` (the teacher is required)."""
     recipe.check_split_name(split)
     if teacher is None and recipe.teacher_checkpoint is None:
@@ -217,7 +244,9 @@ def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teach
     if student is not None:
         model = load_student(student, recipe)
         result = {"checkpoint": str(student), **_stats_and_latency(model, dataset, latency_batch)}
-        mse, triples = reconstruction_error(model.to(dev), teacher_model.to(dev), dataset, dev, batch_size)
+        compute = resolve_compute(precision, dev, model)
+        result["compute"] = compute.describe()
+        mse, triples = reconstruction_error(compute.model(model), compute.model(teacher_model), dataset, compute, batch_size)
         result["mse_vs_teacher"] = mse
         result["psnr_vs_teacher_db"] = psnr(mse)
         grid = Path(student).with_name(f"{Path(student).stem}_{split}_samples.png")

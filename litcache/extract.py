@@ -37,6 +37,7 @@ from .errors import (
     StoreMismatchError,
 )
 from .location import StoreLocation
+from .precision import Compute, resolve_compute
 from .recipe import Recipe
 from .sections import check_split, split_model
 from .store import (
@@ -79,6 +80,9 @@ class ExtractOptions:
     limit: int | None = None
     batch_size: int = 256
     device: str = "auto"
+    #: How the teacher computes (--precision; None: the recipe's default). Part of the store's
+    #: identity, since a bf16 forward gives other activations than an fp32 one.
+    precision: str | None = None
     dtype: str = "float16"
     codec: str = "zstd"
     keep_bits: int | None = None  # lossy: round activations to this many mantissa bits (None: exact)
@@ -143,6 +147,7 @@ class _Plan:
     specs: list[ArraySpec]
     identity: dict
     shard_rows: int
+    compute: Compute
 
     @property
     def rows(self) -> int:
@@ -172,6 +177,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
     rows = ViewRows(dataset, RowLayout(samples, options.views, options.chunk_rows), options.seed, augment, options.shuffle)
 
     split = split_model(teacher, recipe)
+    compute = resolve_compute(options.precision or recipe.precision, resolve_device(options.device), teacher)
     probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
     with torch.inference_mode():
         _check_finite("output", teacher(probe), 0, rows, "float32")  # before the split check blames the split
@@ -213,10 +219,11 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         "dtype": dtype,
         "codec": options.codec,
         **({"keep_bits": options.keep_bits} if options.keep_bits is not None else {}),  # absent: exact values
+        **({"precision": compute.precision} if compute.precision != "fp32" else {}),  # absent: computed in fp32
         "chunk_rows": options.chunk_rows,
         "shard_rows": shard_rows,
     }
-    return _Plan(recipe, options, teacher, split, checkpoint, rows, specs, identity, shard_rows)
+    return _Plan(recipe, options, teacher, split, checkpoint, rows, specs, identity, shard_rows, compute)
 
 
 def _identity_diff(old: dict, new: dict) -> list[str]:
@@ -396,7 +403,7 @@ def extract(
         log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "
             f"shards), boundaries {shapes}, {human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
             f"({options.dtype}+{options.codec}), free disk {'unknown (remote store)' if free is None else human_bytes(free)}, "
-            f"device {device}")
+            f"device {device}, {plan.compute.describe()}")
         if free is not None and estimate > free:
             raise DiskSpaceError(
                 f"The store needs about {human_bytes(estimate)} but only {human_bytes(free)} is free at {str(out)!r}. "
@@ -469,6 +476,9 @@ def _initial_manifest(plan: _Plan) -> dict:
                    "num_classes": plan.recipe.num_classes},
         "teacher": {"checkpoint": plan.checkpoint, "weights_hash": plan.identity["teacher_hash"]},
         "options": asdict(o),
+        # What the teacher computed in (the identity holds the precision; the layout is recorded for the record).
+        "compute": {"precision": plan.compute.precision, "channels_last": plan.compute.channels_last,
+                    "device": str(plan.compute.device)},
         "versions": {"litcache": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
                      "numcodecs": numcodecs.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
         "created": _now(),
@@ -490,7 +500,8 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
     from tqdm import tqdm
 
     o = plan.options
-    teacher = plan.split.to(device).eval()
+    compute = plan.compute
+    teacher = compute.model(plan.split).eval()
     # Batches never straddle shards, so a resumed run sees exactly the batches of an uninterrupted one.
     batches = [batch for i in pending for batch in shard_batches(*ranges[i], o.batch_size)]
     loader = DataLoader(plan.rows_dataset, batch_sampler=batches, num_workers=o.loader_workers,
@@ -518,7 +529,8 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
                 filled = 0
             t = time.perf_counter()
             with torch.inference_mode():
-                outs, logits = teacher.boundaries(x.to(device, non_blocking=True))
+                with compute.autocast():
+                    outs, logits = teacher.boundaries(compute.input(x))
                 stored = [to_storage(z, o.dtype, o.keep_bits) for z in outs] + [to_storage(logits, "float32")]
             teacher_seconds += time.perf_counter() - t
             row0 = start + filled

@@ -6,7 +6,13 @@ from the store's identity (``ViewRows.from_identity``: the same samples, views a
 the teacher's split on the batch every time. The store supplies only its manifest (layout, view
 seeds, teacher hash); its activation arrays are never read. So a cached and an online run see the
 same rows in the same order, and differ only in where the teacher's boundaries come from (and in
-their precision: online ones are the teacher's float32 outputs, not the store's ``--dtype``).
+their precision: online ones are the teacher's outputs in float32, not rounded to the store's
+``--dtype``; the teacher computes in the run's ``--precision``).
+
+With ``fresh_views`` the store's K views are not replayed: each epoch (``set_epoch``) every
+sample gets a new view, as the original LIT code trains. Epoch e's view of a sample is view
+number ``K + e`` of the store's view seeds, so it is deterministic, differs from every stored
+view, and differs from epoch to epoch.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from torch.utils.data import Dataset
 
 from .data import ViewRows, data_fingerprint
 from .errors import StoreMismatchError
+from .precision import resolve_compute
 from .recipe import Recipe
 from .sections import split_model
 from .store import Store, open_store
 from .teacher import load_teacher
+from .views import view_generator
 
 __all__ = ["OnlineTeacherDataset"]
 
@@ -41,7 +49,8 @@ class OnlineTeacherDataset(Dataset):
     """
 
     def __init__(self, recipe: Recipe, store: Store | str | Path, teacher_checkpoint: str | Path,
-                 fields: Sequence[str], device: torch.device | str = "cpu") -> None:
+                 fields: Sequence[str], device: torch.device | str = "cpu", *, precision: str = "fp32",
+                 fresh_views: bool = False) -> None:
         self.store = store if isinstance(store, Store) else open_store(store)
         arrays = self.store.manifest["arrays"]
         missing = [f for f in fields if f not in arrays]
@@ -65,23 +74,41 @@ class OnlineTeacherDataset(Dataset):
         if fingerprint != identity["data_fingerprint"]:
             raise StoreMismatchError(f"Split {split!r} of recipe {recipe.name!r} has data fingerprint {fingerprint}, but store "
                                      f"{str(self.store.path)!r} recorded {identity['data_fingerprint']}: the rows would differ.")
+        if fresh_views and augment is None:
+            raise StoreMismatchError(f"--fresh-views needs an augmentation, but split {split!r} of recipe {recipe.name!r} has none.")
         self.rows = ViewRows.from_identity(dataset, identity, augment)
         self.device = torch.device(device)
-        self.teacher = split_model(teacher, recipe).to(self.device).eval()
+        self.compute = resolve_compute(precision, self.device, teacher)
+        self.teacher = self.compute.model(split_model(teacher, recipe)).eval()
         self.fields = list(fields)
+        self.fresh_views, self.epoch = fresh_views, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which fresh views to draw (with ``fresh_views``; stored views ignore it)."""
+        self.epoch = epoch
+
+    def _row(self, row: int):
+        if not self.fresh_views:
+            return self.rows[row]
+        index, _ = self.rows.locate(row)
+        x, y = self.rows.dataset[index][:2]
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        view = self.rows.views + self.epoch
+        params = self.rows.augment.sample(view_generator(self.rows.seed, index, view), x.shape)
+        return self.rows.augment.apply(x, params), int(y), index, view, torch.tensor(params, dtype=torch.float32)
 
     def __len__(self) -> int:
         return self.store.rows
 
     def __getitems__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        items = [self.rows[int(r)] for r in np.asarray(rows, dtype=np.int64)]
+        items = [self._row(int(r)) for r in np.asarray(rows, dtype=np.int64)]
         x, y, index, view, params = zip(*items)
         views = {"labels": torch.tensor(y), "source_index": torch.tensor(index), "view": torch.tensor(view)}
         batch: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
         if any(f.startswith("boundaries/") or f == "logits" for f in self.fields):
-            with torch.inference_mode():
-                outs, logits = self.teacher.boundaries(torch.stack(x).to(self.device, non_blocking=True))
+            with torch.inference_mode(), self.compute.autocast():
+                outs, logits = self.teacher.boundaries(self.compute.input(torch.stack(x)))
             outputs = {**{f"boundaries/{i}": t for i, t in enumerate(outs)}, "logits": logits}
         for name in self.fields:
             if name in outputs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,10 @@ import xxhash
 from torch.utils.data import Dataset
 
 from .errors import RecipeError
+from .precision import PRECISIONS
 from .views import Augmentation
 
-__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "load_recipe", "import_beside"]
+__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHEDULES", "load_recipe", "import_beside"]
 
 #: What a recipe's model outputs, which decides how ``litcache evaluate`` scores it:
 #: "classification" (logits; accuracy) or "generation" (an image; error against the teacher's).
@@ -33,12 +35,22 @@ ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
 
 
 OPTIMIZERS = ("sgd", "adam")
+#: Learning-rate schedules: "multistep" (x gamma at each milestone epoch, the LIT paper's), and two
+#: for short budgets, both with a linear or cosine warm-up over the first ``warmup`` of the steps:
+#: "cosine" (cosine decay to 0) and "onecycle" (torch's OneCycleLR: from lr/25 up to lr and down
+#: to lr/25e4, momentum cycled inversely between momentum + 0.05 and momentum - 0.05).
+SCHEDULES = ("multistep", "cosine", "onecycle")
+_ONECYCLE_DIV, _ONECYCLE_FINAL_DIV, _ONECYCLE_MOMENTUM_SPAN = 25.0, 1e4, 0.05
+
+
+def _cos_anneal(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1.0)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """An optimizer and a step schedule. SGD with momentum, as in the LIT paper's released code for
-    classifiers; Adam (with ``betas``) for the StarGAN generator."""
+    """An optimizer and a learning-rate schedule. SGD with momentum, as in the LIT paper's released
+    code for classifiers; Adam (with ``betas``) for the StarGAN generator."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -49,11 +61,51 @@ class TrainConfig:
     gamma: float = 0.1
     optimizer: str = "sgd"
     betas: tuple[float, float] = (0.9, 0.999)
+    #: One of SCHEDULES; the lr (and for onecycle the momentum) is set before every step.
+    schedule: str = "multistep"
+    #: Fraction of all steps spent warming up (cosine, onecycle); onecycle's peak comes there.
+    warmup: float = 0.0
+    nesterov: bool = False
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov)
+
+    def schedule_at(self, epoch: int, step: int, steps_per_epoch: int) -> tuple[float, float]:
+        """(lr, momentum) for step ``step`` of epoch ``epoch`` (both from 0): a pure function of the
+        position, so a resumed run continues exactly where it stopped."""
+        if self.schedule == "multistep":
+            return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m), self.momentum
+        total = self.epochs * max(1, steps_per_epoch)
+        t = min(epoch * steps_per_epoch + step, total - 1)
+        warm = int(self.warmup * total)
+        if self.schedule == "cosine":
+            if t < warm:
+                return self.lr * (t + 1) / warm, self.momentum
+            return _cos_anneal(self.lr, 0.0, (t - warm) / max(1, total - warm)), self.momentum
+        # onecycle, as torch.optim.lr_scheduler.OneCycleLR (cos annealing, two phases)
+        low, high = self.momentum - _ONECYCLE_MOMENTUM_SPAN, self.momentum + _ONECYCLE_MOMENTUM_SPAN
+        start, final = self.lr / _ONECYCLE_DIV, self.lr / _ONECYCLE_DIV / _ONECYCLE_FINAL_DIV
+        peak = max(1.0, self.warmup * total - 1)  # a step index, fractional as in torch
+        if t <= peak:
+            f = t / peak
+            return _cos_anneal(start, self.lr, f), _cos_anneal(high, low, f)
+        f = (t - peak) / max(1, total - 1 - peak)
+        return _cos_anneal(self.lr, final, f), _cos_anneal(low, high, f)
+
+    def apply_schedule(self, optimizer: torch.optim.Optimizer, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """Set the lr (and the momentum where the schedule moves it) of every group; returns the lr."""
+        lr, momentum = self.schedule_at(epoch, step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if self.schedule == "onecycle":
+                if "betas" in group:
+                    group["betas"] = (momentum, group["betas"][1])
+                else:
+                    group["momentum"] = momentum
+        return lr
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -63,6 +115,15 @@ class TrainConfig:
                 raise RecipeError(f"Expected TrainConfig.{name} >= 1, got {getattr(self, name)} instead.")
         if self.lr <= 0:
             raise RecipeError(f"Expected TrainConfig.lr > 0, got {self.lr} instead.")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"Expected TrainConfig.schedule in {SCHEDULES}, got {self.schedule!r} instead.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise RecipeError(f"Expected TrainConfig.warmup in [0, 1) (a fraction of the steps), got {self.warmup} instead.")
+        if self.schedule == "onecycle" and self.warmup <= 0:
+            raise RecipeError("TrainConfig.schedule 'onecycle' peaks at the end of its warm-up: give warmup > 0 "
+                              "(0.25 is torch's OneCycleLR default).")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise RecipeError("TrainConfig.nesterov needs the sgd optimizer with momentum > 0.")
 
 
 @dataclass(frozen=True)
@@ -77,6 +138,9 @@ class DistillConfig:
     tau: float = 6.0
     #: Weight of KD against the summed IR losses in the LIT phase (0: IR only).
     beta: float = 0.75
+    #: Factor on the whole LIT-phase loss. The released CIFAR code halves it,
+    #: ``(beta * KD + (1 - beta) * sum IR) / 2``, which under SGD halves the step (VDCNN's does not).
+    loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta"):
@@ -84,6 +148,8 @@ class DistillConfig:
                 raise RecipeError(f"Expected DistillConfig.{name} in [0, 1], got {getattr(self, name)} instead.")
         if self.tau <= 0:
             raise RecipeError(f"Expected DistillConfig.tau > 0, got {self.tau} instead.")
+        if self.loss_scale <= 0:
+            raise RecipeError(f"Expected DistillConfig.loss_scale > 0, got {self.loss_scale} instead.")
 
 
 @dataclass(frozen=True)
@@ -112,6 +178,8 @@ class Recipe:
     #: One of TASKS. Generation recipes store the teacher's output image as ``logits``; they train
     #: with IR only (beta = 0) and are evaluated against the teacher's outputs.
     task: str = "classification"
+    #: Default --precision of every command that runs this recipe's networks (see litcache.precision).
+    precision: str = "auto"
     #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
     source: str = ""
     source_hash: str = ""
@@ -134,6 +202,8 @@ class Recipe:
             raise RecipeError(f"Expected Recipe.task in {TASKS}, got {self.task!r} instead.")
         if self.num_classes < 1:
             raise RecipeError(f"Expected Recipe.num_classes >= 1, got {self.num_classes} instead.")
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"Expected Recipe.precision in {PRECISIONS}, got {self.precision!r} instead.")
         if self.augment is not None and not isinstance(self.augment, Augmentation):
             raise RecipeError(
                 "Expected Recipe.augment to provide param_names, sample(), apply() and describe() "

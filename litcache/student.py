@@ -43,8 +43,9 @@ def adopt_teacher_parts(split: SplitModel, name: str, stem_state: dict, head_sta
 
 def save_student(path: str | Path, model: nn.Module, *, recipe: Recipe, student: str, mode: str,
                  sections_trained: Sequence[int], store: dict, config: dict, history: list, epoch: int,
-                 optimizer: dict | None = None) -> None:
-    """A standalone student checkpoint; with ``optimizer`` it is also a resume point."""
+                 optimizer: dict | None = None, extra: dict | None = None) -> None:
+    """A standalone student checkpoint; with ``optimizer`` it is also a resume point (``extra``:
+    more resume state, such as an fp16 run's gradient scaler)."""
     obj = {
         "kind": STUDENT_KIND,
         "format_version": STUDENT_FORMAT_VERSION,
@@ -58,10 +59,11 @@ def save_student(path: str | Path, model: nn.Module, *, recipe: Recipe, student:
         "config": config,
         "history": history,
         "epoch": epoch,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},  # any memory format
     }
     if optimizer is not None:
         obj["optimizer"] = optimizer
+    obj.update(extra or {})
     save_atomic(obj, path)
 
 

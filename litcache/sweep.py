@@ -16,7 +16,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -52,12 +52,14 @@ class Variant:
     seed: int
     mode: str
     hyperparameters: dict = field(default_factory=dict)
+    #: --precision of every variant (None: the recipe's); not swept.
+    precision: str | None = None
 
     def options(self, device: str = "auto", block: int | None = None) -> BlockTrainOptions:
         # The store is verified once by the sweep, not once per task; the sweep evaluates each
         # final student itself, so no per-epoch test accuracy.
         return BlockTrainOptions(mode=self.mode, block=block, seed=self.seed, device=device, verify=False, evaluate=False,
-                                 **self.hyperparameters)
+                                 precision=self.precision, **self.hyperparameters)
 
     def checkpoint(self, out: Path) -> Path:
         """The variant's final checkpoint (assembled in ir mode): where train_blocks puts it."""
@@ -127,7 +129,7 @@ def _measure(recipe: Recipe, variant: Variant, checkpoint: str, parts: Sequence[
     from .evaluate import evaluate
     from .student import read_student
 
-    report = evaluate(recipe, checkpoint, None)["student"]
+    report = evaluate(recipe, checkpoint, None, precision=variant.precision)["student"]
     seconds = sum(h.get("seconds", 0.0) for p in parts for h in read_student(p)["history"])
     record = {"variant": variant.name, "checkpoint": checkpoint, "params": report["params"],
               "macs": report["macs_per_sample"], "depth": report["depth"], "accuracy": report["accuracy"],
@@ -312,7 +314,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str | Path, *, seeds: Sequence[int] = (0,),
           grid: Mapping[str, Sequence] | None = None, mode: str = "lit", workers: int | None = None,
           scheduler: str | None = None, teacher: str | Path | None = None, device: str = "auto",
-          log: Callable[[str], None] = print) -> SweepResult:
+          precision: str | None = None, log: Callable[[str], None] = print) -> SweepResult:
     """Train every variant (student x hyperparameter values x seed) from ``store``, evaluate each, and
     write OUT/results.csv, OUT/results.json and OUT/pareto.png. A failed variant is a row with
     status "failed" and its error, never an exception; variants trained by an earlier run are skipped."""
@@ -324,7 +326,7 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
         raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test accuracy, "
                           "which needs a classification recipe.")
     recipe.check_split_name("test")
-    variants = plan_variants(students, seeds, grid or {}, mode)
+    variants = [replace(v, precision=precision) for v in plan_variants(students, seeds, grid or {}, mode)]
     for name in dict.fromkeys(students):
         recipe.student_builder(name)  # an unknown student fails the sweep now, not in every task
     opened = open_store(store)

@@ -15,7 +15,8 @@ import xxhash
 from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
-from .errors import CheckpointError
+from .errors import CheckpointError, DivergedError
+from .precision import resolve_compute
 from .recipe import Recipe, TrainConfig
 
 __all__ = ["weights_hash", "save_atomic", "load_checkpoint", "load_teacher", "train_teacher"]
@@ -88,7 +89,8 @@ def load_teacher(recipe: Recipe, checkpoint: str | Path | None = None) -> tuple[
 
 
 class _Augmented(Dataset):
-    """Random (not per-view) augmentation for teacher training, seeded per epoch."""
+    """Random (not per-view) augmentation for teacher training, seeded per epoch: the fallback for
+    augmentations without ``apply_batch`` (per-sample Python)."""
 
     def __init__(self, dataset: Dataset, augment, seed: int) -> None:
         self.dataset, self.augment, self.seed = dataset, augment, seed
@@ -104,6 +106,33 @@ class _Augmented(Dataset):
         return x, int(y)
 
 
+def _batches(dataset: Dataset, augment, batch_size: int, seed: int):
+    """One shuffled epoch of (inputs, labels) batches with random views.
+
+    Where the augmentation works on whole batches (``apply_batch``, e.g. CropFlip) the views are made
+    per batch on tensors, and a dataset with ``get_batch(indices) -> (inputs, labels)`` gives its
+    batch in one call, so no per-sample Python runs in the loop; otherwise each sample is made by a
+    DataLoader."""
+    batched = augment is None or (hasattr(augment, "apply_batch") and hasattr(augment, "sample_batch"))
+    if not batched:
+        yield from DataLoader(_Augmented(dataset, augment, seed), batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed), drop_last=False)
+        return
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size].tolist()
+        if hasattr(dataset, "get_batch"):
+            x, y = dataset.get_batch(idx)
+        else:
+            items = [dataset[i] for i in idx]
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.tensor([int(item[1]) for item in items])
+        if augment is not None:
+            x = augment.apply_batch(x, augment.sample_batch(g, len(idx)))
+        yield x, torch.as_tensor(y)
+
+
 def train_teacher(
     recipe: Recipe,
     out: str | Path,
@@ -112,6 +141,7 @@ def train_teacher(
     seed: int = 0,
     resume: bool = False,
     device: str = "auto",
+    precision: str | None = None,
     eval_split: str = "test",
     student: str | None = None,
     log: Callable[[str], None] = print,
@@ -120,6 +150,8 @@ def train_teacher(
 
     With ``student``, train that student variant the same way from scratch instead: the baseline
     LIT is compared with. Its checkpoint is a student checkpoint (``litcache.load_student``).
+    The network computes in ``precision`` (default: the recipe's); weights, optimizer state and
+    the loss stay float32.
     """
     from .evaluate import accuracy
 
@@ -130,9 +162,13 @@ def train_teacher(
     dev = resolve_device(device)
     out = Path(out)
     torch.manual_seed(seed)
-    model = (recipe.student_builder(student) if student else recipe.build_teacher)().to(dev)
+    model = (recipe.student_builder(student) if student else recipe.build_teacher)()
+    compute = resolve_compute(precision or recipe.precision, dev, model)
+    compute.model(model)
     optimizer = config.make_optimizer(model.parameters())
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    scaler = compute.grad_scaler()
+    config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    config_record["precision"] = compute.precision
     start_epoch, history = 0, []
     if out.exists():
         if not resume:
@@ -140,46 +176,60 @@ def train_teacher(
         state = load_checkpoint(out)
         if state.get("recipe") != recipe.name or "optimizer" not in state or state.get("student") != student:
             raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot resume from it.")
+        saved = state.get("config", {})
+        changed = [f"{k} {saved.get(k, _RESUME_DEFAULTS.get(k))!r} -> {config_record[k]!r}" for k in _RESUME_KEYS
+                   if saved.get(k, _RESUME_DEFAULTS.get(k)) != config_record[k]]
+        if changed:
+            raise CheckpointError(f"Cannot resume {str(out)!r} with other settings ({'; '.join(changed)}). "
+                                  "Resume with the same options (only --epochs may grow), or choose another --out.")
         _fit_state(model, state["state_dict"], f"Checkpoint {str(out)!r}")
         optimizer.load_state_dict(state["optimizer"])
+        if "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         start_epoch, history = state["epoch"], list(state["history"])
-        scheduler.last_epoch = start_epoch  # the optimizer state already holds the decayed lr
         log(f"resuming from epoch {start_epoch} of {config.epochs}")
 
     train_set = recipe.load_split("train")
     test_set = recipe.load_split(eval_split)
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    log(f"{'student ' + student if student else 'teacher'}: {len(train_set)} training samples, {config.epochs} epochs of "
+        f"batch {config.batch_size}, {config.schedule} schedule, {compute.describe()}")
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        loader = DataLoader(_Augmented(train_set, recipe.augment, seed + epoch), batch_size=config.batch_size,
-                            shuffle=True, generator=torch.Generator().manual_seed(seed + epoch), drop_last=False)
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
-            if not math.isfinite(loss.item()):
-                raise CheckpointError(f"Teacher training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr.")
+        t0, seen, loss_sum, lr = time.perf_counter(), 0, torch.zeros((), device=dev), config.lr
+        for step, (x, y) in enumerate(_batches(train_set, recipe.augment, config.batch_size, seed + epoch)):
+            x, y = compute.input(x), y.to(dev, non_blocking=True)
+            lr = config.apply_schedule(optimizer, epoch, step, steps_per_epoch)
+            with compute.autocast():
+                loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch used
-        scheduler.step()
+            loss_sum += loss.detach() * len(y)  # on the device: read once per epoch, not per step
+            if (step + 1) % 50 == 0 and not math.isfinite(loss_sum.item()):
+                break
+        if not math.isfinite(loss_sum.item()):
+            raise DivergedError(f"Training diverged in epoch {epoch + 1} (loss {loss_sum.item()}); lower --lr"
+                                + (" or use --precision fp32." if compute.precision != "fp32" else "."))
         elapsed = time.perf_counter() - t0
-        test_accuracy = accuracy(model, test_set, dev)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "test_accuracy": test_accuracy, "seconds": elapsed})
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {loss_sum / seen:.4f}  test acc {test_accuracy:.4f}  "
+        test_accuracy = accuracy(model, test_set, compute)
+        mean_loss = loss_sum.item() / seen
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": test_accuracy, "seconds": elapsed,
+                        "img_per_s": seen / elapsed})
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  test acc {test_accuracy:.4f}  "
             f"lr {lr:.4g}  {seen / elapsed:.0f} img/s")
-        config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+        extra = {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
         if student:
             from .student import save_student
 
             save_student(out, model, recipe=recipe, student=student, mode="scratch",
                          sections_trained=range(1, len(recipe.sections) + 1), store={}, config={**config_record, "seed": seed},
-                         history=history, epoch=epoch + 1, optimizer=optimizer.state_dict())
+                         history=history, epoch=epoch + 1, optimizer=optimizer.state_dict(), extra=extra)
             continue
         save_atomic({
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,
             "history": history,
@@ -187,6 +237,14 @@ def train_teacher(
             "recipe_hash": recipe.source_hash,
             "config": config_record,
             "seed": seed,
+            **extra,
         }, out)
     model.eval()
+    model.to(memory_format=torch.contiguous_format)
     return {"checkpoint": str(out), "weights_hash": weights_hash(model), "history": history}
+
+
+#: Settings a resumed train-teacher run must share with the run it continues (--epochs may grow).
+_RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "schedule", "warmup",
+                "nesterov", "precision")
+_RESUME_DEFAULTS = {"schedule": "multistep", "warmup": 0.0, "nesterov": False, "precision": "fp32"}

@@ -2,14 +2,22 @@
 
 Every mode starts from the stored stem output T_0 (the stem is the teacher's, frozen):
 
-    lit       beta * KD(S(T_0)) + (1 - beta) * sum_i MSE(S_i(T_{i-1}), T_i)   (head frozen)
-    ir        beta = 0: each section alone; --block I trains section I only      (head frozen)
-    finetune  KD(S(T_0)) alone, from an assembled student (--init)              (sections + head)
-    kd        KD(S(T_0)) alone, from a fresh student: the KD baseline           (sections + head)
-    hints     FitNets: first half of the epochs MSE(S_1..m(T_0), T_m), then KD  (sections + head)
+    lit       s * (beta * KD(S(T_0)) + (1 - beta) * sum_i MSE(S_i(T_{i-1}), T_i))  (head frozen)
+    ir        beta = 0: each section alone; --block I trains section I only         (head frozen)
+    finetune  KD(S(T_0)) alone, from an assembled student (--init)                 (sections only)
+    kd        KD(S(T_0)) alone, from a fresh student: the KD baseline              (sections + head)
+    hints     FitNets: first half of the epochs MSE(S_1..m(T_0), T_m), then KD     (sections + head)
+
+(s is ``DistillConfig.loss_scale``: the released CIFAR code halves the LIT loss.) The fine-tune
+keeps the teacher's head frozen, as the released code does: it never turns requires_grad back on.
 
 ``online_teacher`` is the baseline for comparisons: the same run with the teacher's boundaries
-computed on every batch (``litcache.online``) instead of read from the store.
+computed on every batch (``litcache.online``) instead of read from the store; with
+``fresh_views`` it also draws a fresh augmentation of every sample each epoch, as the original
+LIT code trains, instead of replaying the store's K views.
+
+Networks compute in the run's ``--precision`` (``litcache.precision``); weights, optimizer state
+and losses stay float32.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ import torch.nn as nn
 from .audit import require_intact
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
-from .errors import CheckpointError, OptionError, StoreMismatchError
+from .errors import CheckpointError, DivergedError, OptionError, RecipeError, StoreMismatchError
+from .evaluate import accuracy
 from .losses import ir_loss, kd_loss, lit_loss
+from .precision import Compute, resolve_compute
 from .recipe import Recipe, TrainConfig
 from .sections import SplitModel
 from .store import Store, open_store
@@ -41,9 +51,13 @@ MODES = ("lit", "ir", "finetune", "kd", "hints")
 #: workers, where the stored rows are read from and logging may change). ``online``: an online
 #: and a cached run are different runs, even with the same teacher.
 RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
-               "alpha", "tau", "beta", "block", "hint_boundary", "init", "seed", "buffer_chunks", "online")
+               "schedule", "warmup", "nesterov", "alpha", "tau", "beta", "loss_scale", "block", "hint_boundary", "init",
+               "seed", "views", "buffer_chunks", "online", "fresh_views", "precision")
 #: What a checkpoint written before a resume key existed had instead.
-_RESUME_DEFAULTS = {"online": False}
+_RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
+                    "nesterov": False, "loss_scale": 1.0}
+#: Training steps between two reads of the accumulated losses (the only host syncs of an epoch).
+CHECK_EVERY = 50
 _TRAIN_CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 
 
@@ -58,22 +72,36 @@ class BlockTrainOptions:
     momentum: float | None = None
     weight_decay: float | None = None
     milestones: tuple[int, ...] | None = None
+    schedule: str | None = None
+    warmup: float | None = None
+    nesterov: bool | None = None
     alpha: float | None = None
     tau: float | None = None
     beta: float | None = None
+    loss_scale: float | None = None
     block: int | None = None
     hint_boundary: int | None = None
     init: str | None = None
     seed: int = 0
+    #: Use only the first K of the store's views (None: all of them).
+    views: int | None = None
     buffer_chunks: int = 4
     loader_workers: int = 0
     device: str = "auto"
+    #: --precision (None: the recipe's); ``amp`` is the old spelling of "bf16".
+    precision: str | None = None
     amp: bool = False
     verify: bool = True
     evaluate: bool = True
     #: A teacher checkpoint: run it on every batch instead of reading the store's boundaries (the
     #: online baseline; the store gives its layout and view seeds only).
     online_teacher: str | None = None
+    #: With ``online_teacher``: a fresh augmentation of every sample each epoch (the original LIT
+    #: regime), not the store's K views.
+    fresh_views: bool = False
+    #: Before the first fine-tune epoch, re-estimate the sections' BatchNorm statistics along the
+    #: student's own path (train-mode forward, no gradient, over one epoch of rows).
+    recalibrate_bn: bool = False
     #: Read the needed arrays into memory before the first epoch (not timed): for benchmarks, the
     #: same steps with no store reads. Results are identical to reading the store.
     in_memory: bool = False
@@ -93,8 +121,17 @@ class BlockTrainOptions:
             raise OptionError("--block trains one section alone, which only --mode ir does.")
         if self.mode == "finetune" and not self.init:
             raise OptionError("--mode finetune continues a trained student: give its checkpoint with --init.")
+        if self.views is not None and self.views < 1:
+            raise OptionError(f"Expected --views >= 1 (the first K stored views), got {self.views} instead.")
         if self.buffer_chunks < 1 or self.loader_workers < 0:
             raise OptionError("Expected --buffer-chunks >= 1 and --loader-workers >= 0.")
+        if self.fresh_views and self.online_teacher is None:
+            raise OptionError("--fresh-views draws new views for the teacher to compute: it needs --online-teacher.")
+        if self.amp and self.precision not in (None, "bf16"):
+            raise OptionError(f"--amp is the old spelling of --precision bf16; it contradicts --precision {self.precision}.")
+        if self.recalibrate_bn and self.mode != "finetune":
+            raise OptionError("--recalibrate-bn re-estimates an assembled student's BatchNorm statistics before fine-tuning: "
+                              "use it with --mode finetune.")
         if self.online_teacher is not None and self.in_memory:
             raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store into memory.")
 
@@ -102,18 +139,35 @@ class BlockTrainOptions:
 def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
     """defaults < recipe < flags, flattened into one JSON-able dict recorded with every checkpoint."""
     phase: TrainConfig = recipe.distill.finetune if options.mode == "finetune" else recipe.distill.lit
-    overrides = {k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones")
+    overrides = {k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+                                                  "schedule", "warmup", "nesterov")
                  if getattr(options, k) is not None}
-    phase = replace(phase, **overrides)
+    try:
+        phase = replace(phase, **overrides)
+    except RecipeError as exc:  # e.g. --schedule onecycle without --warmup
+        raise OptionError(str(exc).replace("TrainConfig.", "--")) from None
     beta = 0.0 if options.mode == "ir" else (options.beta if options.beta is not None else recipe.distill.beta)
+    lit_phase = options.mode in ("lit", "ir")
     config = {**asdict(phase), "milestones": list(phase.milestones), "betas": list(phase.betas),
               "alpha": options.alpha if options.alpha is not None else recipe.distill.alpha,
               "tau": options.tau if options.tau is not None else recipe.distill.tau,
-              "beta": beta}
+              "beta": beta,
+              # The scale belongs to the LIT phase's loss; other modes train on KD or a hint alone.
+              "loss_scale": (options.loss_scale if options.loss_scale is not None else recipe.distill.loss_scale)
+              if lit_phase else 1.0}
     config.update({k: v for k, v in asdict(options).items() if k not in config})
     config["milestones"] = list(config["milestones"])
     config["online"] = options.online_teacher is not None
+    config["precision"] = requested_precision(recipe, options)
+    del config["amp"]
     return config
+
+
+def requested_precision(recipe: Recipe, options: BlockTrainOptions) -> str:
+    """--precision, else --amp (bf16), else the recipe's default."""
+    if options.precision is not None:
+        return options.precision
+    return "bf16" if options.amp else recipe.precision
 
 
 def _hint_boundary(options: BlockTrainOptions, sections: int) -> int:
@@ -142,30 +196,40 @@ def _fields(mode: str, sections: int, block: int | None, hint: int, beta: float)
 
 def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, config: dict, *,
                 block: int | None = None, hint: int = 1, hint_phase: bool = False) -> tuple[torch.Tensor, dict]:
-    """The training loss of one batch (float32 tensors keyed by store array name) and its parts."""
+    """The training loss of one batch (tensors keyed by store array name) and its logged parts.
+
+    Run it under the run's autocast: the network computes in that precision, every loss in float32.
+    The parts are detached tensors on the batch's device, not Python floats: reading them would
+    stall a GPU every step, so the caller sums them on the device and reads once per log line.
+    """
     sections = len(split.sections)
     t0 = batch.get("boundaries/0")  # absent when one --block of ir is trained
-    parts: dict[str, float] = {}
+    parts: dict[str, torch.Tensor] = {}
+
+    def kd(student_logits: torch.Tensor) -> torch.Tensor:
+        return kd_loss(student_logits.float(), batch["logits"].float(), batch["labels"], config["alpha"], config["tau"])
+
     if mode in ("lit", "ir"):
         trained = [block] if block is not None else list(range(1, sections + 1))
-        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]), batch[f"boundaries/{i}"]) for i in trained]
+        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]).float(), batch[f"boundaries/{i}"].float())
+               for i in trained]
         for i, value in zip(trained, irs):
-            parts[f"ir{i}"] = value.item()
-        kd = None
+            parts[f"ir{i}"] = value.detach()
+        kd_part = None
         if mode == "lit" and config["beta"] > 0:
-            kd = kd_loss(split.head(split.run_sections(t0)[-1]), batch["logits"], batch["labels"], config["alpha"], config["tau"])
-            parts["kd"] = kd.item()
-        loss = lit_loss(kd, irs, config["beta"])
+            kd_part = kd(split.head(split.run_sections(t0)[-1]))
+            parts["kd"] = kd_part.detach()
+        loss = config.get("loss_scale", 1.0) * lit_loss(kd_part, irs, config["beta"])
     elif mode == "hints" and hint_phase:
         z = t0
         for section in split.sections[:hint]:
             z = section(z)
-        loss = ir_loss(z, batch[f"boundaries/{hint}"])
-        parts["hint"] = loss.item()
+        loss = ir_loss(z.float(), batch[f"boundaries/{hint}"].float())
+        parts["hint"] = loss.detach()
     else:  # kd, finetune, and the second phase of hints
-        loss = kd_loss(split.head(split.run_sections(t0)[-1]), batch["logits"], batch["labels"], config["alpha"], config["tau"])
-        parts["kd"] = loss.item()
-    parts["loss"] = loss.item()
+        loss = kd(split.head(split.run_sections(t0)[-1]))
+        parts["kd"] = loss.detach()
+    parts["loss"] = loss.detach()
     return loss, parts
 
 
@@ -195,24 +259,50 @@ def check_student_fits(split: SplitModel, store: Store, student: str) -> None:
 def _trainable(split: SplitModel, mode: str, block: int | None) -> list[nn.Parameter]:
     for p in split.parameters():
         p.requires_grad_(False)
-    if mode in ("lit", "ir"):
-        modules = [split.sections[block - 1]] if block is not None else list(split.sections)
-    else:
-        modules = [*split.sections, split.head]
-    params = [p for m in modules for p in m.parameters()]
+    params = [p for m in _trained_modules(split, mode, block) for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     return params
 
 
-def _set_train_mode(split: SplitModel, mode: str, block: int | None) -> None:
-    split.eval()  # frozen parts (stem, and the head in lit/ir) keep their BatchNorm statistics
+def _trained_modules(split: SplitModel, mode: str, block: int | None) -> list[nn.Module]:
     if mode in ("lit", "ir"):
-        for i, section in enumerate(split.sections, start=1):
-            section.train(block is None or i == block)
-    else:
-        split.sections.train()
-        split.head.train()
+        return [split.sections[block - 1]] if block is not None else list(split.sections)
+    if mode == "finetune":  # the teacher's head stays frozen, as in the released LIT code
+        return list(split.sections)
+    return [*split.sections, split.head]
+
+
+def _set_train_mode(split: SplitModel, mode: str, block: int | None) -> None:
+    split.eval()  # frozen parts (stem, and the head outside kd/hints) keep their BatchNorm statistics
+    for module in _trained_modules(split, mode, block):
+        module.train()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(split: SplitModel, loader, compute: Compute) -> int:
+    """Re-estimate the sections' BatchNorm running statistics along the student's own path
+    S_i(S_{i-1}(...S_1(T_0))) with train-mode forwards and no gradient (a cumulative average over
+    the loader's batches). After the LIT phase, a section's statistics come from the teacher's
+    boundaries, not from the previous student section's outputs that it sees when assembled.
+    Returns the rows seen."""
+    norms = [m for m in split.sections.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    split.eval()
+    split.sections.train()
+    rows = 0
+    try:
+        for batch in loader:
+            with compute.autocast():
+                split.run_sections(compute.input(batch["boundaries/0"]).float())
+            rows += len(batch["boundaries/0"])
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+    return rows
 
 
 def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str], out_dir: str | Path,
@@ -227,6 +317,9 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
     if store.manifest["identity"]["recipe"] != recipe.name:
         raise StoreMismatchError(f"Store {str(store_path)!r} was extracted for recipe {store.manifest['identity']['recipe']!r}, "
                                  f"not {recipe.name!r}.")
+    if options.views is not None and options.views > store.manifest["layout"]["views"]:
+        raise OptionError(f"Expected --views at most the store's {store.manifest['layout']['views']} views, "
+                          f"got {options.views} instead.")
     if options.block is not None and not 1 <= options.block <= len(store.boundary_names) - 1:
         raise OptionError(f"Expected --block between 1 and {len(store.boundary_names) - 1}, got {options.block} instead.")
     if options.verify and options.online_teacher is None:  # an online run reads no stored activations
@@ -240,7 +333,10 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
         device = resolve_device(options.device)
         if device.type == "cuda" and options.loader_workers:
             raise OptionError("--online-teacher runs the teacher on the GPU in the training process: use --loader-workers 0.")
-        online = OnlineTeacherDataset(recipe, store, options.online_teacher, _wanted_fields(recipe, store, options), device)
+        if options.fresh_views and options.loader_workers:
+            raise OptionError("--fresh-views draws each epoch's views in the training process: use --loader-workers 0.")
+        online = OnlineTeacherDataset(recipe, store, options.online_teacher, _wanted_fields(recipe, store, options), device,
+                                      precision=requested_precision(recipe, options), fresh_views=options.fresh_views)
     return [_train_one(recipe, store, name, Path(out_dir) / name, options, resume, log, online) for name in students]
 
 
@@ -259,10 +355,13 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if init["recipe"] != recipe.name or init["student"] != student:
             raise CheckpointError(f"--init {options.init!r} is a {init['recipe']}/{init['student']} student, not {recipe.name}/{student}.")
         model.load_state_dict(init["state_dict"])
-    model.to(device)
+    compute = resolve_compute(config["precision"], device, model)
+    config["precision"], config["channels_last"] = compute.precision, compute.channels_last
+    compute.model(model)
     params = _trainable(split, options.mode, options.block)
-    optimizer = TrainConfig(**{k: config[k] for k in _TRAIN_CONFIG_FIELDS}).make_optimizer(params)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config["milestones"], config["gamma"])
+    schedule = TrainConfig(**{k: config[k] for k in _TRAIN_CONFIG_FIELDS})
+    optimizer = schedule.make_optimizer(params)
+    scaler = compute.grad_scaler()
 
     last, final = out / "last.pt", out / "student.pt"
     start_epoch, history = 0, []
@@ -279,8 +378,9 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        if "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
         start_epoch, history = state["epoch"], list(state["history"])
-        scheduler.last_epoch = start_epoch
         log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -296,7 +396,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
                 "(not counted in the epochs' seconds)")
     # The same sampler in every case: cached, in-memory and online runs visit the same rows in the same order.
     sampler = ChunkShuffleSampler.for_store(store, config["batch_size"], buffer_chunks=options.buffer_chunks,
-                                            num_workers=options.loader_workers, seed=options.seed)
+                                            num_workers=options.loader_workers, seed=options.seed, views=options.views)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers,
                          pin_memory=device.type == "cuda" and online is None)  # online batches are on the device already
     store_record = {"path": str(store.path), "identity": store.manifest["identity"]}
@@ -304,47 +404,75 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     wants_eval = options.evaluate and options.block is None and recipe.task == "classification"
     eval_set = recipe.load_split("test") if wants_eval and "test" in recipe.splits else None
     hint_epochs = config["epochs"] // 2 if options.mode == "hints" else 0
+    what = options.mode + (" online" if config["online"] else "") + (" fresh views" if options.fresh_views else "")
+    log(f"{student}: {what}, {compute.describe()}")
 
+    if options.recalibrate_bn and start_epoch == 0:
+        _recalibrate(split, dataset, sampler, store, compute, options, eval_set, model, log, student)
+    steps_per_epoch = len(sampler)
     for epoch in range(start_epoch, config["epochs"]):
         sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
+            dataset.set_epoch(epoch)
         torch.manual_seed(options.seed * 100_003 + epoch)
         _set_train_mode(split, options.mode, options.block)
-        sums: dict[str, float] = {}
-        rows, t0 = 0, time.perf_counter()
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            batch = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp):
+        sums: dict[str, torch.Tensor] = {}
+        rows, t0, lr = 0, time.perf_counter(), config["lr"]
+        for step, batch in enumerate(loader):
+            batch = {k: compute.input(v) for k, v in batch.items()}
+            lr = schedule.apply_schedule(optimizer, epoch, step, steps_per_epoch)
+            with compute.autocast():
                 loss, parts = step_losses(split, batch, options.mode, config, block=options.block, hint=hint,
                                           hint_phase=epoch < hint_epochs)
-            if not math.isfinite(parts["loss"]):
-                raise CheckpointError(f"{student}: the loss became {parts['loss']} at epoch {epoch + 1}; lower --lr.")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             n = len(next(iter(batch.values())))
             rows += n
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * n
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch used
-        scheduler.step()
+            for k, v in parts.items():  # summed on the device: no host sync per step
+                sums[k] = sums[k] + v * n if k in sums else v * n
+            if (step + 1) % CHECK_EVERY == 0:
+                _check_finite(sums["loss"], student, epoch)
+        _check_finite(sums["loss"], student, epoch)
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, **{k: v / rows for k, v in sums.items()}, "lr": lr,
+        record = {"epoch": epoch + 1, **{k: v.item() / rows for k, v in sums.items()}, "lr": lr,
                   "rows_per_s": rows / seconds, "seconds": seconds}
         if eval_set is not None:
-            from .evaluate import accuracy
-
-            record["test_accuracy"] = accuracy(model, eval_set, device)
+            record["test_accuracy"] = accuracy(model, eval_set, compute)
         history.append(record)
-        log(_log_line(student, options.mode + (" online" if config["online"] else ""), record, config["epochs"]))
+        log(_log_line(student, what, record, config["epochs"]))
         save_student(last, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
-                     store=store_record, config=config, history=history, epoch=epoch + 1, optimizer=optimizer.state_dict())
+                     store=store_record, config=config, history=history, epoch=epoch + 1, optimizer=optimizer.state_dict(),
+                     extra={"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else None)
         (out / "metrics.json").write_text(json.dumps({"student": student, "mode": options.mode, "online": config["online"],
                                                       "config": config, "history": history}, indent=2))
 
     save_student(final, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
                  store=store_record, config=config, history=history, epoch=config["epochs"])
     return {"student": student, "checkpoint": str(final), "history": history, "config": config}
+
+
+def _check_finite(loss_sum: torch.Tensor, student: str, epoch: int) -> None:
+    """One host sync: refuse a run whose summed loss is no longer finite."""
+    if not math.isfinite(loss_sum.item()):
+        raise DivergedError(f"{student}: the loss became {loss_sum.item()} in epoch {epoch + 1}; lower --lr "
+                            "(or use --precision fp32 if it diverged in reduced precision).")
+
+
+def _recalibrate(split: SplitModel, dataset, sampler, store: Store, compute: Compute, options: BlockTrainOptions,
+                 eval_set, model: nn.Module, log: Callable[[str], None], student: str) -> None:
+    """BatchNorm recalibration before fine-tuning, logged with the test accuracy before and after."""
+    before = accuracy(model, eval_set, compute) if eval_set is not None else None
+    sampler.set_epoch(0)
+    loader = make_loader(dataset, sampler, num_workers=options.loader_workers)
+    t = time.perf_counter()
+    rows = recalibrate_batchnorm(split, loader, compute)
+    line = f"{student}: BatchNorm statistics recalibrated along the student's path over {rows} rows in {time.perf_counter() - t:.1f} s"
+    if eval_set is not None:
+        after = accuracy(model, eval_set, compute)
+        line += f"; test accuracy {before:.4f} -> {after:.4f}"
+    log(line)
 
 
 def _sections_trained(options: BlockTrainOptions, sections: int) -> list[int]:

@@ -27,6 +27,9 @@ from litcache.errors import RecipeError
 # Per-channel statistics of the CIFAR-10 training images.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+#: A black pixel after normalisation: what a crop padded with zeros in uint8 (as
+#: ../shared/teachers/train_cifar_teacher.py pads) holds in its border.
+CIFAR10_BLACK = tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD))
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -125,6 +128,11 @@ class NormalizedImages(Dataset):
 
     def __getitem__(self, i: int):
         return (self.images[i].float() - self.mean) / self.std, int(self.labels[i])
+
+    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Many items at once (what ``litcache train-teacher`` asks for): (inputs (N, C, H, W), labels)."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return (self.images[index].float() - self.mean) / self.std, self.labels[index]
 
 
 def _decode_image_folder(folder: Path) -> dict[str, np.ndarray]:

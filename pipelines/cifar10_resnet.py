@@ -57,7 +57,8 @@ recipe = Recipe(
     head="head",
     load_split=load_split,
     num_classes=10,
-    augment=CropFlip(padding=4, flip=True),
+    # Padded with black pixels, as the uint8 crops of the shared teacher's training script are.
+    augment=CropFlip(padding=4, flip=True, fill=_data.CIFAR10_BLACK),
     teacher_checkpoint="runs/cifar10_resnet/teacher.pt",
     # He et al. 2016: lr 0.1, /10 at 32k and 48k iterations of batch 128, stop at 64k
     # (= epochs 82, 123, 164 of 50k images). They warm ResNet-110 up at lr 0.01 for about
@@ -69,6 +70,7 @@ recipe = Recipe(
     distill=DistillConfig(
         lit=TrainConfig(epochs=175, batch_size=32, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(100,)),
         finetune=TrainConfig(epochs=125, batch_size=32, lr=0.01, momentum=0.9, weight_decay=1e-4, milestones=(55,)),
-        alpha=0.95, tau=6.0, beta=0.75,
+        # The released code's LIT loss is (beta * KD + (1 - beta) * sum IR) / 2: loss_scale 0.5.
+        alpha=0.95, tau=6.0, beta=0.75, loss_scale=0.5,
     ),
 )

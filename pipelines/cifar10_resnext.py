@@ -61,12 +61,14 @@ recipe = Recipe(
     head="head",
     load_split=load_split,
     num_classes=10,
-    augment=CropFlip(padding=4, flip=True),
+    # Padded with black pixels, as the uint8 crops of the shared teacher's training script are.
+    augment=CropFlip(padding=4, flip=True, fill=_data.CIFAR10_BLACK),
     teacher_checkpoint="runs/cifar10_resnext/teacher.pt",
     # Xie et al. 2017 (CIFAR): batch 128, lr 0.1, /10 at 50% and 75% of 300 epochs, weight decay 5e-4.
     teacher_training=TrainConfig(epochs=300, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                                  milestones=(150, 225)),
     # The LIT authors' released CIFAR ResNet settings, DistillConfig's defaults (they released no
     # ResNeXt configuration).
-    distill=DistillConfig(),
+    # The released CIFAR code's schedule and weights; it halves the LIT loss (loss_scale 0.5).
+    distill=DistillConfig(loss_scale=0.5),
 )

@@ -16,6 +16,10 @@ from litcache.teacher import save_atomic
 # The models are tiny: one thread is fastest, and OpenMP threads spinning on a busy 2-core machine
 # make every extraction many times slower.
 torch.set_num_threads(1)
+# --precision auto picks bf16 on CPUs with bf16 instructions: tests that compare stored bytes with
+# fp32 outputs must not depend on the machine, so auto means fp32 here (test_precision.py runs bf16
+# explicitly, and flips this to test the detection).
+os.environ["LITCACHE_CPU_BF16"] = "0"
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -166,8 +166,10 @@ def test_cifar10_defaults_are_the_papers(monkeypatch):
     d = recipe.distill
     assert (d.lit.epochs, d.lit.lr, d.lit.milestones, d.lit.batch_size) == (175, 0.1, (100,), 32)
     assert (d.finetune.epochs, d.finetune.lr, d.finetune.milestones) == (125, 0.01, (55,))
-    assert (d.alpha, d.tau, d.beta) == (0.95, 6.0, 0.75)
-    assert recipe.augment.describe() == {"type": "CropFlip", "padding": 4, "flip": True}
+    assert (d.alpha, d.tau, d.beta, d.loss_scale) == (0.95, 6.0, 0.75, 0.5)  # the released code halves the LIT loss
+    # Crops padded with black pixels, as the shared teacher's uint8 crops are: -mean/std after normalising.
+    black = [-m / s for m, s in zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]
+    assert recipe.augment.describe() == {"type": "CropFlip", "padding": 4, "flip": True, "fill": black}
     monkeypatch.setenv("LITCACHE_CIFAR_TEACHER", "56")
     assert recipe.build_teacher().depth == 56  # read when the model is built
 

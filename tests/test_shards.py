@@ -96,7 +96,8 @@ def test_training_from_a_store_with_a_damaged_shard_index_stops_with_one_error_l
     result = CliRunner().invoke(main, ["train-blocks", TINY, "--store", str(tiny_store), "--student", "resnet8",
                                        "--out", str(tmp_path / "run"), "--epochs", "1", "--no-verify", "--no-eval"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: Cannot read shard 1 of 'boundaries/1' in store ")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: Cannot read shard 1 of 'boundaries/1' in store "), result.output
     assert "shard index fails its crc32c check" in result.output and "Traceback" not in result.output
 
 

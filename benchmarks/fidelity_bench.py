@@ -1,0 +1,264 @@
+"""Does LIT from the cache work? CIFAR-10, ResNet-56 teacher -> ResNet-20 student, every method at
+the same budget, against scratch, KD, FitNets hints and online LIT with fresh views.
+
+    tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C runs/cifar10
+    python benchmarks/fidelity_bench.py --cifar-dir runs/cifar10 --teacher ../shared/teachers/cifar10_resnet56.pt
+
+Rows, each trained for the same number of epochs E = --lit-epochs + --ft-epochs over the same
+training images (the full 50k split, or a class-balanced --subset) and scored on the full 10k test split:
+
+  scratch      ResNet-20 from scratch, cross-entropy, a fresh crop + flip every epoch (train-teacher --student)
+  kd           KD from the store (train-blocks --mode kd), all its views
+  hints        FitNets from the store (--mode hints: half the epochs on the middle boundary, then KD)
+  lit-kK       LIT (--mode lit) then fine-tune (--mode finetune) from the store, its first K views only
+               (--views K): one store of max(K) views serves every K
+  online       LIT then fine-tune with the teacher run on every batch and a fresh view every epoch
+               (--online-teacher --fresh-views): the original LIT code's regime
+
+Every run is one record of benchmarks/results/fidelity.json, written as soon as it finishes: a
+rerun skips what is done (and a run killed midway resumes from its last epoch under --work), so the
+bench can be run in several sittings. ``--only`` picks rows; ``--seeds`` the seeds. ``--report``
+prints the table (mean, min and max over seeds) and draws benchmarks/results/fidelity.png without
+training anything.
+
+The LIT runs also record the student's test accuracy right after the LIT phase, and after a
+BatchNorm recalibration along the student's own path (measured on a copy; the fine-tune starts
+from the LIT weights as they are unless --recalibrate-bn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
+RESULTS = Path(__file__).parent / "results" / "fidelity.json"
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+
+
+def _save(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _accuracies(history: list[dict]) -> dict:
+    accs = [h["test_accuracy"] for h in history if "test_accuracy" in h]
+    return {"test_accuracy": accs[-1], "best_test_accuracy_over_epochs": max(accs)}
+
+
+def _schedule(args, lr: float, epochs: int, batch_size: int) -> dict:
+    return dict(epochs=epochs, batch_size=batch_size, lr=lr, schedule=args.schedule, warmup=args.warmup,
+                weight_decay=args.weight_decay, momentum=0.9)
+
+
+def run_scratch(args, recipe, seed: int, work: Path) -> dict:
+    from litcache import TrainConfig
+    from litcache.teacher import train_teacher
+
+    config = TrainConfig(**_schedule(args, args.lr, args.lit_epochs + args.ft_epochs, args.batch_size))
+    result = train_teacher(recipe, work / "student.pt", config=config, seed=seed, resume=True, student=args.student,
+                           precision=args.precision, log=print)
+    return _accuracies(result["history"])
+
+
+def _blocks(args, recipe, store, out: Path, seed: int, **options) -> dict:
+    from litcache.train import BlockTrainOptions, train_blocks
+
+    base = dict(seed=seed, batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup,
+                weight_decay=args.weight_decay, precision=args.precision, verify=False)
+    [result] = train_blocks(recipe, store, [args.student], out, BlockTrainOptions(**{**base, **options}), resume=True, log=print)
+    return result
+
+
+def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args) -> dict:
+    """Test accuracy of the LIT student as trained, and after a BatchNorm recalibration along its own path."""
+    from litcache import ChunkShuffleSampler, StoreDataset, open_store
+    from litcache.dataset import make_loader
+    from litcache.evaluate import accuracy
+    from litcache.precision import resolve_compute
+    from litcache.sections import split_model
+    from litcache.student import load_student
+    from litcache.train import recalibrate_batchnorm
+
+    model = load_student(checkpoint, recipe)
+    compute = resolve_compute(args.precision or recipe.precision, "cpu", model)
+    compute.model(model)
+    test = recipe.load_split("test")
+    before = accuracy(model, test, compute)
+    s = open_store(store)
+    recalibrated = copy.deepcopy(model)
+    loader = make_loader(StoreDataset(s, ["boundaries/0"]), ChunkShuffleSampler.for_store(s, 256, views=views))
+    recalibrate_batchnorm(split_model(recalibrated, recipe), loader, compute)
+    return {"after_lit_accuracy": before, "after_lit_recalibrated_accuracy": accuracy(recalibrated, test, compute)}
+
+
+def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, online: bool) -> dict:
+    teacher = {"online_teacher": args.teacher, "fresh_views": True} if online else {}
+    lit = _blocks(args, recipe, store, work / "lit", seed, mode="lit", epochs=args.lit_epochs, lr=args.lit_lr,
+                  views=views, **teacher)
+    probe = _recalibration_probe(recipe, store, lit["checkpoint"], views, args)
+    print(f"after the LIT phase: test accuracy {probe['after_lit_accuracy']:.4f}, "
+          f"{probe['after_lit_recalibrated_accuracy']:.4f} with BatchNorm recalibrated")
+    ft = _blocks(args, recipe, store, work / "ft", seed, mode="finetune", epochs=args.ft_epochs, lr=args.ft_lr,
+                 init=lit["checkpoint"], views=views, recalibrate_bn=args.recalibrate_bn, **teacher)
+    return {**_accuracies(ft["history"]), **probe, "lit_phase_accuracy": _accuracies(lit["history"])["test_accuracy"]}
+
+
+def run_store_baseline(args, recipe, store, seed: int, work: Path, mode: str) -> dict:
+    result = _blocks(args, recipe, store, work, seed, mode=mode, epochs=args.lit_epochs + args.ft_epochs, lr=args.lr)
+    return _accuracies(result["history"])
+
+
+def store_bytes(store: str) -> int:
+    from litcache.audit import store_info
+
+    return store_info(store)["stored_bytes"]
+
+
+def report(results: dict, out_png: Path) -> str:
+    """The table (markdown) over seeds, and the plot of accuracy against K with the online band."""
+    rows: dict[str, list[dict]] = {}
+    for record in results["runs"].values():
+        rows.setdefault(record["row"], []).append(record)
+    lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | best epoch (test-selected) mean | "
+             "wall time / seed | store bytes | precision |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for row in ROWS:
+        runs = rows.get(row)
+        if not runs:
+            continue
+        accs = [r["test_accuracy"] * 100 for r in runs]
+        best = [r["best_test_accuracy_over_epochs"] * 100 for r in runs]
+        summary[row] = (statistics.mean(accs), min(accs), max(accs))
+        r0 = runs[0]
+        lines.append(f"| {row} | {r0['views']} | {r0['epochs']} | {','.join(str(r['seed']) for r in runs)} | "
+                     f"{statistics.mean(accs):.2f} | {min(accs):.2f} | {max(accs):.2f} | {statistics.mean(best):.2f} | "
+                     f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.0f} min | "
+                     f"{(r0['store_bytes'] / 1e9):.2f} GB | {r0['precision']} |")
+    lit_ks = [(int(row.split("k")[1]), row) for row in ROWS if row.startswith("lit-") and row in summary]
+    if lit_ks:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ks = [k for k, _ in lit_ks]
+        ax.errorbar(ks, [summary[r][0] for _, r in lit_ks],
+                    yerr=[[summary[r][0] - summary[r][1] for _, r in lit_ks], [summary[r][2] - summary[r][0] for _, r in lit_ks]],
+                    marker="o", capsize=3, label="LIT + fine-tune from the cache")
+        for row, style in (("online", "tab:green"), ("scratch", "tab:red"), ("kd", "tab:purple")):
+            if row in summary:
+                mean, lo, hi = summary[row]
+                ax.axhspan(lo, hi, color=style, alpha=0.15)
+                ax.axhline(mean, color=style, label=f"{row} (band: min-max over seeds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stored views K")
+        ax.set_ylabel("test top-1 (%)")
+        disk = ax.twinx()
+        store_gb = {int(row.split("k")[1]): rows[row][0]["store_bytes"] / 1e9 for _, row in lit_ks}
+        disk.plot(list(store_gb), list(store_gb.values()), "k:", marker="s", label="disk (GB)")
+        disk.set_ylabel("store size for K views (GB)")
+        ax.legend(loc="lower right", fontsize=7)
+        fig.tight_layout()
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120)
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10 (train/, test/), e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt")
+    p.add_argument("--teacher-depth", type=int, default=56)
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--subset", type=int, default=0, help="class-balanced training subset (0: all 50k)")
+    p.add_argument("--lit-epochs", type=int, default=15)
+    p.add_argument("--ft-epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="scratch, kd, hints")
+    p.add_argument("--lit-lr", type=float, default=0.1)
+    p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine")
+    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--recalibrate-bn", action="store_true")
+    p.add_argument("--max-views", type=int, default=8)
+    p.add_argument("--only", nargs="*", choices=ROWS, help="rows to run (default: all)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--work", default="runs/fidelity")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--report", action="store_true", help="print the table and draw the plot only")
+    args = p.parse_args()
+
+    results_path = Path(args.results)
+    results = _load(results_path)
+    if args.report:
+        print(report(results, results_path.with_suffix(".png")))
+        return
+    if not args.cifar_dir:
+        p.error("--cifar-dir is required to train")
+    os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
+    os.environ["LITCACHE_CIFAR_TEACHER"] = str(args.teacher_depth)
+    os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.subset)
+    from litcache import ExtractOptions, extract, load_recipe
+    from litcache.precision import resolve_compute
+
+    recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
+    precision = resolve_compute(args.precision or recipe.precision, "cpu").precision
+    work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"
+    store = str(work / f"train_k{args.max_views}.zarr")
+    t = time.perf_counter()
+    extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision), teacher_checkpoint=args.teacher,
+            resume=True, progress=False)
+    extract_seconds = time.perf_counter() - t
+    full_bytes = store_bytes(store)
+    samples = len(recipe.load_split("train"))
+
+    for seed in args.seeds:
+        for row in args.only or ROWS:
+            key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{row}/seed{seed}"
+            if key in results["runs"]:
+                continue
+            views = int(row.split("k")[1]) if row.startswith("lit-") else (None if row == "online" else args.max_views)
+            print(f"=== {key}", flush=True)
+            t = time.perf_counter()
+            run_dir = work / row / f"seed{seed}"
+            if row == "scratch":
+                record = run_scratch(args, recipe, seed, run_dir)
+            elif row in ("kd", "hints"):
+                record = run_store_baseline(args, recipe, store, seed, run_dir, row)
+            else:
+                record = run_lit(args, recipe, store, seed, run_dir, views, online=row == "online")
+            record.update(row=row, seed=seed, views="fresh" if row == "online" else (views if row != "scratch" else "fresh"),
+                          epochs=f"{args.lit_epochs} + {args.ft_epochs}" if row.startswith(("lit", "online")) else
+                          str(args.lit_epochs + args.ft_epochs),
+                          wall_seconds=time.perf_counter() - t, samples=samples, test_samples=10000, precision=precision,
+                          store_bytes=0 if row in ("scratch", "online") else full_bytes * (views or args.max_views) // args.max_views,
+                          store_extract_seconds=extract_seconds, student=args.student,
+                          hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr", "weight_decay",
+                                                                          "schedule", "warmup", "recalibrate_bn")})
+            results["runs"][key] = record
+            _save(results_path, results)
+            print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min", flush=True)
+    print(report(results, results_path.with_suffix(".png")))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(os.cpu_count() or 1)
+    main()
