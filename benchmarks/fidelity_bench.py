@@ -183,7 +183,8 @@ def report(results: dict, out_png: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10 (train/, test/), e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
-    p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt")
+    p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt",
+                   help="a state dict of litcache.zoo.cifar_resnet(--teacher-depth) (widths: $LITCACHE_CIFAR_WIDTHS)")
     p.add_argument("--teacher-depth", type=int, default=56)
     p.add_argument("--student", default="resnet20")
     p.add_argument("--subset", type=int, default=0, help="class-balanced training subset (0: all 50k)")
@@ -191,8 +192,8 @@ def main() -> None:
     p.add_argument("--ft-epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="scratch, kd, hints")
-    p.add_argument("--lit-lr", type=float, default=0.1)
-    p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--lit-lr", type=float, default=0.2, help="before loss_scale 0.5: 0.1 effective, as --lr")
+    p.add_argument("--ft-lr", type=float, default=0.02)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--warmup", type=float, default=0.0)
@@ -208,6 +209,9 @@ def main() -> None:
 
     results_path = Path(args.results)
     results = _load(results_path)
+    too_many = [row for row in args.only or ROWS if row.startswith("lit-") and int(row.split("k")[1]) > args.max_views]
+    if too_many:
+        p.error(f"rows {too_many} use more views than the store's --max-views {args.max_views}")
     if args.report:
         print(report(results, results_path.with_suffix(".png")))
         return

@@ -82,3 +82,69 @@ def test_scale_bench(teacher_ckpt, tmp_path):
         assert size["train"]["epochs"] == size["views"] and size["train"]["rows_read"] == size["rows"]
         assert size["extract"]["peak_rss_mb"] > 0 and size["train"]["peak_rss_mb"] > 0
     assert set(report["ratios_largest_over_smallest"]) == {"extract", "train"}
+
+
+@pytest.fixture
+def fake_cifar(tmp_path):
+    """A CIFAR-10-shaped ImageFolder (the real class names, 32x32 PNGs of noise) and a random teacher
+    of the CIFAR recipe at test widths: what the CIFAR benchmarks read, at a size that runs in seconds."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from litcache.zoo import cifar_resnet
+
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("test", 2)):
+        for name in classes:
+            folder = tmp_path / "cifar" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    torch.manual_seed(0)
+    teacher = cifar_resnet(56, widths=(4, 8, 8), num_classes=10).train()
+    with torch.no_grad():
+        for _ in range(3):
+            teacher(torch.randn(16, 3, 32, 32))
+    torch.save(teacher.state_dict(), tmp_path / "teacher56.pt")
+    env = {"LITCACHE_CIFAR_WIDTHS": "4,8,8", "LITCACHE_CACHE_DIR": str(tmp_path / "cache")}
+    return tmp_path / "cifar", tmp_path / "teacher56.pt", env
+
+
+def _run_env(script: str, env: dict, *args) -> str:
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), *map(str, args)], cwd=REPO, env=subprocess_env(**env),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
+    cifar, teacher, env = fake_cifar
+    results = tmp_path / "fidelity.json"
+    args = ["--cifar-dir", cifar, "--teacher", teacher, "--lit-epochs", 1, "--ft-epochs", 1, "--max-views", 2,
+            "--batch-size", 16, "--results", results, "--work", tmp_path / "work"]
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "lit-k1", "lit-k2", "online")
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(r["row"] for r in runs.values()) == ["lit-k1", "lit-k2", "online", "scratch"]
+    for r in runs.values():
+        assert 0 <= r["test_accuracy"] <= 1 and r["test_samples"] == 10000 and r["precision"] == "fp32"
+    assert runs["subset50000/e1+1/lit-k2/seed0"]["store_bytes"] == 2 * runs["subset50000/e1+1/lit-k1/seed0"]["store_bytes"]
+    assert {"after_lit_accuracy", "after_lit_recalibrated_accuracy"} <= set(runs["subset50000/e1+1/online/seed0"])
+    assert "| lit-k2 | 2 | 1 + 1 | 0 |" in out and (tmp_path / "fidelity.png").exists()
+    # A second sitting trains only what is missing.
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "kd")
+    assert out.count("=== ") == 2 and "=== subset50000/e1+1/kd/seed0" in out
+    assert len(json.loads(results.read_text())["runs"]) == 5
+
+
+def test_speed_bench(fake_cifar, tmp_path):
+    cifar, teacher, env = fake_cifar
+    out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32, "--mnist-samples", 32, "--repeats", 1,
+                   "--json", tmp_path / "speed.json")
+    report = json.loads((tmp_path / "speed.json").read_text())
+    cases = [r["case"] for r in report["results"]]
+    assert cases[:3] == ["extract CIFAR ResNet-56", "extract CIFAR ResNet-110", "extract MNIST ResNet-20"]
+    assert any(c.startswith("train-blocks") for c in cases) and any(c.startswith("peer") for c in cases)
+    assert all(r.get("ratio", r.get("speedup")) > 0 for r in report["results"])
+    assert "target <= 1.15" in out and "target >= 3.0x" in out

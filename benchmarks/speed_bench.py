@@ -1,0 +1,291 @@
+"""litcache against the fastest bare PyTorch loop for the same work, side by side in one run.
+
+    python benchmarks/speed_bench.py --cifar-dir runs/cifar10 --teacher56 ../shared/teachers/cifar10_resnet56.pt
+
+Every ratio is litcache's time over a plain PyTorch loop's with the same model, batch, weights and
+compute (``--precision``, auto by default: bf16 autocast where the hardware runs it natively, fp32
+elsewhere; channels_last for these convolutional models) and no litcache code in the loop:
+
+  extract        `extract` wall time (views, teacher, casting, checks, compression, fsync, manifest)
+                 over the bare teacher forward of the same rows, made beforehand     target <= 1.10
+  train-blocks   a LIT epoch from the store (train_blocks, epoch seconds) over the bare LIT step
+                 (IR losses, KD on the student's own path, the /2 scale, SGD) from memory  <= 1.15
+  train-teacher  a train-teacher epoch (cross-entropy, crop + flip) over the bare loop    <= 1.10
+  peer           the LIT authors' online step (their lit_epoch body: teacher forward in the step,
+                 student full path, sections, /2), as a bare loop: a litcache epoch from the store
+                 should run >= 3x its rows/s
+
+Also printed for extraction: the bare forward in fp32 with the default (contiguous) layout, so the
+gain of the chosen compute is visible. Each figure is the median of --repeats runs in rotated order.
+ResNet-110 and the MNIST ResNet-20 teachers have random weights (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from litcache import ExtractOptions, extract, load_recipe
+from litcache.precision import resolve_compute
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bare_forward(model, inputs: list[torch.Tensor], compute) -> None:
+    with torch.inference_mode(), compute.autocast():
+        for x in inputs:
+            model(x)
+
+
+def _inputs(rows_dataset, count: int, batch: int, compute) -> list[torch.Tensor]:
+    xs = torch.stack([rows_dataset[r][0] for r in range(count)])
+    return [compute.input(xs[i:i + batch]) for i in range(0, count, batch)]
+
+
+def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
+    from litcache.extract import plan_extraction
+
+    options = ExtractOptions(limit=samples, batch_size=batch, precision=precision)
+    plan = plan_extraction(recipe, options, teacher)
+    compute = plan.compute
+    model = compute.model(plan.teacher).eval()
+    inputs = _inputs(plan.rows_dataset, plan.rows, batch, compute)
+    plain = resolve_compute("fp32", "cpu")  # fp32, contiguous: the loop before this issue
+    plain_model = plan.teacher.to(memory_format=torch.contiguous_format)
+    plain_inputs = [x.contiguous() for x in inputs]
+    bare_forward(model, inputs[:1], compute)  # warm-up
+    runs = {"bare": [], "extract": [], "bare_fp32_contiguous": []}
+    for i in range(repeats):
+        for kind in (["bare", "extract", "bare_fp32_contiguous"] * 2)[i % 3:i % 3 + 3]:
+            if kind == "bare":
+                model = compute.model(plan.teacher)
+                runs[kind].append(_timed(lambda: bare_forward(model, inputs, compute)))
+            elif kind == "bare_fp32_contiguous":
+                plain_model = plan.teacher.to(memory_format=torch.contiguous_format)
+                runs[kind].append(_timed(lambda: bare_forward(plain_model, plain_inputs, plain)))
+            else:
+                out = tmp / f"{name}-{i}.zarr"
+                runs[kind].append(_timed(lambda: extract(recipe, out, options, teacher_checkpoint=teacher, progress=False,
+                                                         log=lambda m: None)))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"case": f"extract {name}", "rows": plan.rows, "compute": compute.describe(),
+            "bare_rows_per_s": plan.rows / med["bare"], "litcache_rows_per_s": plan.rows / med["extract"],
+            "bare_fp32_contiguous_rows_per_s": plan.rows / med["bare_fp32_contiguous"],
+            "ratio": med["extract"] / med["bare"], "target": 1.10, "runs": runs}
+
+
+def _lit_parts(recipe, store, student: str, compute, seed: int = 0):
+    from litcache.student import build_student
+
+    torch.manual_seed(seed)
+    model, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
+    compute.model(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for s in split.sections for p in s.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    split.eval()
+    split.sections.train()
+    return model, split, torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+
+def bare_lit_epoch(split, optimizer, tensors: dict, batch: int, compute, beta=0.75, alpha=0.95, tau=6.0, scale=0.5) -> None:
+    """The LIT step with plain torch ops over tensors already in memory (float32, the model's layout)."""
+    n = len(tensors["labels"])
+    order = torch.randperm(n)
+    for i in range(0, n, batch):
+        idx = order[i:i + batch]
+        t = [tensors[f"boundaries/{k}"][idx] for k in range(4)]
+        if compute.channels_last:
+            t = [z.contiguous(memory_format=torch.channels_last) for z in t]
+        with compute.autocast():
+            irs = sum(F.mse_loss(s(t[k]).float(), t[k + 1]) for k, s in enumerate(split.sections))
+            z = t[0]
+            for s in split.sections:
+                z = s(z)
+            logits = split.head(z).float()
+        soft = F.softmax(tensors["logits"][idx] / tau, 1)
+        kd = alpha * F.cross_entropy(logits, tensors["labels"][idx]) + (1 - alpha) * tau * tau * \
+            -(soft * F.log_softmax(logits / tau, 1)).sum(1).mean()
+        loss = scale * (beta * kd + (1 - beta) * irs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def peer_online_epoch(teacher_split, split, optimizer, inputs: list[torch.Tensor], labels: list[torch.Tensor], compute,
+                      beta=0.75, alpha=0.95, tau=6.0) -> None:
+    """lit-code's lit_epoch body (cifar10/main.py): teacher features in the step, the student's full
+    path for KD, each section on the teacher's input, (KD * beta + sum IR * (1 - beta)) / 2."""
+    for x, y in zip(inputs, labels):
+        with torch.no_grad(), compute.autocast():
+            features, soft_targets = teacher_split.boundaries(x)
+        with compute.autocast():
+            student_out = split(x).float()
+            soft = F.softmax(soft_targets.float() / tau, 1)
+            loss = beta * (alpha * F.cross_entropy(student_out, y) + (1 - alpha) * tau * tau *
+                           -(soft * F.log_softmax(student_out / tau, 1)).sum(1).mean())
+            for k, s in enumerate(split.sections):
+                loss = loss + (1 - beta) * F.mse_loss(s(features[k].float()).float(), features[k + 1].float())
+        loss = loss / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precision: str, repeats: int, tmp: Path) -> list[dict]:
+    from litcache import StoreDataset, open_store
+    from litcache.sections import split_model
+    from litcache.teacher import load_teacher
+    from litcache.train import BlockTrainOptions, train_blocks
+
+    store = open_store(store_path)
+    fields = [*store.boundary_names, "logits", "labels"]
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in StoreDataset(store, fields).__getitems__(range(store.rows)).items()}
+    rows = store.rows
+    student = "resnet20"
+    compute = resolve_compute(precision or recipe.precision, "cpu", recipe.students[student]())
+    teacher_model, _, _ = load_teacher(recipe, teacher)
+    teacher_split = compute.model(split_model(teacher_model, recipe)).eval()
+    from litcache.data import ViewRows
+
+    views = ViewRows.from_identity(recipe.load_split("train"), store.manifest["identity"], recipe.augment)
+    xs = torch.stack([views[r][0] for r in range(rows)])
+    inputs = [compute.input(xs[i:i + batch]) for i in range(0, rows, batch)]
+    labels = [tensors["labels"][i:i + batch] for i in range(0, rows, batch)]
+    runs = {"bare": [], "litcache": [], "peer": []}
+    for i in range(repeats):
+        for kind in (["bare", "litcache", "peer"] * 2)[i % 3:i % 3 + 3]:
+            if kind == "bare":
+                _, split, opt = _lit_parts(recipe, store, student, compute)
+                runs[kind].append(_timed(lambda: bare_lit_epoch(split, opt, tensors, batch, compute)))
+            elif kind == "peer":
+                _, split, opt = _lit_parts(recipe, store, student, compute)
+                runs[kind].append(_timed(lambda: peer_online_epoch(teacher_split, split, opt, inputs, labels, compute)))
+            else:
+                options = BlockTrainOptions(mode="lit", epochs=1, batch_size=batch, lr=0.05, evaluate=False, verify=False,
+                                            precision=precision)
+                [result] = train_blocks(recipe, store_path, [student], tmp / f"blocks-{i}", options, log=lambda m: None)
+                runs[kind].append(result["history"][0]["seconds"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return [{"case": "train-blocks lit epoch from the store, ResNet-110 -> ResNet-20", "rows": rows, "compute": compute.describe(),
+             "bare_rows_per_s": rows / med["bare"], "litcache_rows_per_s": rows / med["litcache"],
+             "ratio": med["litcache"] / med["bare"], "target": 1.15, "runs": runs},
+            {"case": "peer: lit-code online LIT step, ResNet-110 -> ResNet-20", "rows": rows, "compute": compute.describe(),
+             "peer_rows_per_s": rows / med["peer"], "litcache_rows_per_s": rows / med["litcache"],
+             "speedup": med["peer"] / med["litcache"], "target": 3.0, "runs": runs}]
+
+
+def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tensor, batch: int, compute, augment, g) -> None:
+    order = torch.randperm(len(labels), generator=g)
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        x = compute.input(augment.apply_batch(images[idx], augment.sample_batch(g, len(idx))))
+        with compute.autocast():
+            loss = F.cross_entropy(model(x).float(), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
+    from litcache import TrainConfig
+    from litcache.teacher import train_teacher
+    from litcache.zoo import cifar_resnet
+
+    data = recipe.load_split("train")
+    images, labels = data.get_batch(range(len(data)))
+    compute = resolve_compute(precision or recipe.precision, "cpu", cifar_resnet(depth, num_classes=10))
+    student = f"resnet{depth}"
+    runs = {"bare": [], "litcache": []}
+    for i in range(repeats):
+        for kind in (["bare", "litcache"] * 2)[i % 2:i % 2 + 2]:
+            if kind == "bare":
+                torch.manual_seed(0)
+                model = compute.model(cifar_resnet(depth, num_classes=10)).train()
+                opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+                runs[kind].append(_timed(lambda: bare_train_epoch(model, opt, images, labels, batch, compute, recipe.augment,
+                                                                  torch.Generator().manual_seed(i))))
+            else:
+                config = TrainConfig(epochs=1, batch_size=batch, lr=0.05, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+                                     warmup=0.25)
+                result = train_teacher(recipe, tmp / f"teacher-{i}.pt", config=config, student=student, precision=precision,
+                                       log=lambda m: None)
+                runs[kind].append(result["history"][0]["seconds"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    n = len(labels)
+    return {"case": f"train-teacher ResNet-{depth} epoch (crop + flip)", "rows": n, "compute": compute.describe(),
+            "bare_rows_per_s": n / med["bare"], "litcache_rows_per_s": n / med["litcache"],
+            "ratio": med["litcache"] / med["bare"], "target": 1.10, "runs": runs}
+
+
+def _random_checkpoint(build, path: Path, shape: tuple[int, ...]) -> str:
+    """Random weights, with BatchNorm statistics warmed on random inputs so activations stay in range."""
+    torch.manual_seed(0)
+    model = build().train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(64, *shape))
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar-dir", required=True)
+    p.add_argument("--teacher56", default=str(REPO.parent / "shared" / "teachers" / "cifar10_resnet56.pt"))
+    p.add_argument("--samples", type=int, default=2048, help="CIFAR rows per extraction and training epoch")
+    p.add_argument("--mnist-samples", type=int, default=4000)
+    p.add_argument("--precision", default=None, help="default: the recipes' (auto)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", dest="json_out", default=str(Path(__file__).parent / "results" / "speed.json"))
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
+    os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.samples)
+    results = []
+
+    def show(r: dict) -> None:
+        results.append(r)
+        figures = {k: v for k, v in r.items() if k.endswith("_per_s")}
+        ratio = (f"ratio {r['ratio']:.3f} (target <= {r['target']})" if "ratio" in r
+                 else f"speedup {r['speedup']:.2f}x (target >= {r['target']}x)")
+        print(f"{r['case']}: {', '.join(f'{k} {v:,.0f}' for k, v in figures.items())}; {ratio}  [{r['compute']}]", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="litcache-speed-") as tmp:
+        tmp = Path(tmp)
+        os.environ["LITCACHE_CIFAR_TEACHER"] = "56"
+        cifar56 = load_recipe(REPO / "pipelines" / "cifar10_resnet.py")
+        show(case_extract("CIFAR ResNet-56", cifar56, args.teacher56, args.samples, 256, args.precision, args.repeats, tmp))
+        os.environ["LITCACHE_CIFAR_TEACHER"] = "110"
+        cifar110 = load_recipe(REPO / "pipelines" / "cifar10_resnet.py")
+        teacher110 = _random_checkpoint(cifar110.build_teacher, tmp / "r110.pt", (3, 32, 32))
+        show(case_extract("CIFAR ResNet-110", cifar110, teacher110, args.samples, 256, args.precision, args.repeats, tmp))
+        mnist = load_recipe(REPO / "pipelines" / "mnist_resnet.py")
+        show(case_extract("MNIST ResNet-20", mnist, _random_checkpoint(mnist.build_teacher, tmp / "mnist.pt", (1, 28, 28)), args.mnist_samples, 256,
+                          args.precision, args.repeats, tmp))
+        store = str(tmp / "CIFAR ResNet-110-0.zarr")
+        for r in case_train_blocks(cifar110, store, teacher110, 128, args.precision, args.repeats, tmp):
+            show(r)
+        show(case_train_teacher(cifar110, 56, 128, args.precision, args.repeats, tmp))
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
