@@ -22,20 +22,21 @@ from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, load_reci
 from litcache.dataset import make_loader
 from litcache.online import OnlineTeacherDataset
 from litcache.student import build_student
-from litcache.train import step_losses
+from litcache.precision import resolve_compute
+from litcache.train import _set_train_mode, _trainable, step_losses
 
 
-def run(split, batches, epochs: int, sampler, config) -> float:
+def run(split, batches, epochs: int, sampler, config, compute) -> float:
     """Seconds for ``epochs`` epochs of LIT steps over the batches that ``batches(epoch)`` yields."""
-    params = [p for s in split.sections for p in s.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    split.train()
+    optimizer = torch.optim.SGD(_trainable(split, "lit", None), lr=0.01, momentum=0.9)
+    _set_train_mode(split, "lit", None)
     start = time.perf_counter()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for batch in batches():
-            batch = {k: (v.float() if v.is_floating_point() else v) for k, v in batch.items()}
-            loss, _ = step_losses(split, batch, "lit", config)
+            batch = {k: compute.input(v) for k, v in batch.items()}
+            with compute.autocast():
+                loss, _ = step_losses(split, batch, "lit", config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -52,22 +53,28 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--loader-workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="each source this many times, in rotated order")
+    p.add_argument("--precision", default=None, help="default: the recipe's (auto)")
     args = p.parse_args()
 
     recipe = load_recipe(args.recipe)
     store = open_store(args.store)
     layout, ident = store.manifest["layout"], store.manifest["identity"]
-    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta}
+    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta,
+              "loss_scale": recipe.distill.loss_scale}
+    compute = resolve_compute(args.precision or recipe.precision, "cpu", recipe.students[args.student]())
     fields = [*store.boundary_names, "logits", "labels"]
     sampler = ChunkShuffleSampler.for_store(store, args.batch_size, num_workers=args.loader_workers)
 
     def fresh_student():
         torch.manual_seed(0)
-        return build_student(recipe, args.student, store.module_state("stem"), store.module_state("head"))[1]
+        model, split = build_student(recipe, args.student, store.module_state("stem"), store.module_state("head"))
+        compute.model(model)
+        return split
 
     dataset = StoreDataset(store, fields, cache_chunks=10)
     memory = MemoryDataset.from_store(dataset)
-    online = OnlineTeacherDataset(recipe, store, args.teacher or store.manifest["teacher"]["checkpoint"], fields, "cpu")
+    online = OnlineTeacherDataset(recipe, store, args.teacher or store.manifest["teacher"]["checkpoint"], fields, "cpu",
+                                  precision=store.manifest["identity"].get("precision", "fp32"))
     loaders = {"store": make_loader(dataset, sampler, num_workers=args.loader_workers),
                "memory": make_loader(memory, sampler),
                "online": make_loader(online, sampler)}
@@ -78,11 +85,11 @@ def main() -> None:
         # Rotate the order each repeat, so no source always runs first (or last) on a noisy machine.
         order = list(loaders)[repeat % 3:] + list(loaders)[:repeat % 3]
         for name in order:
-            runs[name].append(run(fresh_student(), lambda: iter(loaders[name]), args.epochs, sampler, config))
+            runs[name].append(run(fresh_student(), lambda: iter(loaders[name]), args.epochs, sampler, config, compute))
     seconds = {name: statistics.median(times) for name, times in runs.items()}
     ratios = [s / m for s, m in zip(runs["store"], runs["memory"])]
     print(f"LIT {args.student} from {args.store}: {rows} rows ({args.epochs} epochs x {rows // args.epochs}), "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {args.loader_workers} loader workers, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {compute.describe()}, {args.loader_workers} loader workers, "
           f"median of {args.repeats} repeats")
     for name, s in seconds.items():
         print(f"   {name:<7} {rows / s:>8,.0f} rows/s  ({s:.1f} s; runs {', '.join(f'{t:.1f}' for t in runs[name])})")

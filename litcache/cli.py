@@ -194,6 +194,8 @@ def info_cmd(store, as_json):
         f"transforms   {json.dumps(ident['transforms'])}",
         f"values       {ident['dtype']}, " + (f"rounded to {ident['keep_bits']} mantissa bits (lossy)" if ident.get("keep_bits")
                                              else "exact in that dtype"),
+        f"computed     teacher forward in {ident.get('precision', 'fp32')}"
+        + (f", {'channels_last' if m['compute']['channels_last'] else 'contiguous'} on {m['compute']['device']}" if "compute" in m else ""),
         f"layout       {layout['chunk_rows']} rows/chunk, {layout['shard_rows']} rows/shard, {layout['num_shards']} shards, {layout['row_order']}",
         f"created      {m.get('created')}   completed {m.get('completed', '-')}",
         "versions     " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import xxhash
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from .views import Augmentation, view_generator
 
@@ -111,6 +111,34 @@ class ViewRows(Dataset):
         """(sample index in the split, view id) of a row."""
         position, view = self.layout.locate(row)
         return int(self.order[position]), view
+
+    def get_batch(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Many rows at once, equal to stacking ``self[r]``: (inputs, labels, sample indices, view ids,
+        view params). Inputs come from the dataset's ``get_batch`` (or a TensorDataset's tensors) and
+        views from the augmentation's ``apply_batch`` where they exist, so extraction runs no
+        per-sample tensor code; each view's parameters are still drawn from its own seed."""
+        located = [self.locate(int(r)) for r in rows]
+        index = [i for i, _ in located]
+        view = [v for _, v in located]
+        if hasattr(self.dataset, "get_batch"):
+            x, y = self.dataset.get_batch(index)
+        elif isinstance(self.dataset, TensorDataset):
+            x, y = self.dataset.tensors[0][index], self.dataset.tensors[1][index]
+        else:
+            items = [self.dataset[i][:2] for i in index]
+            x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0])) for it in items])
+            y = torch.tensor([int(it[1]) for it in items])
+        y = torch.as_tensor(y).to(torch.int64)
+        if self.augment is None:
+            params = torch.zeros((len(index), 0), dtype=torch.float32)
+        else:
+            params = torch.tensor([self.augment.sample(view_generator(self.seed, i, v), x.shape[1:]) for i, v in located],
+                                  dtype=torch.float32)
+            if hasattr(self.augment, "apply_batch"):
+                x = self.augment.apply_batch(x, params)
+            else:
+                x = torch.stack([self.augment.apply(x[k], params[k].tolist()) for k in range(len(index))])
+        return x, y, torch.tensor(index), torch.tensor(view), params
 
     def __getitem__(self, row: int):
         index, view = self.locate(row)

@@ -494,6 +494,23 @@ def shard_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
     return batches
 
 
+class _BatchedRows(torch.utils.data.Dataset):
+    """A DataLoader fetches each batch of rows with one ``ViewRows.get_batch`` call (batched views)."""
+
+    def __init__(self, rows: ViewRows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, rows):
+        return self.rows.get_batch(rows)
+
+
+def _as_is(batch):
+    return batch
+
+
 def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pending: list[int],
          device: torch.device, progress: bool) -> tuple[float, int]:
     """Extract the pending shards; returns (seconds spent in the teacher, rows extracted)."""
@@ -504,8 +521,9 @@ def _run(plan: _Plan, writer: StoreWriter, ranges: list[tuple[int, int]], pendin
     teacher = compute.model(plan.split).eval()
     # Batches never straddle shards, so a resumed run sees exactly the batches of an uninterrupted one.
     batches = [batch for i in pending for batch in shard_batches(*ranges[i], o.batch_size)]
-    loader = DataLoader(plan.rows_dataset, batch_sampler=batches, num_workers=o.loader_workers,
-                        pin_memory=device.type == "cuda", multiprocessing_context=worker_context(o.loader_workers))
+    loader = DataLoader(_BatchedRows(plan.rows_dataset), batch_sampler=batches, num_workers=o.loader_workers,
+                        collate_fn=_as_is, pin_memory=device.type == "cuda",
+                        multiprocessing_context=worker_context(o.loader_workers))
     names = [s.name for s in plan.specs]
     shapes = {s.name: s.row_shape for s in plan.specs}
     storage = {s.name: s.storage_dtype for s in plan.specs}

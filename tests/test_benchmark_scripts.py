@@ -140,7 +140,7 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
 
 def test_speed_bench(fake_cifar, tmp_path):
     cifar, teacher, env = fake_cifar
-    out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32, "--mnist-samples", 32, "--repeats", 1,
+    out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32, "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1,
                    "--json", tmp_path / "speed.json")
     report = json.loads((tmp_path / "speed.json").read_text())
     cases = [r["case"] for r in report["results"]]

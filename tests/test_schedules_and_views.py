@@ -144,3 +144,17 @@ def test_fresh_views_differ_per_epoch_and_from_the_stored_ones(tiny_recipe, tiny
 def test_fresh_views_need_an_online_teacher(tiny_recipe, tiny_store, tmp_path):
     with pytest.raises(OptionError, match="needs --online-teacher"):
         BlockTrainOptions(fresh_views=True)
+
+
+def test_batched_rows_equal_rows_one_by_one(tiny_recipe):
+    """Extraction reads rows a batch at a time (ViewRows.get_batch): the same views, bit for bit."""
+    from litcache.data import ViewRows
+
+    rows = ViewRows(tiny_recipe.load_split("train"), RowLayout(48, 3, 8), seed=5, augment=tiny_recipe.augment)
+    picks = [0, 7, 8, 50, 100, 143, 120]
+    batch = rows.get_batch(picks)
+    singles = [rows[r] for r in picks]
+    assert torch.equal(batch[0], torch.stack([s[0] for s in singles]))
+    assert batch[1].tolist() == [s[1] for s in singles] and batch[2].tolist() == [s[2] for s in singles]
+    assert batch[3].tolist() == [s[3] for s in singles]
+    assert torch.equal(batch[4], torch.stack([s[4] for s in singles]))
