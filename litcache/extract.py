@@ -69,8 +69,11 @@ _FINITE_LIMIT = {"float32": torch.finfo(torch.float32).max, "float16": 65504.0, 
 _FORCE_BACKGROUND = os.environ.get("LITCACHE_BACKGROUND_WRITER") == "1"  # for benchmarks: compare both writers
 #: Auto shard size: as many whole chunks as fit in this many raw bytes.
 SHARD_TARGET_BYTES = 64 * 2**20
-#: Rough compressed/raw ratio used only to estimate the store size before extracting.
-_ESTIMATED_RATIO = {"zstd": 0.45, "lz4": 0.55, "none": 1.0}
+#: Rough compressed/raw ratio used only to estimate the store size before extracting (on the
+#: high side: the disk check must not pass a store that will not fit). 16-bit values compress less
+#: than float32 ones: float16 + zstd measured 0.47 on MNIST and 0.71 on CIFAR ResNet-56 boundaries.
+_ESTIMATED_RATIO = {"float32": {"zstd": 0.55, "lz4": 0.65, "none": 1.0},
+                    "16-bit": {"zstd": 0.75, "lz4": 0.85, "none": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,8 @@ def extract(
     if action != "unchanged":
         committed = read_ledger(out) if action == "resume" else {}
         pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
-        estimate = pending_rows * plan.bytes_per_row * _ESTIMATED_RATIO[options.codec]
+        ratios = _ESTIMATED_RATIO["float32" if options.dtype == "float32" else "16-bit"]
+        estimate = pending_rows * plan.bytes_per_row * ratios[options.codec]
         free = _free_bytes(out)
         shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
         log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "

@@ -56,6 +56,8 @@ RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "mileston
 #: What a checkpoint written before a resume key existed had instead.
 _RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
                     "nesterov": False, "loss_scale": 1.0}
+#: train-blocks warns when the epochs exceed the views by more than this factor.
+VIEW_REUSE_WARNING = 4
 #: Training steps between two reads of the accumulated losses (the only host syncs of an epoch).
 CHECK_EVERY = 50
 _TRAIN_CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
@@ -406,6 +408,11 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     hint_epochs = config["epochs"] // 2 if options.mode == "hints" else 0
     what = options.mode + (" online" if config["online"] else "") + (" fresh views" if options.fresh_views else "")
     log(f"{student}: {what}, {compute.describe()}")
+    views = options.views or store.manifest["layout"]["views"]
+    if not options.fresh_views and config["epochs"] > VIEW_REUSE_WARNING * views:
+        log(f"warning: {config['epochs']} epochs over {views} stored views: every view is seen about "
+            f"{config['epochs'] / views:.0f} times, where the original LIT code draws a fresh crop every epoch. Fixed views "
+            "cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
 
     if options.recalibrate_bn and start_epoch == 0:
         _recalibrate(split, dataset, sampler, store, compute, options, eval_set, model, log, student)

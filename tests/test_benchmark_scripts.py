@@ -148,3 +148,12 @@ def test_speed_bench(fake_cifar, tmp_path):
     assert any(c.startswith("train-blocks") for c in cases) and any(c.startswith("peer") for c in cases)
     assert all(r.get("ratio", r.get("speedup")) > 0 for r in report["results"])
     assert "target <= 1.15" in out and "target >= 3.0x" in out
+
+
+def test_precision_bench(teacher_ckpt, tmp_path):
+    out = _run("precision_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--limit", 16, "--views", 2,
+               "--lit-epochs", 1, "--ft-epochs", 1, "--seeds", "0,1", "--json", tmp_path / "precision.json")
+    report = json.loads((tmp_path / "precision.json").read_text())
+    assert [(r["precision"], r["seed"]) for r in report["runs"]] == [("fp32", 0), ("fp32", 1), ("bf16", 0), ("bf16", 1)]
+    assert set(report["summary"]) == {"fp32", "bf16"}
+    assert "the fp32 seed band" in out

@@ -158,3 +158,14 @@ def test_batched_rows_equal_rows_one_by_one(tiny_recipe):
     assert batch[1].tolist() == [s[1] for s in singles] and batch[2].tolist() == [s[2] for s in singles]
     assert batch[3].tolist() == [s[3] for s in singles]
     assert torch.equal(batch[4], torch.stack([s[4] for s in singles]))
+
+
+def test_many_epochs_over_few_views_are_warned_about(tiny_recipe, tiny_store, tmp_path):
+    lines = []
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "a", BlockTrainOptions(epochs=9, views=2, batch_size=48,
+                 evaluate=False), log=lines.append)
+    assert any(line.startswith("warning: 9 epochs over 2 stored views") for line in lines), lines
+    lines.clear()
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", BlockTrainOptions(epochs=8, views=2, batch_size=48,
+                 evaluate=False), log=lines.append)
+    assert not any(line.startswith("warning:") for line in lines), lines
