@@ -132,3 +132,12 @@ def test_train_teacher_and_evaluate_say_what_they_computed_in(tmp_path):
     result = run_cli("evaluate", TINY, "--teacher", out, "--precision", "bf16", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["teacher"]["compute"].startswith("compute bf16 autocast, channels_last")
+
+
+def test_a_diverging_run_stops_with_one_error_line(tiny_store, tmp_path):
+    result = run_cli("train-blocks", TINY, "--store", tiny_store, "--student", "resnet8", "--out", tmp_path / "blocks",
+                     "--lr", "1e12", "--epochs", "3", "--batch-size", "16", "--no-eval")
+    line = assert_clean_error(result, "resnet8: the loss became ")
+    assert "in epoch 1; lower --lr" in line
+    result = run_cli("train-teacher", TINY, "--out", tmp_path / "teacher.pt", "--lr", "1e12", "--epochs", "2")
+    assert_clean_error(result, "Training diverged in epoch 1")
