@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .extract import ExtractOptions, extract, plan_extraction
+from .precision import resolve_compute
 from .recipe import Recipe
 from .store import CODECS, DTYPES, codec_pipeline, open_store, to_storage
 from .student import build_student
-from .precision import resolve_compute
 from .train import _set_train_mode, _trainable, step_losses
 
 __all__ = ["bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]

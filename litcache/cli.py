@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import click
 
@@ -107,18 +107,12 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 
     Example: litcache train-teacher pipelines/mnist_resnet.py --out runs/mnist/teacher.pt
     """
-    from .errors import OptionError, RecipeError
     from .teacher import train_teacher
 
     r = load_recipe(recipe)
     if student:
         r.student_builder(student)
-    hyper["milestones"] = _parse_milestones(milestones)
-    overrides = {k: v for k, v in hyper.items() if v is not None}
-    try:
-        config = replace(r.teacher_training, **overrides)
-    except RecipeError as exc:  # e.g. --schedule onecycle without --warmup
-        raise OptionError(str(exc).replace("TrainConfig.", "--")) from None
+    config = r.teacher_training.with_flags(**hyper, milestones=_parse_milestones(milestones))
     result = train_teacher(r, out, config=config, seed=seed, resume=resume,
                            device=device, precision=precision, student=student, log=_logger(quiet))
     last = result["history"][-1] if result["history"] else {}

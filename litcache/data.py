@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .views import Augmentation, view_generator
 
-__all__ = ["RowLayout", "ViewRows", "worker_context", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
+__all__ = ["RowLayout", "ViewRows", "batch_of", "worker_context", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
 
 #: How many evenly spaced samples the data fingerprint hashes (all of them in small splits).
 FINGERPRINT_SAMPLES = 512
@@ -114,21 +114,12 @@ class ViewRows(Dataset):
 
     def get_batch(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Many rows at once, equal to stacking ``self[r]``: (inputs, labels, sample indices, view ids,
-        view params). Inputs come from the dataset's ``get_batch`` (or a TensorDataset's tensors) and
-        views from the augmentation's ``apply_batch`` where they exist, so extraction runs no
-        per-sample tensor code; each view's parameters are still drawn from its own seed."""
+        view params). Inputs come from ``batch_of`` and views from the augmentation's ``apply_batch``
+        where it exists, so extraction runs no per-sample tensor code; each view's parameters are
+        still drawn from its own seed."""
         located = [self.locate(int(r)) for r in rows]
         index = [i for i, _ in located]
-        view = [v for _, v in located]
-        if hasattr(self.dataset, "get_batch"):
-            x, y = self.dataset.get_batch(index)
-        elif isinstance(self.dataset, TensorDataset):
-            x, y = self.dataset.tensors[0][index], self.dataset.tensors[1][index]
-        else:
-            items = [self.dataset[i][:2] for i in index]
-            x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0])) for it in items])
-            y = torch.tensor([int(it[1]) for it in items])
-        y = torch.as_tensor(y).to(torch.int64)
+        x, y = batch_of(self.dataset, index)
         if self.augment is None:
             params = torch.zeros((len(index), 0), dtype=torch.float32)
         else:
@@ -138,10 +129,14 @@ class ViewRows(Dataset):
                 x = self.augment.apply_batch(x, params)
             else:
                 x = torch.stack([self.augment.apply(x[k], params[k].tolist()) for k in range(len(index))])
-        return x, y, torch.tensor(index), torch.tensor(view), params
+        return x, y, torch.tensor(index), torch.tensor([v for _, v in located]), params
 
     def __getitem__(self, row: int):
-        index, view = self.locate(row)
+        return self.make_view(*self.locate(row))
+
+    def make_view(self, index: int, view: int):
+        """(view input, label, sample index, view id, view params) of view ``view`` of sample ``index``,
+        from the generator seeded by (seed, index, view); views past the stored ones are just as defined."""
         x, y = self.dataset[index][:2]
         x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
         if self.augment is not None:
@@ -150,6 +145,20 @@ class ViewRows(Dataset):
         else:
             params = ()
         return x, int(y), index, view, torch.tensor(params, dtype=torch.float32)
+
+
+def batch_of(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, int64 labels) of ``indices``: one ``dataset.get_batch`` call where the dataset has it,
+    a TensorDataset's tensors indexed at once, else item by item."""
+    if hasattr(dataset, "get_batch"):
+        x, y = dataset.get_batch(indices)
+    elif isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[0][indices], dataset.tensors[1][indices]
+    else:
+        items = [dataset[i][:2] for i in indices]
+        x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0])) for it in items])
+        y = torch.tensor([int(it[1]) for it in items])
+    return x, torch.as_tensor(y).to(torch.int64)
 
 
 def worker_context(num_workers: int):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
 from .errors import OptionError
-from .precision import Compute, resolve_compute
+from .precision import Compute, as_compute, resolve_compute
 from .recipe import Recipe
 from .student import load_student
 from .teacher import load_teacher
@@ -31,8 +31,7 @@ __all__ = ["accuracy", "model_stats", "evaluate_model", "evaluate", "evaluate_ge
 def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (already on the device) over ``dataset``, computed as ``compute``
     says (a plain device: fp32)."""
-    if not isinstance(compute, Compute):
-        compute = Compute(torch.device(compute), "fp32", channels_last=False)
+    compute = as_compute(compute)
     was = model.training
     model.eval()
     correct = total = 0
@@ -84,7 +83,7 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
 def cpu_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5, compute: Compute | None = None) -> float:
     """Median seconds per forward of ``batch`` on the CPU (after one warm-up), computed as
     ``compute`` says (default fp32, contiguous). Leaves the model on the CPU in its own layout."""
-    compute = compute or Compute(torch.device("cpu"), "fp32")
+    compute = compute or as_compute("cpu")
     model = compute.model(model.cpu().eval())
     batch = compute.input(batch)
     try:
@@ -169,8 +168,7 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
                          batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
     """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
     first ``keep`` (input, teacher output, student output) triples for a picture."""
-    if not isinstance(compute, Compute):
-        compute = Compute(torch.device(compute), "fp32")
+    compute = as_compute(compute)
     was = student.training, teacher.training
     student.eval()
     teacher.eval()
@@ -183,7 +181,7 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
             if t.shape != s.shape:
                 raise OptionError(f"Expected the student's output shape {tuple(t.shape[1:])} (the teacher's), "
                                   f"got {tuple(s.shape[1:])} instead.")
-            total += F.mse_loss(s.float(), t.float(), reduction="sum").item()
+            total += F.mse_loss(s, t, reduction="sum").item()
             count += t.numel()
             for i in range(min(len(x), keep - len(kept))):
                 kept.append((x[i].cpu().contiguous(), t[i].cpu().contiguous(), s[i].cpu().contiguous()))

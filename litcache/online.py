@@ -32,7 +32,6 @@ from .recipe import Recipe
 from .sections import split_model
 from .store import Store, open_store
 from .teacher import load_teacher
-from .views import view_generator
 
 __all__ = ["OnlineTeacherDataset"]
 
@@ -91,11 +90,7 @@ class OnlineTeacherDataset(Dataset):
         if not self.fresh_views:
             return self.rows[row]
         index, _ = self.rows.locate(row)
-        x, y = self.rows.dataset[index][:2]
-        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-        view = self.rows.views + self.epoch
-        params = self.rows.augment.sample(view_generator(self.rows.seed, index, view), x.shape)
-        return self.rows.augment.apply(x, params), int(y), index, view, torch.tensor(params, dtype=torch.float32)
+        return self.rows.make_view(index, self.rows.views + self.epoch)
 
     def __len__(self) -> int:
         return self.store.rows

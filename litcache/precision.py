@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from .errors import OptionError
 
-__all__ = ["PRECISIONS", "Compute", "resolve_compute", "native_cpu_bf16", "uses_conv2d"]
+__all__ = ["PRECISIONS", "Compute", "as_compute", "resolve_compute", "native_cpu_bf16", "uses_conv2d"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -116,6 +116,11 @@ class Compute:
         what = "fp32" if self.precision == "fp32" else f"{self.precision} autocast"
         note = " (emulated: this CPU has no bf16 instructions, fp32 is faster)" if self.emulated else ""
         return f"compute {what}, {'channels_last' if self.channels_last else 'contiguous'}{note}"
+
+
+def as_compute(compute: "Compute | torch.device | str") -> Compute:
+    """A ``Compute`` as given, or plain fp32 (default layout) on a device given by name."""
+    return compute if isinstance(compute, Compute) else Compute(torch.device(compute), "fp32")
 
 
 def resolve_compute(precision: str, device: torch.device | str, model: nn.Module | None = None) -> Compute:

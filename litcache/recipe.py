@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
 
@@ -19,7 +19,7 @@ import torch.nn as nn
 import xxhash
 from torch.utils.data import Dataset
 
-from .errors import RecipeError
+from .errors import OptionError, RecipeError
 from .precision import PRECISIONS
 from .views import Augmentation
 
@@ -66,6 +66,14 @@ class TrainConfig:
     #: Fraction of all steps spent warming up (cosine, onecycle); onecycle's peak comes there.
     warmup: float = 0.0
     nesterov: bool = False
+
+    def with_flags(self, **flags) -> "TrainConfig":
+        """This config with the command line's values (None: keep the recipe's); a bad combination is
+        an OptionError naming the flags (e.g. --schedule onecycle without --warmup)."""
+        try:
+            return replace(self, **{k: v for k, v in flags.items() if v is not None})
+        except RecipeError as exc:
+            raise OptionError(str(exc).replace("TrainConfig.", "--")) from None
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
@@ -284,6 +292,4 @@ def load_recipe(ref: str | Path) -> Recipe:
 
 
 def _with_source(recipe: Recipe, source: str, source_hash: str) -> Recipe:
-    from dataclasses import replace
-
     return replace(recipe, source=source, source_hash=source_hash)

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 import xxhash
 from torch.utils.data import DataLoader, Dataset
 
-from .data import resolve_device
+from .data import batch_of, resolve_device
 from .errors import CheckpointError, DivergedError
 from .precision import resolve_compute
 from .recipe import Recipe, TrainConfig
 
-__all__ = ["weights_hash", "save_atomic", "load_checkpoint", "load_teacher", "train_teacher"]
+__all__ = ["weights_hash", "save_atomic", "load_checkpoint", "load_teacher", "changed_settings", "train_teacher"]
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -88,6 +88,13 @@ def load_teacher(recipe: Recipe, checkpoint: str | Path | None = None) -> tuple[
     return model, weights_hash(model), str(path)
 
 
+def changed_settings(saved: dict, current: dict, keys, defaults: dict) -> list[str]:
+    """"key old -> new" for each of ``keys`` a resumed run would change (``defaults``: what a
+    checkpoint written before a key existed had)."""
+    return [f"{k} {saved.get(k, defaults.get(k))!r} -> {current.get(k)!r}" for k in keys
+            if saved.get(k, defaults.get(k)) != current.get(k)]
+
+
 class _Augmented(Dataset):
     """Random (not per-view) augmentation for teacher training, seeded per epoch: the fallback for
     augmentations without ``apply_batch`` (per-sample Python)."""
@@ -122,15 +129,10 @@ def _batches(dataset: Dataset, augment, batch_size: int, seed: int):
     order = torch.randperm(len(dataset), generator=g)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size].tolist()
-        if hasattr(dataset, "get_batch"):
-            x, y = dataset.get_batch(idx)
-        else:
-            items = [dataset[i] for i in idx]
-            x = torch.stack([torch.as_tensor(item[0]) for item in items])
-            y = torch.tensor([int(item[1]) for item in items])
+        x, y = batch_of(dataset, idx)
         if augment is not None:
             x = augment.apply_batch(x, augment.sample_batch(g, len(idx)))
-        yield x, torch.as_tensor(y)
+        yield x, y
 
 
 def train_teacher(
@@ -176,9 +178,7 @@ def train_teacher(
         state = load_checkpoint(out)
         if state.get("recipe") != recipe.name or "optimizer" not in state or state.get("student") != student:
             raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot resume from it.")
-        saved = state.get("config", {})
-        changed = [f"{k} {saved.get(k, _RESUME_DEFAULTS.get(k))!r} -> {config_record[k]!r}" for k in _RESUME_KEYS
-                   if saved.get(k, _RESUME_DEFAULTS.get(k)) != config_record[k]]
+        changed = changed_settings(state.get("config", {}), config_record, _RESUME_KEYS, _RESUME_DEFAULTS)
         if changed:
             raise CheckpointError(f"Cannot resume {str(out)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")

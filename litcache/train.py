@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +35,7 @@ import torch.nn as nn
 from .audit import require_intact
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
-from .errors import CheckpointError, DivergedError, OptionError, RecipeError, StoreMismatchError
+from .errors import CheckpointError, DivergedError, OptionError, StoreMismatchError
 from .evaluate import accuracy
 from .losses import ir_loss, kd_loss, lit_loss
 from .precision import Compute, resolve_compute
@@ -43,6 +43,7 @@ from .recipe import Recipe, TrainConfig
 from .sections import SplitModel
 from .store import Store, open_store
 from .student import adopt_teacher_parts, build_student, read_student, save_student
+from .teacher import changed_settings
 
 __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "step_losses", "check_student_fits"]
 
@@ -141,13 +142,8 @@ class BlockTrainOptions:
 def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
     """defaults < recipe < flags, flattened into one JSON-able dict recorded with every checkpoint."""
     phase: TrainConfig = recipe.distill.finetune if options.mode == "finetune" else recipe.distill.lit
-    overrides = {k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-                                                  "schedule", "warmup", "nesterov")
-                 if getattr(options, k) is not None}
-    try:
-        phase = replace(phase, **overrides)
-    except RecipeError as exc:  # e.g. --schedule onecycle without --warmup
-        raise OptionError(str(exc).replace("TrainConfig.", "--")) from None
+    phase = phase.with_flags(**{k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                                                 "milestones", "schedule", "warmup", "nesterov")})
     beta = 0.0 if options.mode == "ir" else (options.beta if options.beta is not None else recipe.distill.beta)
     lit_phase = options.mode in ("lit", "ir")
     config = {**asdict(phase), "milestones": list(phase.milestones), "betas": list(phase.betas),
@@ -373,8 +369,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         state = read_student(last)
         if state["store"]["identity"] != store.manifest["identity"]:
             raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
-        saved = {k: state["config"].get(k, _RESUME_DEFAULTS.get(k)) for k in RESUME_KEYS}
-        changed = [f"{k} {saved[k]!r} -> {config.get(k)!r}" for k in RESUME_KEYS if saved[k] != config.get(k)]
+        changed = changed_settings(state["config"], config, RESUME_KEYS, _RESUME_DEFAULTS)
         if changed:
             raise CheckpointError(f"Cannot resume {str(last)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
@@ -415,7 +410,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
             "cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
 
     if options.recalibrate_bn and start_epoch == 0:
-        _recalibrate(split, dataset, sampler, store, compute, options, eval_set, model, log, student)
+        _recalibrate(split, dataset, sampler, compute, options, eval_set, model, log, student)
     steps_per_epoch = len(sampler)
     for epoch in range(start_epoch, config["epochs"]):
         sampler.set_epoch(epoch)
@@ -467,7 +462,7 @@ def _check_finite(loss_sum: torch.Tensor, student: str, epoch: int) -> None:
                             "(or use --precision fp32 if it diverged in reduced precision).")
 
 
-def _recalibrate(split: SplitModel, dataset, sampler, store: Store, compute: Compute, options: BlockTrainOptions,
+def _recalibrate(split: SplitModel, dataset, sampler, compute: Compute, options: BlockTrainOptions,
                  eval_set, model: nn.Module, log: Callable[[str], None], student: str) -> None:
     """BatchNorm recalibration before fine-tuning, logged with the test accuracy before and after."""
     before = accuracy(model, eval_set, compute) if eval_set is not None else None
