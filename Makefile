@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.litcache-installed
 RUN ?= runs/demo
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow install-check demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest -q
 
+# The longer checks (tests/test_slow.py, marked slow; the default run leaves them out).
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# `pip install .` into a fresh venv with no extras, then a tiny sweep through to its plot (CI runs it).
+install-check:
+	PYTHON=$(PYTHON) .ci/install_check
 
 demo: install
 	$(BIN)/python pipelines/demo.py --run $(RUN)

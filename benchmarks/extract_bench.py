@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-import litcache.extract as extract_module
 from litcache import ExtractOptions, extract, load_recipe
 
 from _common import bare_forward_seconds  # beside this script
@@ -31,13 +30,10 @@ from _common import bare_forward_seconds  # beside this script
 
 def timed_extract(recipe, out: Path, options: ExtractOptions, teacher: str | None, background: bool) -> tuple[float, float]:
     """(wall seconds, teacher seconds) of one extraction with the chosen shard writer."""
-    extract_module._FORCE_BACKGROUND = background  # inline is the default on a CPU with no spare core
-    try:
-        t = time.perf_counter()
-        result = extract(recipe, out, options, teacher_checkpoint=teacher, progress=False, log=lambda m: None)
-        return time.perf_counter() - t, result.teacher_seconds
-    finally:
-        extract_module._FORCE_BACKGROUND = False
+    t = time.perf_counter()
+    result = extract(recipe, out, options, teacher_checkpoint=teacher, progress=False, log=lambda m: None,
+                     background_writer=background)
+    return time.perf_counter() - t, result.teacher_seconds
 
 
 def main() -> None:

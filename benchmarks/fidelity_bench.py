@@ -68,7 +68,7 @@ def _schedule(args, lr: float, epochs: int, batch_size: int) -> dict:
 
 def run_scratch(args, recipe, seed: int, work: Path) -> dict:
     from litcache import TrainConfig
-    from litcache.teacher import train_teacher
+    from litcache.teacher_training import train_teacher
 
     config = TrainConfig(**_schedule(args, args.lr, args.lit_epochs + args.ft_epochs, args.batch_size))
     result = train_teacher(recipe, work / "student.pt", config=config, seed=seed, resume=True, student=args.student,
@@ -89,7 +89,7 @@ def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args
     """Test accuracy of the LIT student as trained, and after a BatchNorm recalibration along its own path."""
     from litcache import ChunkShuffleSampler, StoreDataset, open_store
     from litcache.dataset import make_loader
-    from litcache.evaluate import accuracy
+    from litcache.metrics import accuracy
     from litcache.precision import resolve_compute
     from litcache.sections import split_model
     from litcache.student import load_student

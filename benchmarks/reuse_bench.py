@@ -41,7 +41,7 @@ import torch
 
 from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, load_student, open_store, train_blocks
 from litcache.data import resolve_device
-from litcache.evaluate import accuracy
+from litcache.metrics import accuracy
 
 from _common import bare_forward_seconds  # beside this script
 
@@ -99,7 +99,7 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
     extract_s = time.perf_counter() - t
     forward_s, rows = bare_forward_seconds(recipe, args.teacher, options)
     store = open_store(work / "store.zarr")
-    teacher = args.teacher or store.manifest["teacher"]["checkpoint"]
+    teacher = args.teacher or store.manifest.teacher.checkpoint
     base = BlockTrainOptions(mode="lit", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              milestones=tuple(_ints(args.milestones)),
                              device=args.device, verify=False, evaluate=False)

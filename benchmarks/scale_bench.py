@@ -104,8 +104,8 @@ def measure(args, student: str, samples: int, views: int, work: Path) -> dict:
     extract_peak = peak_rss_mb(cmd)
     extract_wall = time.perf_counter() - t
     manifest = open_store(store).manifest
-    rows = manifest["layout"]["rows"]
-    extract_s = manifest["timing"]["seconds"]
+    rows = manifest.layout.rows
+    extract_s = manifest.timing.seconds
 
     run = work / f"train-{samples}x{views}"
     cmd = ["train-blocks", args.recipe, "--store", store, "--student", student, "--out", run, "--epochs", views,

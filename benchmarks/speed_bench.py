@@ -165,7 +165,7 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
     teacher_split = compute.model(split_model(teacher_model, recipe)).eval()
     from litcache.data import ViewRows
 
-    views = ViewRows.from_identity(recipe.load_split("train"), store.manifest["identity"], recipe.augment)
+    views = ViewRows.from_identity(recipe.load_split("train"), store.manifest.identity, recipe.augment)
     xs = torch.stack([views[r][0] for r in range(rows)])
     inputs = [compute.input(xs[i:i + batch]) for i in range(0, rows, batch)]
     labels = [tensors["labels"][i:i + batch] for i in range(0, rows, batch)]
@@ -215,7 +215,7 @@ def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tenso
 
 def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
     from litcache import TrainConfig
-    from litcache.teacher import train_teacher
+    from litcache.teacher_training import train_teacher
     from litcache.zoo import cifar_resnet
 
     data = recipe.load_split("train")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.evaluate import accuracy
+from litcache.metrics import accuracy
 from litcache.store import store_sizes
 from litcache.student import load_student
 from litcache.train import BlockTrainOptions, train_blocks
@@ -45,7 +45,7 @@ def bytes_table(recipe, teacher: str | None, samples: int, keep_bits: list[int],
         store = open_store(out)
         sizes = store_sizes(store)
         bnd = store.boundary_names
-        raw32 = sum(4 * int(np.prod(store.manifest["arrays"][n]["shape"])) for n in bnd)
+        raw32 = sum(4 * int(np.prod(store.manifest.arrays[n].shape)) for n in bnd)
         stored = sum(sizes[n] for n in bnd)
         rows.append({"dtype": dtype, "codec": codec, "keep_bits": keep, "rows": store.rows,
                      "bytes_per_row": sum(sizes.values()) / store.rows, "boundary_bytes_per_row": stored / store.rows,

@@ -4,7 +4,7 @@
         --teacher runs/mnist_resnet/teacher.pt --student resnet8 --epochs 1
 
 The three runs share the student initialisation, the sampler (same rows, same order), the loss
-code (`litcache.train.step_losses`) and the optimizer; only where the teacher's boundaries come
+code (`litcache.block_step.step_losses`) and the optimizer; only where the teacher's boundaries come
 from differs. Printed: rows/s of each, the loader ratio (store / memory time, median over --repeats
 rotated runs), and the cost of
 cached LIT (extraction once, from the store's manifest, + E epochs) against online LIT.
@@ -23,13 +23,13 @@ from litcache.dataset import make_loader
 from litcache.online import OnlineTeacherDataset
 from litcache.student import build_student
 from litcache.precision import resolve_compute
-from litcache.train import _set_train_mode, _trainable, step_losses
+from litcache.block_step import set_train_mode, step_losses, trainable_parameters
 
 
 def run(split, batches, epochs: int, sampler, config, compute) -> float:
     """Seconds for ``epochs`` epochs of LIT steps over the batches that ``batches(epoch)`` yields."""
-    optimizer = torch.optim.SGD(_trainable(split, "lit", None), lr=0.01, momentum=0.9)
-    _set_train_mode(split, "lit", None)
+    optimizer = torch.optim.SGD(trainable_parameters(split, "lit", None), lr=0.01, momentum=0.9)
+    set_train_mode(split, "lit", None)
     start = time.perf_counter()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
@@ -58,7 +58,7 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe)
     store = open_store(args.store)
-    layout, ident = store.manifest["layout"], store.manifest["identity"]
+    layout = store.manifest.layout
     config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta,
               "loss_scale": recipe.distill.loss_scale}
     compute = resolve_compute(args.precision or recipe.precision, "cpu", recipe.students[args.student]())
@@ -73,13 +73,13 @@ def main() -> None:
 
     dataset = StoreDataset(store, fields, cache_chunks=10)
     memory = MemoryDataset.from_store(dataset)
-    online = OnlineTeacherDataset(recipe, store, args.teacher or store.manifest["teacher"]["checkpoint"], fields, "cpu",
-                                  precision=store.manifest["identity"].get("precision", "fp32"))
+    online = OnlineTeacherDataset(recipe, store, args.teacher or store.manifest.teacher.checkpoint, fields, "cpu",
+                                  precision=store.manifest.precision)
     loaders = {"store": make_loader(dataset, sampler, num_workers=args.loader_workers),
                "memory": make_loader(memory, sampler),
                "online": make_loader(online, sampler)}
 
-    rows = len(dataset) // layout["views"] * args.epochs
+    rows = len(dataset) // layout.views * args.epochs
     runs = {name: [] for name in loaders}
     for repeat in range(args.repeats):
         # Rotate the order each repeat, so no source always runs first (or last) on a noisy machine.
@@ -95,12 +95,12 @@ def main() -> None:
         print(f"   {name:<7} {rows / s:>8,.0f} rows/s  ({s:.1f} s; runs {', '.join(f'{t:.1f}' for t in runs[name])})")
     print(f"   loader ratio store/memory time = {statistics.median(ratios):.2f} (median of the per-repeat ratios "
           f"{', '.join(f'{r:.2f}' for r in ratios)}; target <= 1.10)")
-    extract_s = store.manifest.get("timing", {}).get("seconds")
+    extract_s = store.manifest.timing.seconds if store.manifest.timing else None
     if extract_s:
         per_epoch_online = seconds["online"] / args.epochs
         per_epoch_cached = seconds["store"] / args.epochs
         saving = per_epoch_online - per_epoch_cached
-        print(f"   extraction of this store took {extract_s:.1f} s for {layout['rows']} rows ({layout['views']} views)")
+        print(f"   extraction of this store took {extract_s:.1f} s for {layout.rows} rows ({layout.views} views)")
         if saving > 0:
             print(f"   online/cached epoch time = {per_epoch_online / per_epoch_cached:.2f}; the extraction pays for itself "
                   f"after {extract_s / saving:.1f} student epochs (variants x epochs)")

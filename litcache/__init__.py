@@ -7,6 +7,7 @@ from .errors import LitcacheError  # noqa: E402
 from .extract import ExtractOptions, ExtractResult, extract  # noqa: E402
 from .recipe import DistillConfig, Recipe, TrainConfig, load_recipe  # noqa: E402
 from .sections import SplitModel, check_split, split_model  # noqa: E402
+from .show import show_recipe  # noqa: E402
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .online import OnlineTeacherDataset  # noqa: E402
@@ -14,7 +15,8 @@ from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
 from .student import assemble, load_student  # noqa: E402
 from .sweep import SweepResult, sweep  # noqa: E402
 from .train import BlockTrainOptions, train_blocks  # noqa: E402
-from .teacher import load_teacher, train_teacher  # noqa: E402
+from .teacher import load_teacher  # noqa: E402
+from .teacher_training import train_teacher  # noqa: E402
 from .views import CropFlip  # noqa: E402
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "load_student",
     "load_teacher",
     "open_store",
+    "show_recipe",
     "split_model",
     "store_info",
     "sweep",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,16 +18,19 @@ import zarr
 import zarr.storage
 from torch.utils.data import DataLoader
 
+from .block_step import set_train_mode, train_step, trainable_parameters
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
+from .errors import OptionError
 from .extract import ExtractOptions, extract, plan_extraction
 from .precision import resolve_compute
-from .recipe import Recipe
-from .store import CODECS, DTYPES, codec_pipeline, open_store, to_storage
+from .recipe import Recipe, TrainConfig
+from .encoding import CODECS, DTYPES, codec_pipeline, to_storage
+from .store import open_store
 from .student import build_student
-from .train import _set_train_mode, _trainable, step_losses
+from .train import BlockTrainOptions, resolve_config
 
-__all__ = ["bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]
+__all__ = ["bench", "format_bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]
 
 
 def teacher_forward_rate(recipe: Recipe, teacher: str | None, samples: int, batch_size: int, device: torch.device,
@@ -68,20 +72,23 @@ def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -
 
 def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_size: int, device: torch.device,
                   in_memory: bool, max_steps: int = 50, precision: str | None = None) -> float:
-    """Rows/s of LIT training steps (both losses, backward, SGD step) fed from the store or from
-    memory: the trainer's step, modes and compute (``litcache.train``)."""
+    """Rows/s of LIT training steps (both losses, backward, optimizer step) fed from the store or
+    from memory: train-blocks' own step (``litcache.block_step.train_step``) with its modes,
+    autocast, gradient scaler, the recipe's optimizer and lr schedule."""
     store = open_store(store_path)
     dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
     source = MemoryDataset.from_store(dataset) if in_memory else dataset
+    config = resolve_config(recipe, BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision))
     torch.manual_seed(0)
     model, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
-    compute = resolve_compute(precision or recipe.precision, device, model)
+    compute = resolve_compute(config["precision"], device, model)
     compute.model(model)
-    optimizer = torch.optim.SGD(_trainable(split, "lit", None), lr=0.01, momentum=0.9)
-    _set_train_mode(split, "lit", None)
-    config = {"alpha": recipe.distill.alpha, "tau": recipe.distill.tau, "beta": recipe.distill.beta,
-              "loss_scale": recipe.distill.loss_scale}
-    loader = make_loader(source, ChunkShuffleSampler.for_store(store, batch_size), pin_memory=device.type == "cuda")
+    schedule = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig)})
+    optimizer = schedule.make_optimizer(trainable_parameters(split, "lit", None))
+    scaler = compute.grad_scaler()
+    set_train_mode(split, "lit", None)
+    sampler = ChunkShuffleSampler.for_store(store, batch_size)
+    loader = make_loader(source, sampler, pin_memory=device.type == "cuda")
     rows, start = 0, None
     for step, batch in enumerate(loader):
         if step == 1:  # the first step pays one-off costs (allocator, kernels)
@@ -90,15 +97,13 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
         if step > max_steps:
             break
         batch = {k: compute.input(v) for k, v in batch.items()}
-        with compute.autocast():
-            loss, _ = step_losses(split, batch, "lit", config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        schedule.apply_schedule(optimizer, 0, step, len(sampler))
+        train_step(split, batch, "lit", config, optimizer, scaler, compute)
         rows += len(batch["labels"])
     _sync(device)
     if start is None:
-        raise ValueError("The store is too small to time more than one training step; extract more rows.")
+        raise OptionError(f"Expected a store of more than one batch of {batch_size} rows to time training steps, "
+                          f"got {store.rows} rows instead; extract more rows or lower --batch-size.")
     return rows / (time.perf_counter() - start)
 
 
@@ -109,9 +114,9 @@ def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
     zero low mantissa bits and would compress far better than real float32 activations; so the
     float32 rows come only from a float32 store."""
     store = open_store(store_path)
-    stored_dtype = store.manifest["identity"]["dtype"]
+    stored_dtype = store.manifest.identity.dtype
     rows = min(sample_rows, store.rows)
-    chunk = store.manifest["layout"]["chunk_rows"]
+    chunk = store.manifest.layout.chunk_rows
     values = {name: store.read(name, 0, rows).float() for name in store.boundary_names}
     raw32 = sum(v.numel() * 4 for v in values.values())
     table = []
@@ -151,11 +156,11 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
             extract_rate = samples / (time.perf_counter() - t)
         else:
             manifest = open_store(store).manifest
-            teacher = teacher or manifest["teacher"]["checkpoint"]
-            timing = manifest.get("timing", {})
-            extract_rate = manifest["layout"]["rows"] / timing["seconds"] if timing.get("seconds") else None
+            teacher = teacher or manifest.teacher.checkpoint
+            seconds = manifest.timing.seconds if manifest.timing else None
+            extract_rate = manifest.layout.rows / seconds if seconds else None
         log("timing the teacher's forward ...")
-        teacher_rate = teacher_forward_rate(recipe, teacher, min(samples, open_store(store).manifest["identity"]["samples"]),
+        teacher_rate = teacher_forward_rate(recipe, teacher, min(samples, open_store(store).manifest.identity.samples),
                                             batch_size, dev, precision)
         log("timing store reads ...")
         reads = [(workers, *store_read_rate(store, batch_size, workers)) for workers in loader_workers]
@@ -190,3 +195,30 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
         "training_bottleneck": bottleneck, "break_even_epochs": break_even,
         "online_over_cached_per_epoch": online / cached,
     }
+
+
+def format_bench(report: dict) -> str:
+    """The text `litcache bench` prints for a :func:`bench` report."""
+    extract_rate = f"{report['extract_rows_per_s']:,.0f}" if report["extract_rows_per_s"] else "-"
+    lines = [
+        f"device {report['device']}, student {report['student']}, batch {report['batch_size']}, {report['compute']}",
+        f"  teacher forward          {report['teacher_forward_rows_per_s']:>10,.0f} rows/s   (extraction {extract_rate} rows/s)",
+        f"  store read + decode      {report['store_read_rows_per_s']:>10,.0f} rows/s   ({report['store_read_mb_per_s']:,.0f} MB/s decoded)",
+        f"  student LIT step, store  {report['student_step_rows_per_s_from_store']:>10,.0f} rows/s",
+        f"  student LIT step, memory {report['student_step_rows_per_s_from_memory']:>10,.0f} rows/s   "
+        f"(store/memory time {report['loader_overhead']:.2f})",
+        f"  training bottleneck: {report['training_bottleneck']}",
+        f"  the student consumes {report['student_consumes_mb_per_s']:,.0f} MB/s of decoded rows; the reader delivers "
+        + ", ".join(f"{r['mb_per_s']:,.0f} MB/s with {r['loader_workers']} loader workers" for r in report["store_read_by_workers"])
+        + (f"; {report['decode_workers_needed']} loader workers keep it fed" if report["decode_workers_needed"] is not None
+           else "; none of these keeps it fed: try more --loader-workers"),
+        "  bytes per row (boundaries):   " + "   ".join(
+            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"])
+        + ("" if any(s["dtype"] == "float32" for s in report["storage"]) else "   (float32 rows need a float32 store)"),
+    ]
+    if report["break_even_epochs"] is not None:
+        lines.append(f"  online/cached time per epoch {report['online_over_cached_per_epoch']:.2f}: extraction pays for itself after "
+                     f"{report['break_even_epochs']:.1f} student epochs (variants x epochs over the same rows)")
+    else:
+        lines.append("  a cached epoch is not cheaper than an online one here: the store does not pay off on this machine")
+    return "\n".join(lines)

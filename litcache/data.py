@@ -9,9 +9,11 @@ import torch
 import xxhash
 from torch.utils.data import Dataset, TensorDataset
 
+from .errors import OptionError
 from .views import Augmentation, view_generator
 
-__all__ = ["RowLayout", "ViewRows", "batch_of", "worker_context", "data_fingerprint", "resolve_device", "FINGERPRINT_SAMPLES"]
+__all__ = ["RowLayout", "ViewRows", "batch_of", "worker_context", "data_fingerprint", "parse_device", "resolve_device",
+           "FINGERPRINT_SAMPLES"]
 
 #: How many evenly spaced samples the data fingerprint hashes (all of them in small splits).
 FINGERPRINT_SAMPLES = 512
@@ -171,12 +173,39 @@ def worker_context(num_workers: int):
     return None
 
 
+def parse_device(device: str) -> torch.device:
+    """``--device`` as torch reads it (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); a string torch
+    does not read is an OptionError. ``auto`` is not parsed here (see ``resolve_device``)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"Expected --device auto or a torch device such as cpu, cuda, cuda:1 or mps, got {device!r} "
+                          "instead.") from None
+
+
+def _backend(kind: str):
+    """The torch module that says whether devices of ``kind`` exist (None: torch has no such check)."""
+    return torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    """``auto`` picks CUDA when present; any other value must name a device that exists here: asking
+    for one that does not is an error, never a silent fallback to the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from .errors import LitcacheError
-
-        raise LitcacheError("Expected a CUDA device for --device cuda, but torch sees none. Use --device cpu or auto.")
-    return torch.device(device)
+    d = parse_device(device)
+    if d.type == "cpu":
+        return d
+    backend = _backend(d.type)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"Expected a CUDA device for --device {device}, but torch sees none. CUDA is not available "
+                          "here (a CPU-only torch build, or no GPU or driver): use --device cpu or auto.")
+    if backend is None or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        raise OptionError(f"Expected --device {device} to be a device this machine has, but torch cannot run "
+                          f"on {d.type!r} here. Use --device cpu or auto.")
+    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    if d.index is not None and d.index >= count:
+        names = ", ".join(f"{d.type}:{i}" for i in range(count))
+        raise OptionError(f"Expected --device {device} to be one of this machine's {count} {d.type} device(s) ({names}), "
+                          f"got index {d.index} instead. Use one of those, or --device auto.")
+    return d

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import RowLayout, worker_context
 from .shards import decoder_pool
-from .store import Store, from_storage, open_store
+from .encoding import from_storage
+from .store import Store, open_store
 
 __all__ = ["StoreDataset", "MemoryDataset", "ChunkShuffleSampler", "make_loader", "collate_rows"]
 
@@ -38,11 +39,12 @@ class StoreDataset(Dataset):
 
     def __init__(self, store: Store | str | Path, fields: Sequence[str], cache_chunks: int = 8) -> None:
         self.store = store if isinstance(store, Store) else open_store(store)
-        missing = [f for f in fields if f not in self.store.manifest["arrays"]]
+        arrays = self.store.manifest.arrays
+        missing = [f for f in fields if f not in arrays]
         if missing:
-            raise KeyError(f"Store {str(self.store.path)!r} has no arrays {missing}; it has {list(self.store.manifest['arrays'])}.")
+            raise KeyError(f"Store {str(self.store.path)!r} has no arrays {missing}; it has {list(arrays)}.")
         self.fields = list(fields)
-        self.chunk_rows = self.store.manifest["layout"]["chunk_rows"]
+        self.chunk_rows = self.store.manifest.layout.chunk_rows
         self.cache_chunks = cache_chunks
         self._pid: int | None = None
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
@@ -94,7 +96,7 @@ class StoreDataset(Dataset):
             for chunk in needed:
                 mask = chunks == chunk
                 out[mask] = self._chunk(name, chunk)[local[mask]]
-            batch[name] = from_storage(out, self.store.manifest["arrays"][name]["dtype"])
+            batch[name] = from_storage(out, self.store.manifest.arrays[name].dtype)
         return batch
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
@@ -145,8 +147,8 @@ class ChunkShuffleSampler(Sampler[list[int]]):
 
     @classmethod
     def for_store(cls, store: Store, batch_size: int, **kwargs) -> "ChunkShuffleSampler":
-        layout = store.manifest["layout"]
-        return cls(RowLayout(layout["samples"], layout["views"], layout["chunk_rows"]), batch_size, **kwargs)
+        layout = store.manifest.layout
+        return cls(RowLayout(layout.samples, layout.views, layout.chunk_rows), batch_size, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -22,6 +22,9 @@ __all__ = [
     "DiskSpaceError",
     "OptionError",
     "DivergedError",
+    "NotAClassifierError",
+    "DiskFullError",
+    "DamagedStoreError",
 ]
 
 
@@ -83,3 +86,16 @@ class OptionError(LitcacheError, ValueError):
 
 class DivergedError(LitcacheError, ArithmeticError):
     """Training stopped because its loss became NaN or Inf."""
+
+
+class NotAClassifierError(LitcacheError, ValueError):
+    """A command that needs class labels (cross-entropy, test accuracy) got a recipe of another task."""
+
+
+class DiskFullError(DiskSpaceError):
+    """The disk filled up while a store was being written; what was committed is kept."""
+
+
+class DamagedStoreError(StoreFormatError):
+    """A litcache store whose manifest (zarr.json) is missing or damaged: readable by no one,
+    but recognisably litcache's (its own files and layout), so --overwrite may replace it."""

@@ -8,8 +8,6 @@ of a few (input, teacher, student) rows is written next to the student checkpoin
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -19,84 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
 from .errors import OptionError
+from .metrics import accuracy, cpu_latency, model_stats
 from .precision import Compute, as_compute, resolve_compute
 from .recipe import Recipe
 from .student import load_student
 from .teacher import load_teacher
 
-__all__ = ["accuracy", "model_stats", "evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr"]
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (already on the device) over ``dataset``, computed as ``compute``
-    says (a plain device: fp32)."""
-    compute = as_compute(compute)
-    was = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for x, y in DataLoader(dataset, batch_size=batch_size):
-            with compute.autocast():
-                pred = model(compute.input(x)).argmax(1).cpu()
-            correct += (pred == torch.as_tensor(y)).sum().item()
-            total += len(y)
-    finally:
-        model.train(was)
-    return correct / max(total, 1)
-
-
-def depth(model: nn.Module) -> int:
-    """Weighted layers on the longest path, counted as papers count ResNet depth: convs + linears
-    outside shortcuts (ResNet-20 -> 20)."""
-    return sum(1 for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.ConvTranspose2d)) and "shortcut" not in name and "downsample" not in name)
-
-
-@torch.inference_mode()
-def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
-    """Parameters, multiply-adds per sample (convolutions and linears) and depth."""
-    macs = 0
-
-    def count(module: nn.Module, inputs, output) -> None:
-        nonlocal macs
-        if isinstance(module, nn.ConvTranspose2d):
-            macs += inputs[0][0].numel() * module.weight[0].numel()  # weight (in, out/groups, kh, kw)
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            macs += output[0].numel() * module.weight[0].numel()  # weight[0]: in/groups * kernel size
-        elif isinstance(module, nn.Linear):
-            macs += output[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    was = model.training
-    model.eval()
-    try:
-        model(sample[:1])
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return {"params": sum(p.numel() for p in model.parameters()), "macs_per_sample": macs, "depth": depth(model)}
-
-
-@torch.inference_mode()
-def cpu_latency(model: nn.Module, batch: torch.Tensor, repeats: int = 5, compute: Compute | None = None) -> float:
-    """Median seconds per forward of ``batch`` on the CPU (after one warm-up), computed as
-    ``compute`` says (default fp32, contiguous). Leaves the model on the CPU in its own layout."""
-    compute = compute or as_compute("cpu")
-    model = compute.model(model.cpu().eval())
-    batch = compute.input(batch)
-    try:
-        with compute.autocast():
-            model(batch)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                model(batch)
-                times.append(time.perf_counter() - t)
-    finally:
-        model.to(memory_format=torch.contiguous_format)
-    return statistics.median(times)
+__all__ = ["evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr", "format_evaluation"]
 
 
 def _cpu_compute(precision: str, model: nn.Module) -> Compute:
@@ -255,3 +182,29 @@ def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teach
         result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
         report["student"] = result
     return report
+
+
+def format_evaluation(report: dict, split: str) -> list[str]:
+    """The lines `litcache evaluate` prints for an :func:`evaluate` report: one per model."""
+    lines = []
+    for role in ("teacher", "student"):
+        if role not in report:
+            continue
+        m = report[role]
+        if report.get("task") == "generation":
+            # evaluate gives no PSNR (None) for outputs identical to the teacher's: infinitely many dB.
+            psnr = "inf" if m.get("psnr_vs_teacher_db") is None else m["psnr_vs_teacher_db"]
+            quality = f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m else "the reference"
+        else:
+            quality = f"top-1 {m['accuracy']:.4f}"
+        line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "
+                f"MACs/sample {m['macs_per_sample'] / 1e6:.2f}M  depth {m['depth']}  "
+                f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}"
+                + (f"  ({m['compute']})" if m.get("compute") else ""))
+        if role == "student":
+            line += (f"  compression x{m['compression_by_depth']} depth, x{m['compression_by_params']} params, "
+                     f"x{m['compression_by_macs']} MACs")
+            if m.get("samples_png"):
+                line += f"  samples: {m['samples_png']}"
+        lines.append(line)
+    return lines

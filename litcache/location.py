@@ -1,23 +1,40 @@
 """Where a store lives: a local directory or an fsspec URL (``s3://``, ``gs://``, ``memory://``).
 
 Local stores keep their durability guarantees (atomic, fsynced ledger writes; an ``O_EXCL``
-lock; fsynced shard files; a free-disk check). URL stores go through fsspec with the storage
+lock; fsynced shard files; a free-disk check). A local write goes through a temporary file named
+``.{name}.{pid}.tmp`` beside its target (``temp_name``); one left behind by a killed writer is
+debris that ``litcache.debris`` finds by that name. URL stores go through fsspec with the storage
 options in ``LITCACHE_STORAGE_OPTIONS`` (a JSON object, passed to the filesystem and to zarr).
 One object PUT is atomic on object stores, so a ledger entry is either whole or absent there too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from .errors import OptionError
 
-__all__ = ["StoreLocation", "is_url", "storage_options"]
+__all__ = ["StoreLocation", "is_url", "storage_options", "temp_name", "temp_writer_pid"]
 
 STORAGE_OPTIONS_ENV = "LITCACHE_STORAGE_OPTIONS"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
+
+
+def temp_name(name: str) -> str:
+    """The temporary file a local write of ``name`` goes through (hidden, and named by its writer)."""
+    return f".{name}.{os.getpid()}.tmp"
+
+
+def temp_writer_pid(name: str) -> int | None:
+    """The pid of the writer whose temporary file ``name`` is; None when it is no litcache temp file."""
+    match = _TEMP_NAME.match(name)
+    return int(match["pid"]) if match else None
 
 
 def is_url(path) -> bool:
@@ -150,12 +167,16 @@ class StoreLocation:
             return
         path = self._local(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = path.with_name(temp_name(path.name))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not also keep the half-written file
+            raise
         directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
         try:
             os.fsync(directory)
@@ -177,9 +198,51 @@ class StoreLocation:
             fd = os.open(self._local(key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            self._local(key).unlink(missing_ok=True)  # an empty lock would read as held forever
+            raise
         return True
+
+    def delete_if(self, key: str, condition: Callable[[bytes], bool]) -> bool:
+        """Delete file ``key`` if ``condition(its bytes)`` holds; True if this call deleted it.
+
+        Locally, callers are serialised by ``flock`` on the file itself, and the file is deleted
+        only if ``key`` still names the file that was judged: of two callers that judge the same
+        file, one deletes it and the other sees that ``key`` now names another file (or none), so
+        it can never delete a file created after the judgement. On object stores it is check, then
+        delete: best effort (there is no lock to hold across the two).
+        """
+        if self.remote:
+            try:
+                data = self.read_bytes(key)
+            except FileNotFoundError:
+                return False
+            if not condition(data):
+                return False
+            self.delete(key)
+            return True
+        path = self._local(key)
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR)  # NFS emulates flock with POSIX locks, which need write access
+            except PermissionError:  # another user's file: a local flock needs reading only
+                fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        with os.fdopen(fd, "rb") as f:  # closing it releases the flock
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if not condition(f.read()):
+                return False
+            try:
+                if not os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                    return False  # another caller deleted it first; ``key`` is a newer file
+            except FileNotFoundError:
+                return False
+            path.unlink()
+            return True
 
     def delete(self, key: str) -> None:
         """Remove file ``key`` if present."""

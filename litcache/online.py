@@ -51,28 +51,28 @@ class OnlineTeacherDataset(Dataset):
                  fields: Sequence[str], device: torch.device | str = "cpu", *, precision: str = "fp32",
                  fresh_views: bool = False) -> None:
         self.store = store if isinstance(store, Store) else open_store(store)
-        arrays = self.store.manifest["arrays"]
+        arrays = self.store.manifest.arrays
         missing = [f for f in fields if f not in arrays]
         if missing:
             raise KeyError(f"Store {str(self.store.path)!r} has no arrays {missing}; it has {list(arrays)}.")
-        identity = self.store.manifest["identity"]
+        identity = self.store.manifest.identity
         teacher, teacher_hash, path = load_teacher(recipe, teacher_checkpoint)
-        if teacher_hash != identity["teacher_hash"]:
+        if teacher_hash != identity.teacher_hash:
             raise StoreMismatchError(
                 f"Online teacher {path!r} has weights hash {teacher_hash}, but store {str(self.store.path)!r} was extracted "
-                f"from a teacher with weights hash {identity['teacher_hash']} ({self.store.manifest['teacher']['checkpoint']!r}). "
+                f"from a teacher with weights hash {identity.teacher_hash} ({self.store.manifest.teacher.checkpoint!r}). "
                 "An online baseline must run the store's teacher: give that checkpoint.")
-        split = identity["split"]
+        split = identity.split
         dataset = recipe.load_split(split)
         augment = recipe.augmentation_for(split)
         described = json.loads(json.dumps(augment.describe())) if augment is not None else None
-        if described != identity["transforms"]:
+        if described != identity.transforms:
             raise StoreMismatchError(f"The recipe's augmentation of split {split!r} is {described}, but store "
-                                     f"{str(self.store.path)!r} recorded {identity['transforms']}: the views would differ.")
-        fingerprint = data_fingerprint(dataset, identity["samples"])
-        if fingerprint != identity["data_fingerprint"]:
+                                     f"{str(self.store.path)!r} recorded {identity.transforms}: the views would differ.")
+        fingerprint = data_fingerprint(dataset, identity.samples)
+        if fingerprint != identity.data_fingerprint:
             raise StoreMismatchError(f"Split {split!r} of recipe {recipe.name!r} has data fingerprint {fingerprint}, but store "
-                                     f"{str(self.store.path)!r} recorded {identity['data_fingerprint']}: the rows would differ.")
+                                     f"{str(self.store.path)!r} recorded {identity.data_fingerprint}: the rows would differ.")
         if fresh_views and augment is None:
             raise StoreMismatchError(f"--fresh-views needs an augmentation, but split {split!r} of recipe {recipe.name!r} has none.")
         self.rows = ViewRows.from_identity(dataset, identity, augment)

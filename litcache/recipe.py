@@ -262,6 +262,9 @@ def load_recipe(ref: str | Path) -> Recipe:
         path = Path(ref)
         if not path.is_file():
             raise RecipeError(f"Expected a recipe file, but {ref!r} does not exist. Give a path such as pipelines/mnist_resnet.py.")
+        if path.suffix != ".py":  # importlib finds no loader for other suffixes
+            raise RecipeError(f"Expected a recipe as a .py file or module:attr, got {ref!r}, a file that is not Python "
+                              "(.py) instead. Give a recipe file such as pipelines/mnist_resnet.py, or module:attr.")
         module_name = f"litcache_recipe_{xxhash.xxh3_64_hexdigest(str(path.resolve()).encode())}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -280,7 +283,9 @@ def load_recipe(ref: str | Path) -> Recipe:
             raise RecipeError(f"Recipe module {module_path!r} failed to import: {type(exc).__name__}: {exc}") from exc
         source_file = Path(module.__file__) if getattr(module, "__file__", None) else None
     else:
-        raise RecipeError(f"Expected a recipe as a .py file or module:attr, got {ref!r} instead.")
+        found = f"{ref!r}, a directory," if Path(ref).is_dir() else repr(ref)
+        raise RecipeError(f"Expected a recipe as a .py file or module:attr, got {found} instead. "
+                          "Give a recipe file such as pipelines/mnist_resnet.py, or module:attr.")
 
     recipe = getattr(module, attr, None)
     if not isinstance(recipe, Recipe):

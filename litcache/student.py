@@ -8,10 +8,10 @@ from typing import Sequence
 
 import torch.nn as nn
 
+from .checkpoint import load_checkpoint, save_atomic
 from .errors import CheckpointError, RecipeError
 from .recipe import Recipe, load_recipe
 from .sections import SplitModel, split_model
-from .teacher import load_checkpoint, save_atomic
 
 __all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "save_student", "read_student", "load_student", "assemble"]
 

@@ -10,29 +10,31 @@ loaded again in the worker, because recipe modules exist only in the process tha
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .audit import require_intact
-from .errors import LitcacheError, OptionError, StoreMismatchError
+from .cluster import check_parallel_options, dask_client, portable_path
+from .errors import CheckpointError, LitcacheError, NotAClassifierError, OptionError, StoreMismatchError
+from .evaluate import evaluate
 from .recipe import Recipe, load_recipe
 from .store import open_store
-from .train import BlockTrainOptions, resolve_config, train_blocks
+from .student import assemble, read_student
+from .sweep_report import SweepResult, teacher_point, write_results
+from .train import BlockTrainOptions, resolve_config, train_blocks, training_differences
 
-__all__ = ["HYPERPARAMETERS", "SWEEP_MODES", "Variant", "SweepResult", "plan_variants", "variant_name", "pareto_front",
-           "dask_client", "check_parallel_options", "portable_path", "sweep"]
+__all__ = ["HYPERPARAMETERS", "SWEEP_MODES", "Variant", "SweepResult", "plan_variants", "variant_name", "sweep"]
 
 #: Options a sweep can vary, in the order they appear in variant names and result columns.
-HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "alpha", "tau", "beta")
+HYPERPARAMETERS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "alpha", "tau", "beta",
+                   "milestones", "schedule", "warmup", "nesterov", "loss_scale")
 SWEEP_MODES = ("lit", "ir")
 RESULT_FILE = "result.json"  # per variant, written last by its task: what a rerun reads back
 COLUMNS = ("variant", "student", "seed", "mode", *HYPERPARAMETERS, "params", "macs", "depth", "accuracy",
@@ -70,6 +72,8 @@ class Variant:
 
 
 def _value_text(value) -> str:
+    if isinstance(value, (tuple, list)):  # milestones: 100,150 -> 100-150
+        return "-".join(map(str, value)) or "none"
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
@@ -126,9 +130,6 @@ def _train(recipe: Recipe, store: str, variant: Variant, out: Path, device: str,
 def _measure(recipe: Recipe, variant: Variant, checkpoint: str, parts: Sequence[str]) -> dict:
     """Evaluate the final student; train time is the seconds of its training epochs (summed over
     sections in ir mode), read from the checkpoints so a rerun can recover it."""
-    from .evaluate import evaluate
-    from .student import read_student
-
     report = evaluate(recipe, checkpoint, None, precision=variant.precision)["student"]
     seconds = sum(h.get("seconds", 0.0) for p in parts for h in read_student(p)["history"])
     record = {"variant": variant.name, "checkpoint": checkpoint, "params": report["params"],
@@ -150,8 +151,6 @@ def _section_task(recipe_source: str, store: str, variant: Variant, out: str, de
 
 
 def _assemble_task(recipe_source: str, variant: Variant, out: str, *parts: str) -> dict:
-    from .student import assemble
-
     recipe = _prepare(recipe_source)
     final = variant.checkpoint(Path(out))
     assemble(parts, final, recipe)
@@ -160,41 +159,6 @@ def _assemble_task(recipe_source: str, variant: Variant, out: str, *parts: str) 
 
 # ---------------------------------------------------------------------------------------------
 # Running the tasks.
-
-
-@contextmanager
-def dask_client(workers: int | None, scheduler: str | None) -> Iterator["object"]:
-    """A dask client: of the cluster at ``scheduler``, or of a new LocalCluster of ``workers``
-    single-threaded processes (default: one per core). Closed (and the cluster stopped) on exit."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler)
-        except (OSError, ValueError) as exc:  # unreachable, or not an address
-            raise OptionError(f"Expected a running dask scheduler at --scheduler {scheduler!r}, could not connect: {exc}.") from None
-        with client:
-            yield client
-        return
-    n = workers or os.cpu_count() or 1
-    # dask starts its workers with MALLOC_TRIM_THRESHOLD_ set, which also turns off glibc's adaptive
-    # mmap threshold: every large torch tensor becomes a fresh mmap, and one MNIST training epoch
-    # took 2.2x as long as in this process. Keep dask's other variables (one thread for OpenMP etc.).
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-               if k != "MALLOC_TRIM_THRESHOLD_"}
-    # The scheduler's HTTP server (and dashboard, with bokeh) on any free port: 8787 may be taken.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        yield client
-
-
-def check_parallel_options(workers: int | None, scheduler: str | None) -> None:
-    if workers is not None and scheduler:
-        raise OptionError("Give --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both.")
-    if workers is not None and workers < 1:
-        raise OptionError(f"Expected --workers >= 1, got {workers} instead.")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -252,63 +216,34 @@ def _run_on_dask(client, jobs: list[_Job], source: str, store: str, out: str, de
 # The sweep.
 
 
-@dataclass
-class SweepResult:
-    rows: list[dict]
-    teacher: dict
-    results_csv: Path
-    results_json: Path
-    pareto_png: Path
-
-    @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.rows if r["status"] == "failed"]
-
-
-def portable_path(path: str) -> str:
-    """Workers may run in another directory: give them absolute paths."""
-    return str(Path(path).resolve()) if Path(path).exists() else path
+def _check_same_training(path: Path, store_identity: Mapping, config: dict, variant_dir: Path) -> None:
+    """Refuse a finished checkpoint (a variant's final student, or a section of an ir variant) that
+    was trained from another store or with any other setting than ``config`` (this sweep's
+    ``resolve_config`` of the variant): same name, other training must never pass for its result."""
+    saved = read_student(path)
+    # A section's block is its directory's; "auto" precision resolves where the task ran (which
+    # records what it chose), so any choice of it fits.
+    ignore = ["block", *(["precision"] if config["precision"] == "auto" else [])]
+    diff = training_differences(saved["config"], config, ignore)
+    if saved["store"].get("identity") != store_identity:
+        diff.insert(0, "another store")
+    if diff:
+        raise CheckpointError(f"{str(path)!r} holds a student trained from another store or with other options "
+                              f"({'; '.join(diff)}). Remove {str(variant_dir)!r} or choose another --out.")
 
 
-def _read_back(recipe: Recipe, variant: Variant, out: Path, store_identity: dict, config: dict, sections: int) -> dict | None:
+def _read_back(recipe: Recipe, variant: Variant, out: Path, store_identity: Mapping, config: dict, sections: int) -> dict | None:
     """The results of a variant trained by an earlier run (None if it has no final checkpoint)."""
-    from .errors import CheckpointError
-    from .student import read_student
-
     final = variant.checkpoint(out)
     if not final.is_file():
         return None
-    saved = read_student(final)
-    keys = (*HYPERPARAMETERS, "seed", "mode")
-    if saved["store"]["identity"] != store_identity or any(saved["config"].get(k) != config[k] for k in keys):
-        # Same name, other training: never report it as this variant's result.
-        raise CheckpointError(f"{str(final)!r} holds a student trained from another store or with other options "
-                              f"(recipe defaults may have changed). Remove {str(out / variant.name)!r} or choose another --out.")
+    _check_same_training(final, store_identity, config, out / variant.name)
     try:
         return json.loads((out / variant.name / RESULT_FILE).read_text())
     except (OSError, ValueError):  # killed between the checkpoint and its record: measure it again
         parts = [str(final)] if variant.mode == "lit" else \
             [str(variant.block_dir(out, b) / variant.student / "student.pt") for b in range(1, sections + 1)]
         return _measure(recipe, variant, str(final), [p for p in parts if Path(p).is_file()])
-
-
-def _teacher_point(recipe: Recipe, teacher: str | Path | None) -> dict:
-    """The teacher on the plot: its test accuracy when a checkpoint is given, else only its size."""
-    from .evaluate import evaluate, model_stats
-
-    if teacher is not None:
-        t = evaluate(recipe, None, teacher)["teacher"]
-        return {"checkpoint": t["checkpoint"], "params": t["params"], "macs": t["macs_per_sample"], "depth": t["depth"],
-                "accuracy": t["accuracy"]}
-    sample = recipe.load_split("test")[0][0][None]
-    s = model_stats(recipe.build_teacher(), sample)
-    return {"checkpoint": None, "params": s["params"], "macs": s["macs_per_sample"], "depth": s["depth"], "accuracy": None}
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """For (cost, accuracy) points: True for each point that no other point beats, i.e. none is at
-    least as accurate for at most the cost and strictly better in one of the two."""
-    return [not any(c2 <= c and a2 >= a and (c2 < c or a2 > a) for c2, a2 in points) for c, a in points]
 
 
 def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str | Path, *, seeds: Sequence[int] = (0,),
@@ -323,18 +258,18 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
         raise OptionError(f"Recipe {recipe.name!r} has no source path; sweep tasks load the recipe by it. "
                           "Load it with litcache.load_recipe.")
     if recipe.task != "classification":
-        raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test accuracy, "
+        raise NotAClassifierError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test accuracy, "
                           "which needs a classification recipe.")
     recipe.check_split_name("test")
     variants = [replace(v, precision=precision) for v in plan_variants(students, seeds, grid or {}, mode)]
     for name in dict.fromkeys(students):
         recipe.student_builder(name)  # an unknown student fails the sweep now, not in every task
     opened = open_store(store)
-    if opened.manifest["identity"]["recipe"] != recipe.name:
-        raise StoreMismatchError(f"Store {str(store)!r} was extracted for recipe {opened.manifest['identity']['recipe']!r}, "
+    if opened.manifest.identity.recipe != recipe.name:
+        raise StoreMismatchError(f"Store {str(store)!r} was extracted for recipe {opened.manifest.identity.recipe!r}, "
                                  f"not {recipe.name!r}.")
     configs = {v.name: resolve_config(recipe, v.options(device)) for v in variants}  # refuses bad values up front
-    teacher_point = _teacher_point(recipe, teacher)  # a bad --teacher fails before any training
+    teacher_record = teacher_point(recipe, teacher)  # a bad --teacher fails before any training
     out = Path(out)
     sections = len(opened.boundary_names) - 1
 
@@ -344,8 +279,12 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
                      "pareto_macs": False, "checkpoint": None, "error": None} for v in variants}
     jobs = []
     for v in variants:
+        done = {b: v.block_dir(out, b) / v.student / "student.pt" for b in range(1, sections + 1)}
         try:
-            record = _read_back(recipe, v, out, opened.manifest["identity"], configs[v.name], sections)
+            record = _read_back(recipe, v, out, opened.manifest.identity, configs[v.name], sections)
+            if record is None and v.mode == "ir":  # sections finished by an earlier run are reused: check them too
+                for path in (p for p in done.values() if p.is_file()):
+                    _check_same_training(path, opened.manifest.identity, configs[v.name], out / v.name)
         except LitcacheError as exc:
             rows[v.name].update(status="failed", error=_error_text(exc))
             log(f"{v.name}: failed: {rows[v.name]['error']}")
@@ -356,7 +295,6 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
         elif v.mode == "lit":
             jobs.append(_Job(v))
         else:
-            done = {b: v.block_dir(out, b) / v.student / "student.pt" for b in range(1, sections + 1)}
             jobs.append(_Job(v, {b: str(p) if p.is_file() else None for b, p in done.items()}))
 
     if jobs:
@@ -385,55 +323,6 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
             with dask_client(workers, scheduler) as client:
                 _run_on_dask(client, *args)
 
-    table = list(rows.values())
-    measured = [r for r in table if r["accuracy"] is not None]
-    for key in ("params", "macs"):
-        for r, on_front in zip(measured, pareto_front([(r[key], r["accuracy"]) for r in measured])):
-            r[f"pareto_{key}"] = on_front
-    return _write_results(recipe, store, table, teacher_point, out)
+    return write_results(recipe, store, list(rows.values()), teacher_record, out, COLUMNS)
 
 
-def _write_results(recipe: Recipe, store: str | Path, rows: list[dict], teacher: dict, out: Path) -> SweepResult:
-    out.mkdir(parents=True, exist_ok=True)
-    result = SweepResult(rows, teacher, out / "results.csv", out / "results.json", out / "pareto.png")
-    result.results_json.write_text(json.dumps({"recipe": recipe.name, "store": str(store), "teacher": teacher,
-                                               "variants": rows}, indent=2))
-    with open(result.results_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot(rows, teacher, result.pareto_png, f"{recipe.name}: {len(rows)} variants")
-    return result
-
-
-def _plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
-    # The object API with no pyplot: the Agg canvas, and no global backend switched under the caller.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    measured = [r for r in rows if r["accuracy"] is not None]
-    for ax, key, label in zip(fig.subplots(1, 2), ("params", "macs"), ("parameters", "multiply-adds per sample")):
-        ax.scatter([r[key] for r in measured], [r["accuracy"] for r in measured], color="tab:blue", alpha=0.6, label="variants")
-        front = sorted((r[key], r["accuracy"], r["variant"]) for r in measured if r[f"pareto_{key}"])
-        if front:
-            ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", drawstyle="steps-post",
-                    label="Pareto front")
-            names: dict[tuple, list[str]] = {}
-            for x, y, name in front:
-                names.setdefault((x, y), []).append(name)
-            for (x, y), group in names.items():  # tied variants share one label
-                text = "\n".join(group[:3]) + (f"\n+{len(group) - 3} more" if len(group) > 3 else "")
-                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if teacher["accuracy"] is not None:
-            ax.scatter([teacher[key]], [teacher["accuracy"]], marker="*", s=250, color="black", zorder=3, label="teacher")
-        else:
-            ax.axvline(teacher[key], color="black", linestyle="--", label="teacher size (no --teacher: accuracy unknown)")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)

@@ -33,21 +33,21 @@ import torch
 import torch.nn as nn
 
 from .audit import require_intact
+from .block_step import MODES, check_finite_loss, fields_read, set_train_mode, train_step, trainable_parameters
+from .checkpoint import changed_settings
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
-from .errors import CheckpointError, DivergedError, OptionError, StoreMismatchError
-from .evaluate import accuracy
-from .losses import ir_loss, kd_loss, lit_loss
+from .errors import CheckpointError, OptionError, StoreMismatchError
+from .metrics import accuracy
 from .precision import Compute, resolve_compute
 from .recipe import Recipe, TrainConfig
 from .sections import SplitModel
 from .store import Store, open_store
 from .student import adopt_teacher_parts, build_student, read_student, save_student
-from .teacher import changed_settings
 
-__all__ = ["MODES", "BlockTrainOptions", "train_blocks", "step_losses", "check_student_fits"]
+__all__ = ["MODES", "BlockTrainOptions", "train_blocks", "resolve_config", "check_student_fits", "recalibrate_batchnorm",
+           "training_differences"]
 
-MODES = ("lit", "ir", "finetune", "kd", "hints")
 #: Settings a resumed run must share with the run it continues (--epochs may grow; device,
 #: workers, where the stored rows are read from and logging may change). ``online``: an online
 #: and a cached run are different runs, even with the same teacher.
@@ -57,6 +57,9 @@ RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "mileston
 #: What a checkpoint written before a resume key existed had instead.
 _RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
                     "nesterov": False, "loss_scale": 1.0}
+#: Config keys that say where and how a run executes, not what it trains: a finished student is the
+#: same result whatever these were (``channels_last`` follows from the student and the device).
+RUN_ONLY_KEYS = ("device", "loader_workers", "verify", "evaluate", "in_memory", "channels_last")
 #: train-blocks warns when the epochs exceed the views by more than this factor.
 VIEW_REUSE_WARNING = 4
 #: Training steps between two reads of the accumulated losses (the only host syncs of an epoch).
@@ -168,6 +171,15 @@ def requested_precision(recipe: Recipe, options: BlockTrainOptions) -> str:
     return "bf16" if options.amp else recipe.precision
 
 
+def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """"key saved -> expected" for every setting of a finished run's config that ``expected`` (a
+    ``resolve_config`` with its precision resolved) trains differently; run-only keys and ``ignore``
+    are left out."""
+    skip = {*RUN_ONLY_KEYS, *ignore}
+    keys = [k for k in dict.fromkeys([*expected, *saved]) if k not in skip]
+    return changed_settings(saved, expected, keys, _RESUME_DEFAULTS)
+
+
 def _hint_boundary(options: BlockTrainOptions, sections: int) -> int:
     return options.hint_boundary or max(1, math.ceil(sections / 2))
 
@@ -176,65 +188,19 @@ def _wanted_fields(recipe: Recipe, store: Store, options: BlockTrainOptions) -> 
     """The store arrays a run of ``options`` reads (the same for every student of the run)."""
     sections = len(store.boundary_names) - 1
     beta = resolve_config(recipe, options)["beta"]
-    return _fields(options.mode, sections, options.block, _hint_boundary(options, sections), beta)
-
-
-def _fields(mode: str, sections: int, block: int | None, hint: int, beta: float) -> list[str]:
-    if mode == "lit" and beta == 0:  # IR only: the logits are never read
-        return [f"boundaries/{i}" for i in range(sections + 1)]
-    if mode == "lit":
-        return [f"boundaries/{i}" for i in range(sections + 1)] + ["logits", "labels"]
-    if mode == "ir":
-        wanted = range(sections + 1) if block is None else (block - 1, block)
-        return [f"boundaries/{i}" for i in wanted]
-    if mode == "hints":
-        return ["boundaries/0", f"boundaries/{hint}", "logits", "labels"]
-    return ["boundaries/0", "logits", "labels"]
-
-
-def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, config: dict, *,
-                block: int | None = None, hint: int = 1, hint_phase: bool = False) -> tuple[torch.Tensor, dict]:
-    """The training loss of one batch (tensors keyed by store array name) and its logged parts.
-
-    Run it under the run's autocast: the network computes in that precision, every loss in float32.
-    The parts are detached tensors on the batch's device, not Python floats: reading them would
-    stall a GPU every step, so the caller sums them on the device and reads once per log line.
-    """
-    sections = len(split.sections)
-    t0 = batch.get("boundaries/0")  # absent when one --block of ir is trained
-    parts: dict[str, torch.Tensor] = {}
-
-    def kd(student_logits: torch.Tensor) -> torch.Tensor:
-        return kd_loss(student_logits.float(), batch["logits"].float(), batch["labels"], config["alpha"], config["tau"])
-
-    if mode in ("lit", "ir"):
-        trained = [block] if block is not None else list(range(1, sections + 1))
-        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]).float(), batch[f"boundaries/{i}"].float())
-               for i in trained]
-        for i, value in zip(trained, irs):
-            parts[f"ir{i}"] = value.detach()
-        kd_part = None
-        if mode == "lit" and config["beta"] > 0:
-            kd_part = kd(split.head(split.run_sections(t0)[-1]))
-            parts["kd"] = kd_part.detach()
-        loss = config.get("loss_scale", 1.0) * lit_loss(kd_part, irs, config["beta"])
-    elif mode == "hints" and hint_phase:
-        z = t0
-        for section in split.sections[:hint]:
-            z = section(z)
-        loss = ir_loss(z.float(), batch[f"boundaries/{hint}"].float())
-        parts["hint"] = loss.detach()
-    else:  # kd, finetune, and the second phase of hints
-        loss = kd(split.head(split.run_sections(t0)[-1]))
-        parts["kd"] = loss.detach()
-    parts["loss"] = loss.detach()
-    return loss, parts
+    return fields_read(options.mode, sections, options.block, _hint_boundary(options, sections), beta)
 
 
 def check_student_fits(split: SplitModel, store: Store, student: str) -> None:
     """Refuse a student whose sections do not map the store's boundaries onto each other."""
-    arrays = store.manifest["arrays"]
-    shapes = [tuple(arrays[name]["shape"][1:]) for name in store.boundary_names]
+    arrays = store.manifest.arrays
+    shapes = [arrays[name].row_shape for name in store.boundary_names]
+    if len(split.sections) != len(shapes) - 1:  # first: the shape checks below index one boundary per section
+        raise StoreMismatchError(
+            f"Expected student {student!r} to have one section per stored boundary pair, i.e. the store's "
+            f"{len(shapes) - 1} sections, but it has {len(split.sections)}: the recipe's sections changed since "
+            f"store {str(store.path)!r} was extracted. Extract a new store with this recipe, or train with the recipe "
+            "the store was made with.")
     with torch.no_grad():
         was = split.training
         split.eval()
@@ -250,31 +216,6 @@ def check_student_fits(split: SplitModel, store: Store, student: str) -> None:
                                              f"but the store's boundary {i} is {shapes[i]}.")
         finally:
             split.train(was)
-    if len(split.sections) != len(shapes) - 1:
-        raise StoreMismatchError(f"Student {student!r} has {len(split.sections)} sections; the store has {len(shapes) - 1}.")
-
-
-def _trainable(split: SplitModel, mode: str, block: int | None) -> list[nn.Parameter]:
-    for p in split.parameters():
-        p.requires_grad_(False)
-    params = [p for m in _trained_modules(split, mode, block) for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
-
-
-def _trained_modules(split: SplitModel, mode: str, block: int | None) -> list[nn.Module]:
-    if mode in ("lit", "ir"):
-        return [split.sections[block - 1]] if block is not None else list(split.sections)
-    if mode == "finetune":  # the teacher's head stays frozen, as in the released LIT code
-        return list(split.sections)
-    return [*split.sections, split.head]
-
-
-def _set_train_mode(split: SplitModel, mode: str, block: int | None) -> None:
-    split.eval()  # frozen parts (stem, and the head outside kd/hints) keep their BatchNorm statistics
-    for module in _trained_modules(split, mode, block):
-        module.train()
 
 
 @torch.no_grad()
@@ -312,11 +253,11 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
     if recipe.task != "classification" and not ir_only:
         raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task: its students train with the IR losses only "
                           "(--mode ir, or --mode lit with --beta 0); KD needs class logits.")
-    if store.manifest["identity"]["recipe"] != recipe.name:
-        raise StoreMismatchError(f"Store {str(store_path)!r} was extracted for recipe {store.manifest['identity']['recipe']!r}, "
+    if store.manifest.identity.recipe != recipe.name:
+        raise StoreMismatchError(f"Store {str(store_path)!r} was extracted for recipe {store.manifest.identity.recipe!r}, "
                                  f"not {recipe.name!r}.")
-    if options.views is not None and options.views > store.manifest["layout"]["views"]:
-        raise OptionError(f"Expected --views at most the store's {store.manifest['layout']['views']} views, "
+    if options.views is not None and options.views > store.manifest.layout.views:
+        raise OptionError(f"Expected --views at most the store's {store.manifest.layout.views} views, "
                           f"got {options.views} instead.")
     if options.block is not None and not 1 <= options.block <= len(store.boundary_names) - 1:
         raise OptionError(f"Expected --block between 1 and {len(store.boundary_names) - 1}, got {options.block} instead.")
@@ -356,7 +297,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     compute = resolve_compute(config["precision"], device, model)
     config["precision"], config["channels_last"] = compute.precision, compute.channels_last
     compute.model(model)
-    params = _trainable(split, options.mode, options.block)
+    params = trainable_parameters(split, options.mode, options.block)
     schedule = TrainConfig(**{k: config[k] for k in _TRAIN_CONFIG_FIELDS})
     optimizer = schedule.make_optimizer(params)
     scaler = compute.grad_scaler()
@@ -367,7 +308,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if not resume:
             raise CheckpointError(f"{str(out)!r} already holds a training run. Pass --resume to continue it, or choose another --out.")
         state = read_student(last)
-        if state["store"]["identity"] != store.manifest["identity"]:
+        if state["store"]["identity"] != store.manifest.identity:
             raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
         changed = changed_settings(state["config"], config, RESUME_KEYS, _RESUME_DEFAULTS)
         if changed:
@@ -381,7 +322,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
-    wanted = _fields(options.mode, sections, options.block, hint, config["beta"])
+    wanted = fields_read(options.mode, sections, options.block, hint, config["beta"])
     if online is not None:
         dataset = online
     else:
@@ -396,14 +337,14 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
                                             num_workers=options.loader_workers, seed=options.seed, views=options.views)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers,
                          pin_memory=device.type == "cuda" and online is None)  # online batches are on the device already
-    store_record = {"path": str(store.path), "identity": store.manifest["identity"]}
+    store_record = {"path": str(store.path), "identity": store.manifest.identity.to_dict()}  # a dict: weights_only loads
     # Per-epoch test accuracy: classification only, and only for a whole student.
     wants_eval = options.evaluate and options.block is None and recipe.task == "classification"
     eval_set = recipe.load_split("test") if wants_eval and "test" in recipe.splits else None
     hint_epochs = config["epochs"] // 2 if options.mode == "hints" else 0
     what = options.mode + (" online" if config["online"] else "") + (" fresh views" if options.fresh_views else "")
     log(f"{student}: {what}, {compute.describe()}")
-    views = options.views or store.manifest["layout"]["views"]
+    views = options.views or store.manifest.layout.views
     if not options.fresh_views and config["epochs"] > VIEW_REUSE_WARNING * views:
         log(f"warning: {config['epochs']} epochs over {views} stored views: every view is seen about "
             f"{config['epochs'] / views:.0f} times, where the original LIT code draws a fresh crop every epoch. Fixed views "
@@ -417,26 +358,21 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if hasattr(dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
             dataset.set_epoch(epoch)
         torch.manual_seed(options.seed * 100_003 + epoch)
-        _set_train_mode(split, options.mode, options.block)
+        set_train_mode(split, options.mode, options.block)
         sums: dict[str, torch.Tensor] = {}
         rows, t0, lr = 0, time.perf_counter(), config["lr"]
         for step, batch in enumerate(loader):
             batch = {k: compute.input(v) for k, v in batch.items()}
             lr = schedule.apply_schedule(optimizer, epoch, step, steps_per_epoch)
-            with compute.autocast():
-                loss, parts = step_losses(split, batch, options.mode, config, block=options.block, hint=hint,
-                                          hint_phase=epoch < hint_epochs)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            parts = train_step(split, batch, options.mode, config, optimizer, scaler, compute, block=options.block,
+                               hint=hint, hint_phase=epoch < hint_epochs)
             n = len(next(iter(batch.values())))
             rows += n
             for k, v in parts.items():  # summed on the device: no host sync per step
                 sums[k] = sums[k] + v * n if k in sums else v * n
             if (step + 1) % CHECK_EVERY == 0:
-                _check_finite(sums["loss"], student, epoch)
-        _check_finite(sums["loss"], student, epoch)
+                check_finite_loss(sums["loss"], student, epoch)
+        check_finite_loss(sums["loss"], student, epoch)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v.item() / rows for k, v in sums.items()}, "lr": lr,
                   "rows_per_s": rows / seconds, "seconds": seconds}
@@ -453,13 +389,6 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     save_student(final, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
                  store=store_record, config=config, history=history, epoch=config["epochs"])
     return {"student": student, "checkpoint": str(final), "history": history, "config": config}
-
-
-def _check_finite(loss_sum: torch.Tensor, student: str, epoch: int) -> None:
-    """One host sync: refuse a run whose summed loss is no longer finite."""
-    if not math.isfinite(loss_sum.item()):
-        raise DivergedError(f"{student}: the loss became {loss_sum.item()} in epoch {epoch + 1}; lower --lr "
-                            "(or use --precision fp32 if it diverged in reduced precision).")
 
 
 def _recalibrate(split: SplitModel, dataset, sampler, compute: Compute, options: BlockTrainOptions,

@@ -183,7 +183,7 @@ recipe = Recipe(
 
 
 def _convert(source: str, out: str) -> None:
-    from litcache.teacher import save_atomic
+    from litcache.checkpoint import save_atomic
 
     state = torch.load(source, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from litcache import ExtractOptions, extract, load_recipe
-from litcache.teacher import save_atomic
+from litcache.checkpoint import save_atomic
 
 # The models are tiny: one thread is fastest, and OpenMP threads spinning on a busy 2-core machine
 # make every extraction many times slower.
@@ -135,6 +135,7 @@ def error_line(result) -> str:
 
 def assert_clean_error(result, starts: str, exit_code: int | None = None) -> str:
     """Non-zero exit, an ``Error:`` line that starts with ``starts``, and no traceback."""
+    assert starts, "give the start of the expected message: an empty one accepts any error"
     assert result.exit_code != 0, result.output
     if exit_code is not None:
         assert result.exit_code == exit_code, result.output
@@ -183,8 +184,8 @@ def reference_layout(samples: int, views: int, block: int) -> list[tuple[int, in
 def check_row_layout(store) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a store's rows follow the documented layout and every view visits the same
     permutation of the first ``samples`` samples; returns (source_index, view) per row."""
-    layout = store.manifest["layout"]
-    samples, views, chunk_rows = layout["samples"], layout["views"], layout["chunk_rows"]
+    layout = store.manifest.layout
+    samples, views, chunk_rows = layout.samples, layout.views, layout.chunk_rows
     source_index = store.read("source_index", 0, store.rows)
     view = store.read("view", 0, store.rows)
     expected = reference_layout(samples, views, chunk_rows)

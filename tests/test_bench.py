@@ -15,7 +15,7 @@ def test_bench_on_a_store_reports_every_stage(tiny_store, teacher_ckpt):
     result = CliRunner().invoke(main, ["bench", TINY, "--store", str(tiny_store), "--teacher", str(teacher_ckpt),
                                        "--batch-size", "8", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     for key in ("teacher_forward_rows_per_s", "store_read_rows_per_s", "student_step_rows_per_s_from_store",
                 "student_step_rows_per_s_from_memory"):
         assert report[key] > 0, key
@@ -31,7 +31,7 @@ def test_bench_compares_loader_worker_counts(tiny_store, teacher_ckpt):
     result = CliRunner().invoke(main, ["bench", TINY, "--store", str(tiny_store), "--teacher", str(teacher_ckpt),
                                        "--batch-size", "8", "--loader-workers", "0", "--loader-workers", "1", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert [r["loader_workers"] for r in report["store_read_by_workers"]] == [0, 1]
     assert all(r["rows_per_s"] > 0 and r["mb_per_s"] > 0 for r in report["store_read_by_workers"])
     assert report["student_consumes_mb_per_s"] > 0

@@ -20,8 +20,8 @@ from conftest import (
     run_cli,
 )
 from litcache import __version__
+from litcache.checkpoint import save_atomic
 from litcache.store import checksum
-from litcache.teacher import save_atomic
 
 
 def _set_manifest(store: Path, **changes) -> None:
@@ -94,13 +94,17 @@ def test_plain_directory_is_not_a_store(command, plain_dir):
 
 
 @pytest.mark.parametrize("command", ["info", "verify"])
-@pytest.mark.parametrize("content", ["[1, 2]", '{"attributes": {"litcache": {"format": "litcache-store", "format_version": 1}}}'],
-                         ids=["not-an-object", "manifest-without-keys"])
-def test_malformed_zarr_json(command, content, tmp_path):
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "Expected a litcache store at '{path}', found "),
+    ('{"attributes": {"litcache": {"format": "litcache-store", "format_version": 1}}}',
+     "Store '{path}' is a litcache store whose manifest (zarr.json) lacks complete, identity, layout, boundaries, "
+     "view_param_names, recipe, teacher, options, versions, created, arrays: the store is damaged"),
+], ids=["not-an-object", "manifest-without-keys"])
+def test_malformed_zarr_json(command, content, message, tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "zarr.json").write_text(content)
     result = run_cli(command, tmp_path / "s")
-    assert_clean_error(result, "", 1)
+    assert_clean_error(result, message.format(path=tmp_path / "s"), 1)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -233,9 +237,9 @@ def test_checkpoint_not_given(tmp_path):
 
 
 @pytest.mark.parametrize("content,starts", [
-    (b"definitely not a torch file", "does not load as weights-only torch data"),
-    ("pickle-object", "does not load as weights-only torch data"),
-    ("list", "Expected checkpoint"),
+    (b"definitely not a torch file", "Checkpoint '{path}' does not load as weights-only torch data ("),
+    ("pickle-object", "Checkpoint '{path}' does not load as weights-only torch data ("),
+    ("list", "Expected checkpoint '{path}' to hold a dict, found list."),
 ])
 def test_checkpoint_unreadable(tmp_path, content, starts):
     path = tmp_path / "bad.pt"
@@ -245,8 +249,10 @@ def test_checkpoint_unreadable(tmp_path, content, starts):
         torch.save([1, 2], path)
     else:
         path.write_bytes(content)
-    line = assert_clean_error(run_cli(*_extract_args(tmp_path / "s", path)), "", 1)
-    assert f"'{path}'" in line and starts in line
+    result = run_cli(*_extract_args(tmp_path / "s", path))
+    assert_clean_error(result, starts.format(path=path), 1)
+    assert len(result.output.strip().splitlines()) == 1, result.output  # torch's several-line text is cut
+    assert "weights_only=False" not in result.output  # never advise unpickling untrusted code
 
 
 # --- info ------------------------------------------------------------------------------------------

@@ -7,9 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import check_row_layout
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, open_store
 from litcache.data import RowLayout
 from litcache.dataset import make_loader
+from litcache.sections import split_model
+from litcache.teacher import load_teacher
+from litcache.views import view_generator
 
 
 @settings(max_examples=60, deadline=None)
@@ -69,17 +73,40 @@ def test_store_dataset_reads_exact_rows(tiny_store):
     assert batch["boundaries/1"].dtype == torch.float32 and batch["labels"].dtype == torch.int64
 
 
-def test_loader_with_workers_gives_the_same_batches_as_memory(tiny_store):
+def _teacher_outputs(recipe, ckpt, seed: int, sources: torch.Tensor, views: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the teacher gives for each (sample, view), made here from the split, the view seeds and
+    the augmentation, without the store or litcache's extraction: the reference a read must match."""
+    dataset, augment = recipe.load_split("train"), recipe.augmentation_for("train")
+    inputs, params = [], []
+    for index, view in zip(sources.tolist(), views.tolist()):
+        x = dataset[index][0]
+        params.append(augment.sample(view_generator(seed, index, view), x.shape))
+        inputs.append(augment.apply(x, params[-1]))
+    teacher, _, _ = load_teacher(recipe, ckpt)
+    with torch.no_grad():
+        outs, logits = split_model(teacher, recipe).eval().boundaries(torch.stack(inputs))
+    return {"boundaries/2": outs[2], "logits": logits, "labels": torch.tensor([int(dataset[i][1]) for i in sources]),
+            "view_params": torch.tensor(params, dtype=torch.float32)}
+
+
+def test_loader_batches_hold_the_teachers_outputs_for_their_rows(tiny_recipe, teacher_ckpt, tiny_store):
     store = open_store(tiny_store)
-    dataset = StoreDataset(store, ["boundaries/2", "labels"])
-    memory = MemoryDataset.from_store(dataset)
-    for workers in (0, 2):
+    source_index, view = check_row_layout(store)  # row -> (sample, view), checked against the documented layout
+    teacher = _teacher_outputs(tiny_recipe, teacher_ckpt, store.manifest.identity.seed, source_index, view)
+    dataset = StoreDataset(store, [*teacher, "source_index", "view"])
+    readers = [("store", dataset, 0), ("store", dataset, 2), ("memory", MemoryDataset.from_store(dataset), 0)]
+    for name, reader, workers in readers:
         sampler = ChunkShuffleSampler.for_store(store, 10, num_workers=workers, seed=3)
-        got = list(make_loader(dataset, sampler, num_workers=workers))
-        want = list(make_loader(memory, sampler))
-        assert len(got) == len(want) == len(sampler)
-        for a, b in zip(got, want):
-            assert torch.equal(a["boundaries/2"], b["boundaries/2"]) and torch.equal(a["labels"], b["labels"])
+        rows = [torch.as_tensor(list(b)) for b in sampler]
+        batches = list(make_loader(reader, sampler, num_workers=workers))
+        assert len(batches) == len(rows) == len(sampler), name
+        for r, batch in zip(rows, batches):
+            what = f"{name} reader, {workers} workers, rows {r.tolist()}"
+            assert torch.equal(batch["source_index"], source_index[r]) and torch.equal(batch["view"], view[r]), what
+            assert torch.equal(batch["labels"], teacher["labels"][r]), what
+            assert torch.equal(batch["view_params"], teacher["view_params"][r]), what
+            for field in ("boundaries/2", "logits"):  # float32 store: rounding of another batching only
+                torch.testing.assert_close(batch[field], teacher[field][r], rtol=1e-4, atol=1e-5, msg=f"{field}, {what}")
 
 
 def test_float16_and_bfloat16_stores_read_back_in_their_dtype(tiny_recipe, teacher_ckpt, tmp_path):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import platform
 import sys
 import tempfile
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+import xxhash
+import zarr
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import Subset
 
@@ -25,7 +29,9 @@ from conftest import (
     quiet,
     shard_checksums,
 )
+import litcache
 from litcache import ExtractOptions, extract, load_recipe
+from litcache.data import data_fingerprint
 from litcache.errors import (
     DiskSpaceError,
     IncompleteStoreError,
@@ -34,9 +40,11 @@ from litcache.errors import (
     StoreLockedError,
     StoreMismatchError,
 )
-from litcache.extract import shard_batches, plan_extraction
+from litcache.extract import plan_extraction
+from litcache.extract_loop import shard_batches
 from litcache.sections import split_model
 from litcache.audit import verify_store
+from litcache.checkpoint import weights_hash
 from litcache.store import open_store, read_ledger, round_mantissa, shard_ranges, store_lock, store_sizes, verify_checksums
 from litcache.teacher import load_teacher
 from litcache.views import view_generator
@@ -89,13 +97,6 @@ def _rows_of(store, direct) -> torch.Tensor:
     return torch.tensor([direct["keys"][(int(i), int(v))] for i, v in zip(source_index, view)])
 
 
-def _batches_of_two_or_more(batch_size: int) -> bool:
-    # A batch of one row takes another conv kernel on CPU and differs in the last bits, so
-    # extraction never leaves a lone trailing row (it joins the batch before); only
-    # --batch-size 1 itself computes rows alone.
-    return batch_size >= 2
-
-
 @pytest.fixture(scope="module")
 def direct_tiny(tiny_recipe, teacher_ckpt):
     return _direct(tiny_recipe, teacher_ckpt, views=2)
@@ -107,13 +108,15 @@ def direct_tiny(tiny_recipe, teacher_ckpt):
     views=st.integers(1, 2),
     chunk_rows=st.integers(1, 12),
     chunks_per_shard=st.integers(1, 3),
+    # From 2: a batch of one row takes another conv kernel on CPU and differs in the last bits;
+    # extraction never leaves a lone trailing row (it joins the batch before), so only
+    # --batch-size 1 computes rows alone.
     batch_size=st.integers(2, 24),
 )
 def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, tmp_path,
                                         limit, views, chunk_rows, chunks_per_shard, batch_size):
     shard_rows = chunk_rows * chunks_per_shard
     rows = limit * views
-    assume(_batches_of_two_or_more(batch_size))
     base = tempfile.mkdtemp(dir=tmp_path)
     out = Path(base) / "s.zarr"
     result = _run(tiny_recipe, out, teacher_ckpt, views=views, limit=limit, dtype="float32",
@@ -121,10 +124,10 @@ def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, 
     assert (result.status, result.rows, result.rows_written) == ("created", rows, rows)
 
     store = open_store(out)
-    layout = store.manifest["layout"]
-    assert (layout["rows"], layout["samples"], layout["views"]) == (rows, limit, views)
-    assert (layout["chunk_rows"], layout["shard_rows"]) == (chunk_rows, shard_rows)
-    assert len(store.manifest["shards"]) == layout["num_shards"] == len(shard_ranges(rows, shard_rows))
+    layout = store.manifest.layout
+    assert (layout.rows, layout.samples, layout.views) == (rows, limit, views)
+    assert (layout.chunk_rows, layout.shard_rows) == (chunk_rows, shard_rows)
+    assert len(store.manifest.shards) == layout.num_shards == len(shard_ranges(rows, shard_rows))
     assert store.array("boundaries/1").chunks[0] == chunk_rows and store.array("boundaries/1").shards[0] == shard_rows
 
     # The direct outputs of every (sample, view), picked in this store's row order.
@@ -144,7 +147,7 @@ def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, 
     _run(tiny_recipe, other, teacher_ckpt, views=views, limit=limit, dtype="float32",
          chunk_rows=chunk_rows, shard_rows=shard_rows, batch_size=shard_rows)
     assert shard_checksums(other) == shard_checksums(out)
-    assert manifest_of(other)["identity"] == store.manifest["identity"]
+    assert manifest_of(other)["identity"] == store.manifest.identity
 
 
 def test_trailing_row_joins_the_batch_before(tiny_recipe, teacher_ckpt, tmp_path):
@@ -186,8 +189,8 @@ def test_low_precision_store(tiny_recipe, teacher_ckpt, direct_tiny, tmp_path, d
     store = open_store(out)
     pick = _rows_of(store, direct_tiny)
     direct = {k: v[pick] for k, v in direct_tiny["arrays"].items()}
-    assert store.manifest["arrays"]["boundaries/2"]["dtype"] == dtype
-    assert store.manifest["arrays"]["logits"]["dtype"] == "float32"
+    assert store.manifest.arrays["boundaries/2"].dtype == dtype
+    assert store.manifest.arrays["logits"].dtype == "float32"
     eps = {"float16": 2**-10, "bfloat16": 2**-7}[dtype]
     for i in range(4):
         stored = store.read(f"boundaries/{i}", 0, store.rows)
@@ -202,7 +205,7 @@ def test_keep_bits_rounds_exactly_the_values_an_exact_store_holds(tiny_recipe, t
     options = dict(views=2, dtype=dtype, chunk_rows=8, shard_rows=32, batch_size=16)
     exact = open_store(_run(tiny_recipe, tmp_path / "exact", teacher_ckpt, **options).path)
     lossy = open_store(_run(tiny_recipe, tmp_path / "lossy", teacher_ckpt, keep_bits=keep, **options).path)
-    assert lossy.manifest["identity"]["keep_bits"] == keep and "keep_bits" not in exact.manifest["identity"]
+    assert lossy.manifest.identity.keep_bits == keep and "keep_bits" not in exact.manifest.identity
     for name in exact.boundary_names:
         want = round_mantissa(np.array(exact.array(name)[...]), dtype, keep)
         np.testing.assert_array_equal(np.array(lossy.array(name)[...]), want)
@@ -211,7 +214,7 @@ def test_keep_bits_rounds_exactly_the_values_an_exact_store_holds(tiny_recipe, t
         normal = exact_values.abs() >= torch.finfo(TORCH_DTYPES[dtype]).smallest_normal  # subnormals have fewer bits
         assert (error[normal] <= exact_values.abs()[normal] * 2.0 ** -(keep + 1)).all()
     np.testing.assert_array_equal(lossy.array("logits")[...], exact.array("logits")[...])  # logits stay exact
-    sizes = {s.manifest["identity"].get("keep_bits"): store_sizes(s)["boundaries/0"] for s in (exact, lossy)}
+    sizes = {s.manifest.identity.keep_bits: store_sizes(s)["boundaries/0"] for s in (exact, lossy)}
     assert sizes[keep] < sizes[None]
     report = verify_store(lossy.path, replay=6, recipe=tiny_recipe, teacher_checkpoint=teacher_ckpt)  # rounded alike: replays
     assert report.ok, report.replay_failures
@@ -225,10 +228,10 @@ def test_unaugmented_split_and_auto_shards(tiny_recipe, teacher_ckpt, tmp_path):
     result = _run(tiny_recipe, out, teacher_ckpt, split="test", dtype="float32", chunk_rows=5)
     store = open_store(out)
     assert result.rows == store.rows == 16
-    assert "view_params" not in store.manifest["arrays"] and store.manifest["view_param_names"] == []
-    assert store.manifest["identity"]["transforms"] is None and store.manifest["identity"]["split"] == "test"
+    assert "view_params" not in store.manifest.arrays and store.manifest.view_param_names == ()
+    assert store.manifest.identity.transforms is None and store.manifest.identity.split == "test"
     # Auto shard size: whole chunks, here one shard for the whole (small) store.
-    assert store.manifest["layout"]["shard_rows"] == 20 and len(store.manifest["shards"]) == 1
+    assert store.manifest.layout.shard_rows == 20 and len(store.manifest.shards) == 1
     direct = _direct(tiny_recipe, teacher_ckpt, split="test", views=1)
     expected = direct["arrays"]["boundaries/3"][_rows_of(store, direct)]
     torch.testing.assert_close(store.read("boundaries/3", 0, 16), expected, rtol=1e-4, atol=1e-5)
@@ -240,7 +243,7 @@ def test_unaugmented_split_and_auto_shards(tiny_recipe, teacher_ckpt, tmp_path):
 
 def test_limit_beyond_split_uses_all_samples(tiny_recipe, teacher_ckpt, tmp_path):
     result = _run(tiny_recipe, tmp_path / "s", teacher_ckpt, split="test", limit=1000, chunk_rows=8)
-    assert result.rows == 16 and open_store(tmp_path / "s").manifest["identity"]["samples"] == 16
+    assert result.rows == 16 and open_store(tmp_path / "s").manifest.identity.samples == 16
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -307,7 +310,7 @@ def test_other_options_refused_then_overwritten(tiny_recipe, teacher_ckpt, tiny_
                      progress=False, log=quiet)
     assert result.status == "created"
     new = open_store(tiny_store)
-    assert new.manifest["identity"][key] != manifest["identity"][key]
+    assert new.manifest.identity[key] != manifest["identity"][key]  # manifest: zarr.json as it was
     assert verify_checksums(new) == []
 
 
@@ -317,7 +320,7 @@ def test_other_teacher_refused_then_overwritten(tiny_recipe, teacher_ckpt, other
     result = extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=other_teacher_ckpt,
                      overwrite=True, progress=False, log=quiet)
     assert result.status == "created"
-    assert open_store(tiny_store).manifest["teacher"]["checkpoint"] == str(other_teacher_ckpt)
+    assert open_store(tiny_store).manifest.teacher.checkpoint == str(other_teacher_ckpt)
 
 
 def test_other_recipe_source_refused(teacher_ckpt, tiny_store, tmp_path):
@@ -453,17 +456,82 @@ def test_float16_overflow_refused_with_hint(tiny_recipe, teacher_ckpt, tmp_path)
         assert store.read("boundaries/0", bad[0], bad[0] + 1).float().min() > 65504  # beyond float16
 
 
-def test_extract_log_and_manifest(tiny_recipe, teacher_ckpt, tmp_path):
-    lines = []
-    extract(tiny_recipe, tmp_path / "s", ExtractOptions(limit=8, chunk_rows=4), teacher_checkpoint=teacher_ckpt,
-            progress=False, log=lines.append)
-    assert lines[0].startswith("extract tiny/train: 8 rows (8 to do, 1/1 shards)")
-    assert "complete, 8 rows in 1 shards" in lines[-1]
-    m = manifest_of(tmp_path / "s")
-    assert m["complete"] is True and m["format"] == "litcache-store" and m["format_version"] == 1
-    assert m["identity"]["teacher_hash"] == m["teacher"]["weights_hash"]
-    assert m["boundaries"] == [f"boundaries/{i}" for i in range(4)]
-    assert json.loads(json.dumps(m)) == m
+def _known_module_checksums(ckpt: Path) -> dict:
+    """The teacher's stem and head tensors from the checkpoint file, hashed here with xxhash."""
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    known = {}
+    for part in ("stem", "head"):
+        known[part] = {key[len(part) + 1:]: {"shape": list(t.shape), "dtype": str(t.numpy().dtype),
+                                            "xxh3_64": xxhash.xxh3_64_hexdigest(t.contiguous().numpy().tobytes())}
+                       for key, t in state.items() if key.startswith(f"{part}.")}
+    return known
+
+
+def test_manifest_on_disk_holds_what_the_run_used(tiny_recipe, teacher_ckpt, tmp_path):
+    # Options that differ from every default, so a value the writer took from anywhere but this run shows.
+    options = ExtractOptions(limit=8, views=2, chunk_rows=4, shard_rows=8, seed=3, dtype="bfloat16", codec="lz4",
+                             device="cpu")
+    rows, lines = 16, []
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    extract(tiny_recipe, tmp_path / "s", options, teacher_checkpoint=teacher_ckpt, progress=False, log=lines.append)
+    after = datetime.now(timezone.utc)
+    assert lines[0].startswith(f"extract tiny/train: {rows} rows ({rows} to do, 2/2 shards)")
+    assert f"complete, {rows} rows in 2 shards" in lines[-1]
+    m = manifest_of(tmp_path / "s")  # the JSON file itself, not the reader's view of it
+
+    assert (m["format"], m["format_version"], m["complete"]) == ("litcache-store", 1, True)
+    teacher = tiny_recipe.build_teacher()
+    teacher.load_state_dict(torch.load(teacher_ckpt, weights_only=True)["state_dict"])
+    recipe_hash = xxhash.xxh3_64_hexdigest(Path(TINY).read_bytes())
+    identity = m["identity"]
+    assert {k: v for k, v in identity.items() if k != "data_fingerprint"} == {
+        "recipe": "tiny", "recipe_hash": recipe_hash, "teacher_hash": weights_hash(teacher), "split": "train",
+        "samples": 8, "views": 2, "seed": 3, "shuffle": True,
+        "transforms": {"type": "CropFlip", "padding": 1, "flip": True},  # as tests/recipes/tiny.py spells it
+        "dtype": "bfloat16", "codec": "lz4", "chunk_rows": 4, "shard_rows": 8,  # no precision key: computed in fp32
+    }
+    assert identity["data_fingerprint"] == data_fingerprint(tiny_recipe.load_split("train"), 8)
+    layout = dict(m["layout"])
+    assert layout.pop("row_order").startswith("block-interleaved")
+    assert layout == {"rows": rows, "samples": 8, "views": 2, "chunk_rows": 4, "shard_rows": 8, "num_shards": 2}
+    recipe = dict(m["recipe"])
+    assert Path(recipe.pop("source")).resolve() == Path(TINY).resolve()
+    assert recipe == {"name": "tiny", "hash": recipe_hash, "num_classes": 4}
+    assert m["teacher"] == {"checkpoint": str(teacher_ckpt), "weights_hash": weights_hash(teacher)}
+    assert {k: m["options"][k] for k in ("limit", "views", "chunk_rows", "shard_rows", "seed", "dtype", "codec", "device")} == {
+        "limit": 8, "views": 2, "chunk_rows": 4, "shard_rows": 8, "seed": 3, "dtype": "bfloat16", "codec": "lz4", "device": "cpu"}
+    assert m["compute"] == {"precision": "fp32", "channels_last": True, "device": "cpu"}
+    assert m["versions"] == {"litcache": litcache.__version__, "torch": torch.__version__, "zarr": zarr.__version__,
+                             "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+                             "python": platform.python_version()}
+
+    # Array shapes from the teacher's own boundaries; bfloat16 is stored as its uint16 bits.
+    with torch.no_grad():
+        outs, logits = split_model(teacher, tiny_recipe).eval().boundaries(torch.randn(2, 3, 8, 8))
+    assert m["boundaries"] == [f"boundaries/{i}" for i in range(len(outs))] == [f"boundaries/{i}" for i in range(4)]
+    boundary = {"dtype": "bfloat16", "storage_dtype": "uint16", "codec": "lz4"}
+    assert m["arrays"] == {
+        **{f"boundaries/{i}": {"shape": [rows, *o.shape[1:]], **boundary} for i, o in enumerate(outs)},
+        "logits": {"shape": [rows, logits.shape[1]], "dtype": "float32", "storage_dtype": "float32", "codec": "lz4"},
+        "labels": {"shape": [rows], "dtype": "int64", "storage_dtype": "int64", "codec": "lz4"},
+        "source_index": {"shape": [rows], "dtype": "int64", "storage_dtype": "int64", "codec": "lz4"},
+        "view": {"shape": [rows], "dtype": "int32", "storage_dtype": "int32", "codec": "lz4"},
+        "view_params": {"shape": [rows, 3], "dtype": "float32", "storage_dtype": "float32", "codec": "lz4"},
+    }
+    assert m["view_param_names"] == ["dy", "dx", "flip"]
+    assert m["teacher_modules"] == _known_module_checksums(teacher_ckpt)
+
+    # Shard checksums: xxh3 of each array's stored bytes, read back through zarr's own pipeline.
+    group = zarr.open_group(str(tmp_path / "s"), mode="r")
+    assert m["shards"] == [
+        {"index": i, "rows": [start, start + 8],
+         "xxh3_64": {name: xxhash.xxh3_64_hexdigest(np.ascontiguousarray(group[name][start:start + 8]).tobytes())
+                     for name in m["arrays"]}}
+        for i, start in enumerate((0, 8))
+    ]
+    created, completed = datetime.fromisoformat(m["created"]), datetime.fromisoformat(m["completed"])
+    assert before <= created <= completed <= after
+    assert 0 < m["timing"]["teacher_seconds"] <= m["timing"]["seconds"] <= (after - before).total_seconds() + 1
 
 
 def test_loader_workers_do_not_change_the_store(tiny_recipe, teacher_ckpt, tmp_path):

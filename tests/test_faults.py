@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checksums(path) -> list:
-    return open_store(path).manifest["shards"]
+    return open_store(path).manifest.shards
 
 
 def test_disk_full_keeps_committed_shards_and_resume_finishes(tiny_recipe, teacher_ckpt, tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_second_extraction_into_a_locked_store_is_refused(teacher_ckpt, tmp_path
 
 KILL_DURING_EPOCH_2 = textwrap.dedent("""
     import os, signal, sys
-    import litcache.train as train
+    import litcache.block_step as train  # train_step calls step_losses from there
 
     real = train.step_losses
     calls = {"n": 0}

@@ -23,7 +23,7 @@ import litcache
 from conftest import REPO, quiet
 from litcache import BlockTrainOptions, ExtractOptions, load_recipe
 from litcache.errors import OptionError, RecipeError
-from litcache.teacher import save_atomic
+from litcache.checkpoint import save_atomic
 
 PIPELINES = REPO / "pipelines"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -155,7 +155,7 @@ def test_cifar10_resnet_pipeline(cifar_dir, tmp_path, monkeypatch):
     student = report["student"]
     assert 0.0 <= student["accuracy"] <= 1.0 and student["samples"] == 10
     assert student["depth"] == 20 and student["compression_by_depth"] == pytest.approx(32 / 20, abs=1e-3)
-    assert report["store"].manifest["arrays"]["boundaries/3"]["shape"][1:] == [8, 8, 8]
+    assert report["store"].manifest.arrays["boundaries/3"].row_shape == (8, 8, 8)
 
 
 def test_cifar10_defaults_are_the_papers(monkeypatch):
@@ -213,7 +213,7 @@ def test_cifar10_resnext_pipeline(cifar_dir, tmp_path, monkeypatch):
 
 
 def test_resnext_grouped_bottlenecks():
-    from litcache.evaluate import depth
+    from litcache.metrics import depth
     from litcache.zoo import cifar_resnext
 
     model = cifar_resnext(110, base_width=4, widths=(16, 32, 64))  # the default cardinality 8, narrower
@@ -246,9 +246,9 @@ def test_amazon_vdcnn_pipeline(amazon_csvs, tmp_path, monkeypatch):
     x, y = recipe.load_split("train")[0]
     assert x.dtype == torch.int64 and x.shape == (64,) and y in (0, 1)  # integer inputs reach the stem
     report = run_pipeline(recipe, "vdcnn9", tmp_path, views=1, finetune=True)
-    arrays = report["store"].manifest["arrays"]
-    assert arrays["boundaries/0"]["shape"][1:] == [4, 64] and arrays["boundaries/4"]["shape"][1:] == [8, 8]
-    assert arrays["logits"]["shape"][1:] == [2]
+    arrays = report["store"].manifest.arrays
+    assert arrays["boundaries/0"].row_shape == (4, 64) and arrays["boundaries/4"].row_shape == (8, 8)
+    assert arrays["logits"].row_shape == (2,)
     assert report["student"]["compression_by_depth"] == pytest.approx((17 + 3) / (9 + 3), abs=1e-3)
 
 
@@ -299,7 +299,7 @@ def test_celeba_stargan_pipeline(celeba, tmp_path, monkeypatch):
     x, y = recipe.load_split("train")[0]
     assert x.shape == (3 + 5, 8, 8) and y == 0 and len(recipe.load_split("test")) == 4
     report = run_pipeline(recipe, "blocks2", tmp_path, views=2, finetune=False)
-    assert report["store"].manifest["arrays"]["logits"]["shape"][1:] == [3, 8, 8]  # the teacher's image
+    assert report["store"].manifest.arrays["logits"].row_shape == (3, 8, 8)  # the teacher's image
     student = report["student"]
     assert student["mse_vs_teacher"] >= 0 and math.isfinite(student["mse_vs_teacher"])
     assert student["psnr_vs_teacher_db"] is None or math.isfinite(student["psnr_vs_teacher_db"])
@@ -319,7 +319,7 @@ def test_generation_trains_with_ir_only_and_evaluates_in_text(celeba, tmp_path, 
     store = tmp_path / "s.zarr"
     litcache.extract(recipe, store, ExtractOptions(dtype="float32", chunk_rows=8), teacher_checkpoint=ckpt,
                      progress=False, log=quiet)
-    assert litcache.open_store(store).manifest["arrays"]["logits"]["shape"][1:] == [3, 8, 8]
+    assert litcache.open_store(store).manifest.arrays["logits"].row_shape == (3, 8, 8)
     for mode, extra in (("kd", {}), ("lit", {"beta": 0.5})):
         with pytest.raises(OptionError, match="IR losses only"):
             litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / mode, BlockTrainOptions(mode=mode, epochs=1, **extra),

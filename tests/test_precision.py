@@ -15,7 +15,8 @@ from litcache.errors import CheckpointError, OptionError
 from litcache.online import OnlineTeacherDataset
 from litcache.precision import resolve_compute
 from litcache.student import build_student
-from litcache.train import BlockTrainOptions, step_losses, train_blocks
+from litcache.block_step import step_losses
+from litcache.train import BlockTrainOptions, train_blocks
 
 OPTIONS = ExtractOptions(views=2, dtype="float32", chunk_rows=8, shard_rows=16, batch_size=8)
 
@@ -56,9 +57,9 @@ def test_a_bf16_store_records_its_precision_and_replays(tiny_recipe, teacher_ckp
     extract(tiny_recipe, bf16, ExtractOptions(**{**OPTIONS.__dict__, "precision": "bf16"}), teacher_checkpoint=teacher_ckpt,
             progress=False, log=quiet)
     # A store without the key was computed in fp32 (as every store made before the option existed).
-    assert "precision" not in open_store(fp32).manifest["identity"]
+    assert "precision" not in open_store(fp32).manifest.identity and open_store(fp32).manifest.precision == "fp32"
     manifest = open_store(bf16).manifest
-    assert manifest["identity"]["precision"] == "bf16" and manifest["compute"]["precision"] == "bf16"
+    assert manifest.identity.precision == "bf16" and manifest.compute.precision == "bf16"
     a = StoreDataset(open_store(fp32), ["boundaries/3"]).__getitems__(range(16))["boundaries/3"]
     b = StoreDataset(open_store(bf16), ["boundaries/3"]).__getitems__(range(16))["boundaries/3"]
     assert not torch.equal(a, b)  # a bf16 forward gives other activations...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -11,19 +12,22 @@ import time
 import uuid
 
 import pytest
+import torch
 
 from conftest import TINY, TINY_STORE_OPTIONS, quiet, run_cli
-from litcache import BlockTrainOptions, extract, open_store, train_blocks
+from litcache import BlockTrainOptions, extract, load_student, open_store, train_blocks
 from litcache.audit import store_info, verify_store
 from litcache.location import STORAGE_OPTIONS_ENV
+from litcache.sections import split_model
 from litcache.store import StoreWriter
+from litcache.student import build_student, read_student
 
 BUCKET = "litcache-test"
 TRAIN = BlockTrainOptions(epochs=1, batch_size=16, lr=0.05, evaluate=False)
 
 
 def checksums(store) -> list[dict]:
-    return [s["xxh3_64"] for s in open_store(store).manifest["shards"]]
+    return [s.xxh3_64 for s in open_store(store).manifest.shards]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +101,24 @@ def _extract(recipe, url, ckpt, **kwargs):
     return extract(recipe, url, TINY_STORE_OPTIONS, teacher_checkpoint=ckpt, progress=False, log=quiet, **kwargs)
 
 
+def _assert_trained_from(store_url, result: dict, recipe) -> None:
+    """What one LIT epoch from the store leaves: a standalone student that records the store, a finite
+    loss, every section moved from its seeded initial weights, and the store's stem and head unchanged."""
+    store = open_store(store_url)
+    assert read_student(result["checkpoint"])["store"]["identity"] == store.manifest.identity
+    [epoch] = result["history"]
+    assert math.isfinite(epoch["loss"]) and epoch["loss"] > 0
+    trained = split_model(load_student(result["checkpoint"], recipe), recipe)
+    for part, module in (("stem", trained.stem), ("head", trained.head)):
+        stored = store.module_state(part)
+        assert stored and all(torch.equal(module.state_dict()[k], v) for k, v in stored.items()), part
+    torch.manual_seed(TRAIN.seed)  # train_blocks draws the initial weights from --seed alone
+    _, initial = build_student(recipe, "resnet8")
+    for i, (after, before) in enumerate(zip(trained.sections, initial.sections)):
+        moved = [not torch.equal(a, b) for a, b in zip(after.parameters(), before.parameters())]
+        assert moved and all(moved), f"section {i + 1} did not train (each parameter moved: {moved})"
+
+
 def test_memory_store_extract_info_verify_train(teacher_ckpt, memory_url, local_reference, tmp_path):
     o = TINY_STORE_OPTIONS
     result = run_cli("extract", TINY, "--teacher", teacher_ckpt, "--out", memory_url, "--views", o.views, "--dtype", o.dtype,
@@ -128,7 +150,7 @@ def test_s3_store_extract_verify_train_cli(tiny_recipe, teacher_ckpt, s3_url, lo
     assert report.ok and report.shards_checked == len(local_reference)
 
     [trained] = train_blocks(tiny_recipe, s3_url, ["resnet8"], tmp_path / "run", TRAIN, log=quiet)
-    assert trained  # a result dict for the student
+    _assert_trained_from(s3_url, trained, tiny_recipe)
 
     info = run_cli("info", s3_url)
     assert info.exit_code == 0, info.output

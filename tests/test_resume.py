@@ -44,10 +44,10 @@ def reference(teacher_ckpt, tmp_path_factory) -> Path:
 def _assert_same_store(store: Path, reference: Path) -> None:
     assert shard_checksums(store) == shard_checksums(reference)
     got, ref = open_store(store), open_store(reference)
-    assert got.manifest["identity"] == ref.manifest["identity"]
+    assert got.manifest.identity == ref.manifest.identity
     # The manifest's checksums come from memory: check the bytes on disk too.
     assert verify_checksums(got) == []
-    for name in ref.manifest["arrays"]:
+    for name in ref.manifest.arrays:
         assert np.array_equal(got.array(name)[:], ref.array(name)[:]), name
     assert not (store / ".lock").exists()
 
@@ -60,7 +60,7 @@ def _assert_killed_state(out: Path, pid: int, committed_at_least: int, committed
     assert lock["pid"] == pid
     with pytest.raises(IncompleteStoreError, match=r"--resume"):
         open_store(out)
-    assert read_manifest(out)["complete"] is False
+    assert read_manifest(out).complete is False
 
 
 def _refuses_without_resume(out: Path, ckpt: Path) -> None:
@@ -238,7 +238,7 @@ def test_resume_after_kill_right_after_a_commit(teacher_ckpt, reference, tmp_pat
 
 def test_resume_after_kill_during_finalize(teacher_ckpt, reference, tmp_path):
     wrapper = _wrapper(tmp_path, """
-        def finalize(self, extra=None):
+        def finalize(self, *args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
 
         StoreWriter.finalize = finalize
@@ -251,7 +251,7 @@ def test_resume_after_kill_during_finalize(teacher_ckpt, reference, tmp_path):
     _refuses_without_resume(out, teacher_ckpt)
     _resume_in_process(out, teacher_ckpt, 0)
     _assert_same_store(out, reference)
-    assert read_manifest(out)["complete"] is True
+    assert read_manifest(out).complete is True
 
 
 def test_rerun_after_kill_during_store_creation(teacher_ckpt, tmp_path):

@@ -15,7 +15,8 @@ from litcache.errors import OptionError, RecipeError
 from litcache.online import OnlineTeacherDataset
 from litcache.precision import resolve_compute
 from litcache.student import build_student, load_student
-from litcache.train import BlockTrainOptions, recalibrate_batchnorm, step_losses, train_blocks
+from litcache.block_step import step_losses
+from litcache.train import BlockTrainOptions, recalibrate_batchnorm, train_blocks
 
 
 def _torch_schedule(make, epochs: int, steps: int, lr: float, momentum: float = 0.9):
@@ -95,7 +96,7 @@ def test_recalibration_estimates_statistics_along_the_students_own_path(tiny_rec
     compute = resolve_compute("fp32", "cpu", model)
     loader = make_loader(StoreDataset(store, ["boundaries/0"]), ChunkShuffleSampler.for_store(store, 16))
     rows = recalibrate_batchnorm(split, loader, compute)
-    assert rows == store.manifest["layout"]["samples"]  # one view of every sample
+    assert rows == store.manifest.layout.samples  # one view of every sample
     # The running mean of section 2's first BatchNorm is the mean of its input over the student's path.
     inputs = torch.cat([split.sections[1][0].conv1(split.sections[0](b["boundaries/0"])).detach() for b in loader])
     bn = split.sections[1][0].bn1
@@ -138,7 +139,7 @@ def test_fresh_views_differ_per_epoch_and_from_the_stored_ones(tiny_recipe, tiny
     assert not torch.equal(epochs[0]["boundaries/0"], epochs[1]["boundaries/0"])
     assert not torch.equal(epochs[0]["boundaries/0"], stored["boundaries/0"])
     assert torch.equal(epochs[0]["source_index"], stored["source_index"]) and torch.equal(epochs[0]["labels"], stored["labels"])
-    assert epochs[1]["view"].unique().tolist() == [store.manifest["layout"]["views"] + 1]
+    assert epochs[1]["view"].unique().tolist() == [store.manifest.layout.views + 1]
 
 
 def test_fresh_views_need_an_online_teacher(tiny_recipe, tiny_store, tmp_path):

@@ -105,8 +105,10 @@ def test_sections_in_wrong_order_that_cannot_run_refused(tiny_recipe, teacher, p
 def test_cli_sections_in_wrong_order_clean_error(tmp_path, teacher_ckpt):
     recipe = write_variant(tmp_path, "wrong_order", 'recipe = replace(base, sections=("layer1", "layer3", "layer2"))')
     result = run_cli("extract", recipe, "--teacher", teacher_ckpt, "--out", tmp_path / "s", "-q")
-    assert_clean_error(result, "")
+    line = assert_clean_error(result, "stem -> sections -> head cannot run on a probe batch: ", 1)
+    assert line.endswith("Check the order and names of the recipe's stem, sections and head."), line
     assert isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "s").exists()  # refused before anything is written
 
 
 class _Inline(nn.Module):

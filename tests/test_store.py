@@ -23,9 +23,8 @@ from litcache.errors import (
     StoreLockedError,
     StoreNotFoundError,
 )
+from litcache.manifest import Layout, Manifest, RecipeRecord, TeacherRecord
 from litcache.store import (
-    FORMAT,
-    FORMAT_VERSION,
     ArraySpec,
     StoreWriter,
     checksum,
@@ -41,15 +40,18 @@ from litcache.store import (
 LOGICAL = ("float32", "float16", "bfloat16")
 
 
-def _manifest(rows: int, chunk_rows: int, shard_rows: int) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "identity": {},
-        "layout": {"rows": rows, "chunk_rows": chunk_rows, "shard_rows": shard_rows,
-                   "num_shards": len(shard_ranges(rows, shard_rows))},
-        "boundaries": ["boundaries/0"],
-    }
+def _manifest(rows: int, chunk_rows: int, shard_rows: int) -> Manifest:
+    """A manifest of ``rows`` rows of one view (the store's own tests care for its layout only)."""
+    identity = {"recipe": "test", "recipe_hash": "0", "teacher_hash": "0", "data_fingerprint": "0", "split": "train",
+                "samples": rows, "views": 1, "seed": 0, "shuffle": False, "transforms": None, "dtype": "float32",
+                "codec": "zstd", "chunk_rows": chunk_rows, "shard_rows": shard_rows}
+    return Manifest(
+        identity=identity,
+        layout=Layout(rows=rows, samples=rows, views=1, chunk_rows=chunk_rows, shard_rows=shard_rows,
+                      num_shards=len(shard_ranges(rows, shard_rows)), row_order="test"),
+        boundaries=["boundaries/0"], view_param_names=[], recipe=RecipeRecord("test", "", "0", 5),
+        teacher=TeacherRecord("teacher.pt", "0"), options={}, versions={}, created="now",
+    )
 
 
 def _specs(dtype: str) -> list[ArraySpec]:
@@ -91,7 +93,7 @@ def _write_store(path, tensors, dtype, rows, chunk_rows, shard_rows, codec, orde
     for i in order(len(ranges)):
         start, stop = ranges[i]
         entries[i] = writer.write_shard(i, start, {k: v[start:stop] for k, v in stored.items()})
-    manifest = writer.finalize({"completed": "now"})
+    manifest = writer.finalize(completed="now")
     return manifest, stored, entries
 
 
@@ -127,13 +129,14 @@ def test_round_trip_bit_exact(tmp_path, rows, chunk_rows, chunks_per_shard, batc
         assert np.array_equal(_bits(store.read(name, lo, hi)), _bits(tensor[lo:hi])), name
 
     # The manifest records, per shard, the checksum of exactly the bytes that were stored.
-    assert [s["index"] for s in manifest["shards"]] == list(range(len(shard_ranges(rows, shard_rows))))
-    for shard in manifest["shards"]:
-        start, stop = shard["rows"]
-        assert shard["xxh3_64"] == {k: checksum(v[start:stop]) for k, v in stored.items()}
-        assert shard["xxh3_64"] == entries[shard["index"]]["xxh3_64"]
+    assert [s.index for s in manifest.shards] == list(range(len(shard_ranges(rows, shard_rows))))
+    for shard in manifest.shards:
+        start, stop = shard.rows
+        assert shard.xxh3_64 == {k: checksum(v[start:stop]) for k, v in stored.items()}
+        assert shard.xxh3_64 == entries[shard.index]["xxh3_64"]
     assert verify_checksums(store) == []
-    assert read_manifest(path)["complete"] is True and read_manifest(path)["completed"] == "now"
+    assert read_manifest(path).complete is True and read_manifest(path).completed == "now"
+    assert read_manifest(path) == manifest == store.manifest
 
 
 @pytest.mark.parametrize("dtype", LOGICAL)

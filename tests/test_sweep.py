@@ -15,7 +15,9 @@ from conftest import RECIPES, TINY, TINY_STORE_OPTIONS, assert_clean_error, quie
 from litcache import BlockTrainOptions, ExtractOptions, assemble, extract, load_recipe, load_student, open_store, train_blocks
 from litcache.errors import IncompleteStoreError, OptionError
 from litcache.store import read_ledger
-from litcache.sweep import dask_client, pareto_front, plan_variants, sweep, variant_name
+from litcache.cluster import dask_client
+from litcache.sweep import plan_variants, sweep, variant_name
+from litcache.sweep_report import pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAILING_TEACHER = RECIPES / "tiny_failing_teacher.py"
@@ -159,7 +161,7 @@ def test_distributed_extraction_equals_serial(tiny_recipe, teacher_ckpt, tiny_st
     assert result.status == "created" and result.rows_written == 96
     assert shard_checksums(out) == shard_checksums(tiny_store)
     ours, serial = open_store(out).manifest, open_store(tiny_store).manifest
-    assert ours["identity"] == serial["identity"] and ours["teacher_modules"] == serial["teacher_modules"]
+    assert ours.identity == serial.identity and ours.teacher_modules == serial.teacher_modules
     assert not (out / ".lock").exists()
     again = extract(tiny_recipe, out, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False, log=quiet,
                     scheduler=cluster)

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_clean_error, run_cli
 from litcache import TrainConfig, load_teacher, train_teacher
 from litcache.errors import CheckpointError
-from litcache.teacher import load_checkpoint, save_atomic, weights_hash
+from litcache.checkpoint import load_checkpoint, save_atomic, weights_hash
 
 
 def quiet(_msg):

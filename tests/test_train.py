@@ -17,7 +17,7 @@ from litcache.recipe import load_recipe
 from litcache.sections import split_model
 from litcache.student import build_student
 from litcache.teacher import load_teacher
-from litcache.train import step_losses
+from litcache.block_step import step_losses
 
 from conftest import RECIPES
 
@@ -44,7 +44,7 @@ def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckp
 
     teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
     teacher_split = split_model(teacher, tiny_recipe).eval()
-    ident = store.manifest["identity"]
+    ident = store.manifest.identity
     views = ViewRows.from_identity(tiny_recipe.load_split("train"), ident, tiny_recipe.augment)
     x = torch.stack([views[r][0] for r in rows])
     with torch.no_grad():
@@ -150,8 +150,14 @@ def test_corrupt_store_is_refused_unless_verification_is_skipped(tiny_recipe, ti
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match="boundaries/2"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(), **QUIET)
+    verified, skipped = [], []
+    with pytest.raises(CorruptStoreError, match=r"is corrupt: array 'boundaries/2' shard 0 \(rows 0-16\)"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "verified", _options(), log=verified.append)
+    assert verified == [] and not (tmp_path / "verified").exists()  # refused before training starts
+    # Skipped: training starts, and the damaged chunk is still named when a batch reads it.
+    with pytest.raises(CorruptStoreError, match=r"Cannot read shard 0 of 'boundaries/2'"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "skipped", _options(verify=False), log=skipped.append)
+    assert skipped[0].startswith("resnet8: lit, ") and (tmp_path / "skipped" / "resnet8").is_dir()
 
 
 def test_several_students_and_cli_end_to_end(tiny_store, teacher_ckpt, tmp_path):
@@ -229,7 +235,7 @@ def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store
 
 
 def test_online_teacher_of_other_weights_is_refused(tiny_recipe, tiny_store, other_teacher_ckpt, tmp_path):
-    store_hash = open_store(tiny_store).manifest["identity"]["teacher_hash"]
+    store_hash = open_store(tiny_store).manifest.identity.teacher_hash
     other_hash = load_teacher(tiny_recipe, other_teacher_ckpt)[1]
     with pytest.raises(StoreMismatchError, match=f"weights hash {other_hash}.*weights hash {store_hash}"):
         train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(online_teacher=str(other_teacher_ckpt)), **QUIET)

@@ -19,7 +19,6 @@ from litcache.views import Augmentation, CropFlip, view_generator, view_seed
 
 
 def test_view_seed_is_stable_and_distinct():
-    assert view_seed(0, 5, 1) == view_seed(0, 5, 1)
     grid = [(s, i, v) for s in (0, 1, 7) for i in range(20) for v in range(4)]
     seeds = [view_seed(*k) for k in grid]
     assert len(set(seeds)) == len(grid)  # seed, index and view all matter, and do not alias
@@ -27,6 +26,7 @@ def test_view_seed_is_stable_and_distinct():
     # Pinned: the seed must not change between releases, or stored views stop replaying.
     assert view_seed(0, 0, 0) == 1685769968090746554
     assert view_seed(1, 2, 3) == 1124060276990588766
+    assert view_seed(0, 5, 1) == 7395844059289426122
 
 
 def test_view_generator_reproducible():
@@ -161,14 +161,14 @@ def test_viewrows_seed_changes_views_and_no_augment():
 
 def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ckpt):
     store = open_store(tiny_store)
-    views = store.manifest["layout"]["views"]
-    assert store.manifest["view_param_names"] == ["dy", "dx", "flip"]
+    views = store.manifest.layout.views
+    assert store.manifest.view_param_names == ("dy", "dx", "flip")
     source_index, view = check_row_layout(store)
     params = store.read("view_params", 0, store.rows)
 
     dataset = tiny_recipe.load_split("train")
     aug = tiny_recipe.augment
-    seed = store.manifest["identity"]["seed"]
+    seed = store.manifest.identity.seed
     inputs = []
     for r in range(store.rows):
         i, v = int(source_index[r]), int(view[r])

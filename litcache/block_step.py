@@ -1,0 +1,119 @@
+"""One training step of `litcache train-blocks`: the loss of each mode, which parts train, and the
+optimizer step. ``litcache.bench`` times this same step, so it measures what train-blocks runs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .errors import DivergedError
+from .losses import ir_loss, kd_loss, lit_loss
+from .precision import Compute
+from .sections import SplitModel
+
+__all__ = ["MODES", "fields_read", "step_losses", "train_step", "trainable_parameters", "set_train_mode",
+           "check_finite_loss"]
+
+MODES = ("lit", "ir", "finetune", "kd", "hints")
+
+
+def fields_read(mode: str, sections: int, block: int | None, hint: int, beta: float) -> list[str]:
+    """The store arrays a step of ``mode`` reads."""
+    if mode == "lit" and beta == 0:  # IR only: the logits are never read
+        return [f"boundaries/{i}" for i in range(sections + 1)]
+    if mode == "lit":
+        return [f"boundaries/{i}" for i in range(sections + 1)] + ["logits", "labels"]
+    if mode == "ir":
+        wanted = range(sections + 1) if block is None else (block - 1, block)
+        return [f"boundaries/{i}" for i in wanted]
+    if mode == "hints":
+        return ["boundaries/0", f"boundaries/{hint}", "logits", "labels"]
+    return ["boundaries/0", "logits", "labels"]
+
+
+def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, config: dict, *,
+                block: int | None = None, hint: int = 1, hint_phase: bool = False) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch (tensors keyed by store array name) and its logged parts.
+
+    Run it under the run's autocast: the network computes in that precision, every loss in float32.
+    The parts are detached tensors on the batch's device, not Python floats: reading them would
+    stall a GPU every step, so the caller sums them on the device and reads once per log line.
+    """
+    sections = len(split.sections)
+    t0 = batch.get("boundaries/0")  # absent when one --block of ir is trained
+    parts: dict[str, torch.Tensor] = {}
+
+    def kd(student_logits: torch.Tensor) -> torch.Tensor:
+        return kd_loss(student_logits.float(), batch["logits"].float(), batch["labels"], config["alpha"], config["tau"])
+
+    if mode in ("lit", "ir"):
+        trained = [block] if block is not None else list(range(1, sections + 1))
+        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]).float(), batch[f"boundaries/{i}"].float())
+               for i in trained]
+        for i, value in zip(trained, irs):
+            parts[f"ir{i}"] = value.detach()
+        kd_part = None
+        if mode == "lit" and config["beta"] > 0:
+            kd_part = kd(split.head(split.run_sections(t0)[-1]))
+            parts["kd"] = kd_part.detach()
+        loss = config.get("loss_scale", 1.0) * lit_loss(kd_part, irs, config["beta"])
+    elif mode == "hints" and hint_phase:
+        z = t0
+        for section in split.sections[:hint]:
+            z = section(z)
+        loss = ir_loss(z.float(), batch[f"boundaries/{hint}"].float())
+        parts["hint"] = loss.detach()
+    else:  # kd, finetune, and the second phase of hints
+        loss = kd(split.head(split.run_sections(t0)[-1]))
+        parts["kd"] = loss.detach()
+    parts["loss"] = loss.detach()
+    return loss, parts
+
+
+def train_step(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, config: dict,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, compute: Compute, *,
+               block: int | None = None, hint: int = 1, hint_phase: bool = False) -> dict:
+    """One optimizer step on ``batch`` (already on the device): the mode's loss under the run's
+    autocast, backward (scaled for fp16), step. Returns the detached loss parts."""
+    with compute.autocast():
+        # step_losses is looked up here at call time: the seam that
+        # test_faults.py::test_training_killed_mid_epoch_resumes_from_last_checkpoint replaces to kill a run mid-epoch.
+        loss, parts = step_losses(split, batch, mode, config, block=block, hint=hint, hint_phase=hint_phase)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return parts
+
+
+def trained_modules(split: SplitModel, mode: str, block: int | None) -> list[nn.Module]:
+    if mode in ("lit", "ir"):
+        return [split.sections[block - 1]] if block is not None else list(split.sections)
+    if mode == "finetune":  # the teacher's head stays frozen, as in the released LIT code
+        return list(split.sections)
+    return [*split.sections, split.head]
+
+
+def trainable_parameters(split: SplitModel, mode: str, block: int | None) -> list[nn.Parameter]:
+    """Freeze the split, then unfreeze (and return) the parameters ``mode`` trains."""
+    for p in split.parameters():
+        p.requires_grad_(False)
+    params = [p for m in trained_modules(split, mode, block) for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def set_train_mode(split: SplitModel, mode: str, block: int | None) -> None:
+    split.eval()  # frozen parts (stem, and the head outside kd/hints) keep their BatchNorm statistics
+    for module in trained_modules(split, mode, block):
+        module.train()
+
+
+def check_finite_loss(loss_sum: torch.Tensor, student: str, epoch: int) -> None:
+    """One host sync: refuse a run whose summed loss is no longer finite."""
+    if not math.isfinite(loss_sum.item()):
+        raise DivergedError(f"{student}: the loss became {loss_sum.item()} in epoch {epoch + 1}; lower --lr "
+                            "(or use --precision fp32 if it diverged in reduced precision).")

@@ -1,0 +1,174 @@
+"""`litcache train-teacher`: train the recipe's teacher (or a student variant from scratch, the
+baseline LIT is compared with) with cross-entropy, checkpointing atomically after every epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import changed_settings, fit_state, load_checkpoint, save_atomic, weights_hash
+from .data import batch_of, resolve_device
+from .errors import CheckpointError, DivergedError, NotAClassifierError
+from .metrics import accuracy
+from .precision import resolve_compute
+from .recipe import Recipe, TrainConfig
+from .student import save_student
+
+__all__ = ["train_teacher"]
+
+
+class _Augmented(Dataset):
+    """Random (not per-view) augmentation for teacher training, seeded per epoch: the fallback for
+    augmentations without ``apply_batch`` (per-sample Python)."""
+
+    def __init__(self, dataset: Dataset, augment, seed: int) -> None:
+        self.dataset, self.augment, self.seed = dataset, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i][:2]
+        if self.augment is not None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            x = self.augment.apply(x, self.augment.sample(g, x.shape))
+        return x, int(y)
+
+
+def _batches(dataset: Dataset, augment, batch_size: int, seed: int):
+    """One shuffled epoch of (inputs, labels) batches with random views.
+
+    Where the augmentation works on whole batches (``apply_batch``, e.g. CropFlip) the views are made
+    per batch on tensors, and a dataset with ``get_batch(indices) -> (inputs, labels)`` gives its
+    batch in one call, so no per-sample Python runs in the loop; otherwise each sample is made by a
+    DataLoader."""
+    batched = augment is None or (hasattr(augment, "apply_batch") and hasattr(augment, "sample_batch"))
+    if not batched:
+        yield from DataLoader(_Augmented(dataset, augment, seed), batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed), drop_last=False)
+        return
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size].tolist()
+        x, y = batch_of(dataset, idx)
+        if augment is not None:
+            x = augment.apply_batch(x, augment.sample_batch(g, len(idx)))
+        yield x, y
+
+
+def train_teacher(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    device: str = "auto",
+    precision: str | None = None,
+    eval_split: str = "test",
+    student: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the recipe's teacher with cross-entropy; checkpoint atomically after every epoch.
+
+    With ``student``, train that student variant the same way from scratch instead: the baseline
+    LIT is compared with. Its checkpoint is a student checkpoint (``litcache.load_student``).
+    The network computes in ``precision`` (default: the recipe's); weights, optimizer state and
+    the loss stay float32.
+    """
+    if recipe.task != "classification":
+        raise NotAClassifierError(f"train-teacher trains classifiers with cross-entropy; recipe {recipe.name!r} is a {recipe.task} "
+                              "task. Bring its teacher's checkpoint (see the recipe's docstring).")
+    config = config or recipe.teacher_training
+    dev = resolve_device(device)
+    out = Path(out)
+    torch.manual_seed(seed)
+    model = (recipe.student_builder(student) if student else recipe.build_teacher)()
+    compute = resolve_compute(precision or recipe.precision, dev, model)
+    compute.model(model)
+    optimizer = config.make_optimizer(model.parameters())
+    scaler = compute.grad_scaler()
+    config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    config_record["precision"] = compute.precision
+    start_epoch, history = 0, []
+    if out.exists():
+        if not resume:
+            raise CheckpointError(f"{str(out)!r} exists. Pass --resume to continue that training, or choose another --out.")
+        state = load_checkpoint(out)
+        if state.get("recipe") != recipe.name or "optimizer" not in state or state.get("student") != student:
+            raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot resume from it.")
+        changed = changed_settings(state.get("config", {}), config_record, _RESUME_KEYS, _RESUME_DEFAULTS)
+        if changed:
+            raise CheckpointError(f"Cannot resume {str(out)!r} with other settings ({'; '.join(changed)}). "
+                                  "Resume with the same options (only --epochs may grow), or choose another --out.")
+        fit_state(model, state["state_dict"], f"Checkpoint {str(out)!r}")
+        optimizer.load_state_dict(state["optimizer"])
+        if "grad_scaler" in state:
+            scaler.load_state_dict(state["grad_scaler"])
+        start_epoch, history = state["epoch"], list(state["history"])
+        log(f"resuming from epoch {start_epoch} of {config.epochs}")
+
+    train_set = recipe.load_split("train")
+    test_set = recipe.load_split(eval_split)
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    log(f"{'student ' + student if student else 'teacher'}: {len(train_set)} training samples, {config.epochs} epochs of "
+        f"batch {config.batch_size}, {config.schedule} schedule, {compute.describe()}")
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        t0, seen, loss_sum, lr = time.perf_counter(), 0, torch.zeros((), device=dev), config.lr
+        for step, (x, y) in enumerate(_batches(train_set, recipe.augment, config.batch_size, seed + epoch)):
+            x, y = compute.input(x), y.to(dev, non_blocking=True)
+            lr = config.apply_schedule(optimizer, epoch, step, steps_per_epoch)
+            with compute.autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(y)
+            loss_sum += loss.detach() * len(y)  # on the device: read once per epoch, not per step
+            if (step + 1) % 50 == 0 and not math.isfinite(loss_sum.item()):
+                break
+        if not math.isfinite(loss_sum.item()):
+            raise DivergedError(f"Training diverged in epoch {epoch + 1} (loss {loss_sum.item()}); lower --lr"
+                                + (" or use --precision fp32." if compute.precision != "fp32" else "."))
+        elapsed = time.perf_counter() - t0
+        test_accuracy = accuracy(model, test_set, compute)
+        mean_loss = loss_sum.item() / seen
+        history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": test_accuracy, "seconds": elapsed,
+                        "img_per_s": seen / elapsed})
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  test acc {test_accuracy:.4f}  "
+            f"lr {lr:.4g}  {seen / elapsed:.0f} img/s")
+        extra = {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+        if student:
+            save_student(out, model, recipe=recipe, student=student, mode="scratch",
+                         sections_trained=range(1, len(recipe.sections) + 1), store={}, config={**config_record, "seed": seed},
+                         history=history, epoch=epoch + 1, optimizer=optimizer.state_dict(), extra=extra)
+            continue
+        save_atomic({
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "history": history,
+            "recipe": recipe.name,
+            "recipe_hash": recipe.source_hash,
+            "config": config_record,
+            "seed": seed,
+            **extra,
+        }, out)
+    model.eval()
+    model.to(memory_format=torch.contiguous_format)
+    return {"checkpoint": str(out), "weights_hash": weights_hash(model), "history": history}
+
+
+#: Settings a resumed train-teacher run must share with the run it continues (--epochs may grow).
+_RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "schedule", "warmup",
+                "nesterov", "precision")
+_RESUME_DEFAULTS = {"schedule": "multistep", "warmup": 0.0, "nesterov": False, "precision": "fp32"}
