@@ -9,16 +9,16 @@ import functools
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
 from . import __version__
 from .audit import format_store_info, store_info, verify_store
 from .cli_options import (
-    device_option, distill_options, echo_json, logger, parse_milestones, precision_option, report_options,
-    training_options,
+    device_option, distill_options, echo_json, logger, one_store, parse_milestones, precision_option,
+    report_options, store_and_recipe, store_flag, training_options, worker_device_option,
 )
+from .data import resolve_device
 from .errors import LitcacheError, OptionError
 from .extract import ExtractOptions, extract
 from .recipe import load_recipe
@@ -146,24 +146,9 @@ def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, sch
         click.echo(f"{result.status}: {out} ({result.rows} rows)")
 
 
-def _one_store(positional: str | None, option: str | None) -> str:
-    """STORE given positionally or as --store (the spelling of train-blocks and sweep), not both differently."""
-    if positional is not None and option is not None and positional != option:
-        raise OptionError(f"Expected one store, got {positional!r} (STORE) and {option!r} (--store) instead. "
-                          "Give it once, as STORE or as --store.")
-    if positional is None and option is None:
-        raise click.UsageError("Missing the store: give it as STORE or --store.")
-    return positional if positional is not None else option
-
-
-#: --store, where STORE may also be given positionally (info, verify).
-_store_option = click.option("--store", "store_option", type=click.Path(),
-                             help="The store (the same as STORE; the spelling of train-blocks and sweep).")
-
-
 @main.command("info")
 @click.argument("store", type=click.Path(), required=False)
-@_store_option
+@store_flag
 @report_options
 @_friendly_errors
 def info_cmd(store, store_option, as_json, quiet):
@@ -171,7 +156,7 @@ def info_cmd(store, store_option, as_json, quiet):
 
     Example: litcache info runs/mnist/train.zarr --json
     """
-    info = store_info(_one_store(store, store_option))
+    info = store_info(one_store(store, store_option))
     if as_json:
         return echo_json(info)
     if quiet:
@@ -179,28 +164,10 @@ def info_cmd(store, store_option, as_json, quiet):
     click.echo(format_store_info(info))
 
 
-def _is_recipe_ref(ref: str) -> bool:
-    """A recipe file (.py) or module:attr, as opposed to a store path or URL."""
-    return ref.endswith(".py") or (":" in ref and "://" not in ref and not Path(ref).exists())
-
-
-def _store_and_recipe(first: str | None, second: str | None, store_option: str | None,
-                      recipe_option: str | None) -> tuple[str, str | None]:
-    """verify's STORE [RECIPE], where STORE may be --store and RECIPE --recipe; with --store, a lone
-    positional recipe is RECIPE, as in `litcache train-blocks RECIPE --store STORE`."""
-    if store_option is not None and second is None and first is not None and first != store_option and _is_recipe_ref(first):
-        first, second = None, first
-    store = _one_store(first, store_option)
-    if second is not None and recipe_option is not None and second != recipe_option:
-        raise OptionError(f"Expected one recipe, got {second!r} (RECIPE) and {recipe_option!r} (--recipe) instead. "
-                          "Give it once.")
-    return store, second if second is not None else recipe_option
-
-
 @main.command("verify")
 @click.argument("store", type=click.Path(), required=False)
 @click.argument("recipe", required=False)
-@_store_option
+@store_flag
 @click.option("--replay", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-run the teacher on N random rows' recorded views and compare.")
 @click.option("--recipe", "recipe_option", help="The same as RECIPE.")
@@ -216,7 +183,7 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 
     Example: litcache verify runs/mnist/train.zarr --replay 32
     """
-    store, recipe = _store_and_recipe(store, recipe, store_option, recipe_option)
+    store, recipe = store_and_recipe(store, recipe, store_option, recipe_option)
     r = None
     if replay:
         from .manifest import read_manifest
@@ -321,7 +288,7 @@ def assemble_cmd(parts, out):
               help="Local dask cluster of N single-threaded processes; 1: in this process, no cluster.  [default: one per core]")
 @click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead (e.g. tcp://host:8786).")
 @click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint: its test accuracy is marked on the plot.")
-@device_option
+@worker_device_option
 @precision_option
 @report_options
 @_friendly_errors
@@ -336,6 +303,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
     """
     from .sweep import sweep
 
+    if scheduler is None:  # the tasks run on this machine: its device must exist
+        resolve_device(device)
     grid["milestones"] = parse_milestones(milestones)
     try:
         result = sweep(load_recipe(recipe), store_path, students, out, seeds=seeds or (0,), grid=grid, mode=mode,

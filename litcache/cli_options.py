@@ -27,13 +27,19 @@ precision_option = click.option(
          "auto unless the recipe sets one]")
 
 
-def check_device(ctx, param, value: str) -> str:
-    """--device is auto or any torch device string; one that does not exist here fails before any work."""
+def check_device_string(ctx, param, value: str) -> str:
+    """--device is auto or any torch device string (a usage error otherwise)."""
     try:
         if value != "auto":
             parse_device(value)
-    except OptionError as exc:  # not a device string: a usage error, as for any bad value
+    except OptionError as exc:
         raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def check_device(ctx, param, value: str) -> str:
+    """--device is auto or any torch device string; one that does not exist here fails before any work."""
+    check_device_string(ctx, param, value)
     try:
         resolve_device(value)
     except LitcacheError as exc:
@@ -45,6 +51,12 @@ def check_device(ctx, param, value: str) -> str:
 device_option = click.option(
     "--device", default="auto", show_default=True, callback=check_device,
     help="auto (CUDA when present, else the CPU) or a torch device: cpu, cuda, cuda:1, mps.")
+#: sweep's --device: its tasks may run on the workers of a --scheduler on other machines, so only
+#: the string is checked while parsing (sweep checks the device here when it runs the tasks here).
+worker_device_option = click.option(
+    "--device", default="auto", show_default=True, callback=check_device_string,
+    help="auto (CUDA when present, else the CPU) or a torch device: cpu, cuda, cuda:1, mps; "
+         "with --scheduler, as the workers have it.")
 
 
 def default_note(sweep: bool) -> str:
@@ -142,3 +154,36 @@ def parse_milestones(milestones: str | None) -> tuple[int, ...] | None:
 
 def logger(quiet: bool):
     return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+def one_store(positional: str | None, option: str | None) -> str:
+    """STORE given positionally or as --store (the spelling of train-blocks and sweep), not both differently."""
+    if positional is not None and option is not None and positional != option:
+        raise OptionError(f"Expected one store, got {positional!r} (STORE) and {option!r} (--store) instead. "
+                          "Give it once, as STORE or as --store.")
+    if positional is None and option is None:
+        raise click.UsageError("Missing the store: give it as STORE or --store.")
+    return positional if positional is not None else option
+
+
+#: --store (dest store_option), where STORE may also be given positionally (info, verify).
+store_flag = click.option("--store", "store_option", type=click.Path(),
+                             help="The store (the same as STORE; the spelling of train-blocks and sweep).")
+
+
+def is_recipe_ref(ref: str) -> bool:
+    """A recipe file (.py) or module:attr, as opposed to a store path or URL."""
+    return ref.endswith(".py") or (":" in ref and "://" not in ref and not Path(ref).exists())
+
+
+def store_and_recipe(first: str | None, second: str | None, store_option: str | None,
+                      recipe_option: str | None) -> tuple[str, str | None]:
+    """verify's STORE [RECIPE], where STORE may be --store and RECIPE --recipe; with --store, a lone
+    positional recipe is RECIPE, as in `litcache train-blocks RECIPE --store STORE`."""
+    if store_option is not None and second is None and first is not None and first != store_option and is_recipe_ref(first):
+        first, second = None, first
+    store = one_store(first, store_option)
+    if second is not None and recipe_option is not None and second != recipe_option:
+        raise OptionError(f"Expected one recipe, got {second!r} (RECIPE) and {recipe_option!r} (--recipe) instead. "
+                          "Give it once.")
+    return store, second if second is not None else recipe_option

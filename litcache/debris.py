@@ -4,8 +4,10 @@ A local write goes through ``.{name}.{pid}.tmp`` beside its target and is rename
 (``StoreLocation.write_bytes``), so a writer killed mid-write leaves that file behind. The ledger
 and the manifest name final keys only, so such a file is never part of the store; it only holds
 disk space (a shard's worth each). Writers write only while holding the store's lock, so whoever
-takes the lock may remove every one of them (``store_lock`` does); ``litcache verify``, which
-holds no lock and writes nothing, reports them. Only files named exactly so are touched.
+takes the lock may remove them (``store_lock`` does); ``litcache verify``, which holds no lock and
+writes nothing, reports them. Only files named exactly so, in the folders litcache makes, are
+touched, and never one whose process is still alive on this host (a dask worker of an extraction
+whose lock was taken over, a checkpoint being written).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .location import StoreLocation, temp_writer_pid
+from .location import StoreLocation, process_alive, temp_writer_pid
 from .space import human_bytes
 
-__all__ = ["Debris", "find_debris", "remove_debris"]
+__all__ = ["STORE_FOLDERS", "Debris", "find_debris", "remove_debris"]
+
+#: The folders litcache makes at a store's root (its arrays, the teacher's modules, the ledger).
+STORE_FOLDERS = frozenset({"ledger", "boundaries", "logits", "labels", "source_index", "view", "view_params", "teacher"})
 
 
 @dataclass(frozen=True)
@@ -32,15 +37,18 @@ class Debris:
 
 
 def find_debris(location: StoreLocation) -> Debris:
-    """Every temporary file under the store root."""
+    """Every temporary file of a writer that is gone, at the store root and in the folders litcache makes."""
     loc = StoreLocation(location)
     if loc.remote or not loc.is_dir():
         return Debris()  # an object store is written one whole PUT per key: it has no temporary files
     files, size = [], 0
-    for directory, _, names in os.walk(loc.path):  # symlinked directories are not followed
+    for directory, folders, names in os.walk(loc.path):  # symlinked directories are not followed
+        if directory == str(loc.path):
+            folders[:] = [f for f in folders if f in STORE_FOLDERS]  # e.g. never a train-blocks --out inside it
         for name in sorted(names):
             path = os.path.join(directory, name)
-            if temp_writer_pid(name) is None or os.path.islink(path):
+            pid = temp_writer_pid(name)
+            if pid is None or os.path.islink(path) or process_alive(pid):
                 continue
             try:
                 size += os.stat(path).st_size

@@ -24,7 +24,7 @@ from .data import resolve_device
 from .errors import DiskSpaceError, IncompleteStoreError, NotAStoreError, OptionError, StoreFormatError, StoreMismatchError
 from .extract_loop import run_pending
 from .extract_plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
-from .location import StoreLocation
+from .location import StoreLocation, temp_writer_pid
 from .lock import LOCK_FILE, check_unlocked, store_lock
 from .manifest import ComputeRecord, Layout, Manifest, RecipeRecord, TeacherRecord, Timing, read_manifest, utc_now
 from .recipe import Recipe
@@ -61,8 +61,11 @@ class ExtractResult:
 def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -> str:
     """What to do with ``out``: "create", "resume" or "unchanged"; refuses what would lose data."""
     out = StoreLocation(out)
-    if not out.exists() or (out.is_dir() and all(name == LOCK_FILE for name in out.listdir())):
-        return "create"  # nothing there, or only the lock of an extraction killed before it wrote anything
+    if not out.exists() or (out.is_dir() and all(name == LOCK_FILE or temp_writer_pid(name) is not None
+                                                 for name in out.listdir())):
+        # Nothing there, or only the lock (and the half-written first zarr.json) of an extraction
+        # killed before it wrote anything.
+        return "create"
     try:
         manifest = read_manifest(out)
     except StoreFormatError:

@@ -15,9 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data import ViewRows, worker_context
+from .encoding import MANTISSA_BITS, from_storage, to_storage
 from .errors import DiskSpaceError
 from .extract_plan import ExtractPlan, check_finite
-from .encoding import MANTISSA_BITS, from_storage, to_storage
+from .progress import progress_bar
 from .store import StoreWriter
 
 __all__ = ["ShardWriter", "shard_batches", "run_pending"]
@@ -122,7 +123,6 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
 
     ``background_writer``: compress and write shards in a background thread (True), between
     batches (False), or (None) in the background unless the teacher runs on a CPU with no spare core."""
-    from .progress import progress_bar
 
     o = plan.options
     compute = plan.compute

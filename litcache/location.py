@@ -37,6 +37,17 @@ def temp_writer_pid(name: str) -> int | None:
     return int(match["pid"]) if match else None
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_url(path) -> bool:
     return isinstance(path, str) and "://" in path
 

@@ -16,6 +16,7 @@ store may be replaced with ``--overwrite``, which never touches a directory of a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,7 @@ from .identity import Identity
 from .json_fields import (BOOL, CODEC, COUNT, POSITIVE, SECONDS, SHAPE, STRING, STRINGS, Expect, FrozenMapping,
                           JsonObject, ManifestError, damaged_message)
 from .location import StoreLocation, temp_writer_pid
+from .debris import STORE_FOLDERS
 from .lock import LOCK_FILE
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "Layout", "ArrayRecord", "TensorRecord", "RecipeRecord",
@@ -42,8 +44,7 @@ LEDGER_DIR = "ledger"
 REQUIRED_KEYS = ("complete", "identity", "layout", "boundaries", "view_param_names", "recipe", "teacher", "options",
                  "versions", "created", "arrays")
 #: Every name litcache makes at a store's root (besides its temporary files).
-ROOT_NAMES = frozenset({"zarr.json", LEDGER_DIR, LOCK_FILE, "boundaries", "logits", "labels", "source_index", "view",
-                        "view_params", "teacher"})
+ROOT_NAMES = STORE_FOLDERS | {"zarr.json", LOCK_FILE}
 
 
 def utc_now() -> str:
@@ -339,9 +340,18 @@ class Manifest:
         return out
 
 
+#: What a ledger folder holds: one entry per committed shard (and temporary files of killed writers).
+_LEDGER_ENTRY = re.compile(r"shard-\d{6}\.json")
+
+
 def _is_litcache_root(loc: StoreLocation, manifest_says_so: bool) -> bool:
-    """Whether ``loc`` holds litcache's files only, with its ledger (or a manifest naming litcache's format)."""
+    """Whether ``loc`` holds litcache's files only, with its ledger (or a manifest naming litcache's
+    format). ``--overwrite`` deletes what passes, so a single name litcache does not make, at the root
+    or in the ledger, fails it."""
     if any(name not in ROOT_NAMES and temp_writer_pid(name) is None for name in loc.listdir()):
+        return False
+    ledger = loc.listdir(LEDGER_DIR)
+    if any(not _LEDGER_ENTRY.fullmatch(name) and temp_writer_pid(name) is None for name in ledger):
         return False
     return manifest_says_so or loc.is_dir(LEDGER_DIR)
 
@@ -374,12 +384,19 @@ def read_manifest(path: str | Path | StoreLocation) -> Manifest:
         raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a Zarr group without a litcache manifest.")
     try:
         return Manifest.from_dict(manifest, where=str(loc))
-    except ManifestError as exc:
+    except ManifestError as exc:  # (a subclass of StoreFormatError: caught before the clause below)
         if _is_litcache_root(loc, manifest_says_so=True):
             raise
         raise NotAStoreError(f"The litcache manifest of {str(path)!r} {exc.problem}: the store is damaged, and its "
                              "directory also holds files litcache does not make, so --overwrite will not replace it. "
                              "Move what is yours out of it, or delete it yourself.") from None
+    except StoreFormatError:
+        # Another format version: --overwrite may replace it, so only when the folder holds litcache's files alone.
+        if _is_litcache_root(loc, manifest_says_so=True):
+            raise
+        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}: its zarr.json names another litcache format "
+                             "version, and the directory also holds files litcache does not make, so --overwrite will "
+                             "not replace it. Move what is yours out of it, or delete it yourself.") from None
 
 
 def write_manifest(location: str | Path | StoreLocation, manifest: Manifest, new: bool = False) -> None:

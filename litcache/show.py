@@ -7,8 +7,9 @@ from dataclasses import asdict, fields
 
 import torch.nn as nn
 
-from .extract import ExtractOptions
+from .extract_plan import ExtractOptions
 from .recipe import ModuleRef, Recipe, TrainConfig
+from .sections import split_model
 
 __all__ = ["show_recipe", "format_recipe"]
 
@@ -30,7 +31,6 @@ def _blocks(module: nn.Module) -> int:
 
 
 def _student(recipe: Recipe, name: str) -> dict:
-    from .sections import split_model
 
     model = recipe.student_builder(name)()
     split = split_model(model, recipe)  # also checks that the recipe's module names fit this student
@@ -48,7 +48,6 @@ def show_recipe(recipe: Recipe, build: bool = True) -> dict:
     d = recipe.distill
     teacher = None
     if build:
-        from .sections import split_model
 
         model = recipe.build_teacher()
         teacher = {"params": sum(p.numel() for p in model.parameters()),

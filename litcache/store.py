@@ -159,7 +159,7 @@ class Store:
         try:
             rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
         except (CorruptStoreError, FileNotFoundError) as exc:
-            reason = "it is missing" if isinstance(exc, FileNotFoundError) else exc
+            reason = "it is missing" if isinstance(exc, FileNotFoundError) else str(exc).rstrip(".")
             raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
                                     "`litcache verify` checks every shard; extract the store again to repair it.") from None
         self._shard_indexes[key] = index

@@ -27,3 +27,17 @@ def load_teacher(recipe: Recipe, checkpoint: str | Path | None = None) -> tuple[
     fit_state(model, state, f"Checkpoint {str(path)!r}")
     model.eval()
     return model, weights_hash(model), str(path)
+
+
+#: Names this module held before checkpoint I/O and teacher training got modules of their own;
+#: still importable from here so that user code written against earlier releases keeps working.
+_MOVED = {"weights_hash": "checkpoint", "save_atomic": "checkpoint", "load_checkpoint": "checkpoint",
+          "changed_settings": "checkpoint", "train_teacher": "teacher_training"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:  # imported on first use: teacher_training builds on modules that build on this one
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,11 +34,15 @@ import torch.nn as nn
 
 from .audit import require_intact
 from .block_step import MODES, check_finite_loss, fields_read, set_train_mode, train_step, trainable_parameters
+# Re-exported: train-blocks' step and losses were this module's before block_step.py held them.
+from .block_step import step_losses  # noqa: F401
+from .losses import ir_loss, kd_loss, lit_loss  # noqa: F401
 from .checkpoint import changed_settings
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import CheckpointError, OptionError, StoreMismatchError
 from .metrics import accuracy
+from .online import OnlineTeacherDataset
 from .precision import Compute, resolve_compute
 from .recipe import Recipe, TrainConfig
 from .sections import SplitModel
@@ -56,7 +60,9 @@ RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "mileston
                "seed", "views", "buffer_chunks", "online", "fresh_views", "precision")
 #: What a checkpoint written before a resume key existed had instead.
 _RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
-                    "nesterov": False, "loss_scale": 1.0}
+                    "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None}
+#: Config keys of earlier releases that a later key now holds (``amp`` became ``precision``).
+_RETIRED_KEYS = ("amp",)
 #: Config keys that say where and how a run executes, not what it trains: a finished student is the
 #: same result whatever these were (``channels_last`` follows from the student and the device).
 RUN_ONLY_KEYS = ("device", "loader_workers", "verify", "evaluate", "in_memory", "channels_last")
@@ -175,7 +181,7 @@ def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()
     """"key saved -> expected" for every setting of a finished run's config that ``expected`` (a
     ``resolve_config`` with its precision resolved) trains differently; run-only keys and ``ignore``
     are left out."""
-    skip = {*RUN_ONLY_KEYS, *ignore}
+    skip = {*RUN_ONLY_KEYS, *_RETIRED_KEYS, *ignore}
     keys = [k for k in dict.fromkeys([*expected, *saved]) if k not in skip]
     return changed_settings(saved, expected, keys, _RESUME_DEFAULTS)
 
@@ -267,8 +273,6 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
         recipe.student_builder(name)  # refuse an unknown student before any training
     online = None
     if options.online_teacher is not None:  # loaded once, and a wrong teacher refused before any training
-        from .online import OnlineTeacherDataset
-
         device = resolve_device(options.device)
         if device.type == "cuda" and options.loader_workers:
             raise OptionError("--online-teacher runs the teacher on the GPU in the training process: use --loader-workers 0.")

@@ -90,10 +90,25 @@ def test_evaluate_student_checkpoint_and_its_old_spelling(monkeypatch, tmp_path)
 def test_cuda_device_that_is_not_here(command, tmp_path):
     # --device is checked as it is parsed: before the recipe loads or anything is written.
     out = ["--out", tmp_path / "out"] if "out" in _params(command) else []
+    if command == "sweep":  # sweep checks it when it starts (see the test below), after its required --store
+        out += ["--store", tmp_path / "none.zarr", "--student", "resnet8"]
     result = run_cli(command, TINY, "--device", "cuda:1", *out)
     assert_clean_error(result, "Expected a CUDA device for --device cuda:1, but torch sees none. CUDA is not available here", 1)
     assert "use --device cpu or auto" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_on_a_scheduler_leaves_the_device_to_its_workers(tmp_path, monkeypatch):
+    # The workers of a --scheduler may have the GPU this machine lacks: only the string is checked.
+    seen = {}
+    monkeypatch.setattr(importlib.import_module("litcache.sweep"), "sweep", lambda *args, **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(
+        OptionError("stop here")))
+    result = run_cli("sweep", TINY, "--store", tmp_path / "s.zarr", "--student", "resnet8", "--scheduler", "tcp://gpus:8786",
+                     "--device", "cuda:1", "--out", tmp_path / "out")
+    assert_clean_error(result, "stop here", 1)
+    assert seen["device"] == "cuda:1" and seen["scheduler"] == "tcp://gpus:8786"
+    assert_clean_error(run_cli("sweep", TINY, "--store", tmp_path / "s.zarr", "--student", "resnet8", "--scheduler", "tcp://gpus:8786",
+                               "--device", "gpu"), "Invalid value for '--device'", 2)
 
 
 def test_any_torch_device_string(teacher_ckpt, tmp_path, monkeypatch):

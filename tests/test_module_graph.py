@@ -75,3 +75,14 @@ def test_teacher_student_and_evaluation_are_layered():
     assert graph["checkpoint"] <= {"errors", "location"}  # checkpoint I/O needs no model code
     assert graph["metrics"] <= {"precision"}
     assert not {"evaluate", "teacher_training", "train"} & (reachable(graph, "student") | reachable(graph, "teacher"))
+
+
+def test_names_of_earlier_releases_still_import():
+    # User code written against earlier releases imported these from their old modules.
+    from litcache import checkpoint, teacher_training
+    from litcache.teacher import changed_settings, load_checkpoint, save_atomic, train_teacher, weights_hash
+    from litcache.train import kd_loss, step_losses  # noqa: F401
+
+    assert train_teacher is teacher_training.train_teacher and save_atomic is checkpoint.save_atomic
+    assert (weights_hash, load_checkpoint, changed_settings) == (checkpoint.weights_hash, checkpoint.load_checkpoint,
+                                                                 checkpoint.changed_settings)

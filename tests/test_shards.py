@@ -99,6 +99,7 @@ def test_training_from_a_store_with_a_damaged_shard_index_stops_with_one_error_l
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith("Error: Cannot read shard 1 of 'boundaries/1' in store "), result.output
     assert "shard index fails its crc32c check" in result.output and "Traceback" not in result.output
+    assert ".." not in errors[0], errors[0]  # the reason's own full stop is not doubled
 
 
 def test_arrays_with_other_layouts_are_left_to_zarr(tmp_path):

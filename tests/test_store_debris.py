@@ -4,6 +4,7 @@ extraction, `--resume` included) removes them; `litcache verify` reports them an
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,36 @@ def test_a_refused_extraction_removes_nothing(tiny_store, other_teacher_ckpt):
     result = _extract(tiny_store, other_teacher_ckpt)
     assert result.exit_code == 1
     assert all((tiny_store / key).exists() for key in keys)
+
+
+def test_temporary_files_of_live_writers_and_of_foreign_folders_are_kept(tiny_store, teacher_ckpt):
+    # A writer still running on this host (a dask worker of a taken-over extraction, a checkpoint
+    # being saved), or a folder of the user's inside the store (train-blocks --out STORE/lit): its
+    # temporary files are not debris, whatever their name.
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            kept = [f"logits/c/3/.0.{live.pid}.tmp", f"lit/resnet8/.last.pt.{_dead_pid()}.tmp"]
+            for key in kept:
+                (tiny_store / key).parent.mkdir(parents=True, exist_ok=True)
+                (tiny_store / key).write_bytes(b"live")
+            [dead] = [f"logits/c/3/.1.{_dead_pid()}.tmp"]
+            (tiny_store / dead).write_bytes(b"gone")
+            assert find_debris(tiny_store).files == (dead,)
+            result = _extract(tiny_store, teacher_ckpt, "--resume")
+            assert result.exit_code == 0, result.output
+            assert "removed 1 temporary file (4 B) of killed writers" in result.output
+            assert all((tiny_store / key).read_bytes() == b"live" for key in kept) and not (tiny_store / dead).exists()
+        finally:
+            live.kill()
+
+
+def test_extraction_killed_writing_its_first_manifest_starts_again(teacher_ckpt, tmp_path):
+    # Killed inside the very first zarr.json write: only the lock of a dead process and the
+    # half-written manifest are there. That is no data of anyone's: extract starts the store anew.
+    out = tmp_path / "s.zarr"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid()}))
+    (out / f".zarr.json.{_dead_pid()}.tmp").write_bytes(b'{"attri')
+    result = _extract(out, teacher_ckpt)
+    assert result.exit_code == 0, result.output
+    assert open_store(out).complete and find_debris(out).files == ()

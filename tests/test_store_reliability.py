@@ -74,6 +74,28 @@ def test_overwrite_still_refuses_a_directory_litcache_did_not_make(layout, tmp_p
     assert _snapshot(mine) == before
 
 
+@pytest.mark.parametrize("case", ["other-version-beside-user-files", "user-file-in-ledger"])
+def test_overwrite_refuses_foreign_files_behind_litcache_names(case, tmp_path, teacher_ckpt):
+    # --overwrite deletes what it replaces: a litcache-looking folder holding one file litcache did
+    # not make (at the root beside a zarr.json of another format version, or inside ledger/) stays.
+    mine = tmp_path / "mine"
+    (mine / "labels").mkdir(parents=True)
+    if case == "other-version-beside-user-files":
+        manifest = {"format": "litcache-store", "format_version": 99}
+        (mine / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                    "attributes": {"litcache": manifest}}))
+        (mine / "thesis.tex").write_text("precious")
+    else:
+        (mine / "ledger").mkdir()
+        (mine / "ledger" / "2025.csv").write_text("precious")
+    before = _snapshot(mine)
+    with pytest.raises(NotAStoreError):
+        read_manifest(mine)
+    result = _extract(mine, teacher_ckpt, "--overwrite")
+    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; refusing to write into it.", 1)
+    assert _snapshot(mine) == before
+
+
 def test_manifest_is_written_whole_and_fsynced(tiny_recipe, teacher_ckpt, tmp_path, monkeypatch):
     # Through StoreLocation.write_bytes (tmp + fsync + rename + directory fsync): when the store is
     # created, and when it is committed complete.

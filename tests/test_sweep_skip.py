@@ -56,3 +56,23 @@ def test_ir_sections_of_another_recipe_schedule_are_not_reused(tiny_recipe, tiny
     [again] = sweep(lower, tiny_store, ["resnet8"], out, grid=GRID, mode="ir", workers=1, log=quiet).rows
     assert again["status"] == "failed" and "block1" in again["error"] and "-> 0.0123" in again["error"]
     assert not final.exists()  # nothing assembled from sections trained with the old schedule
+
+
+def test_variant_finished_by_an_earlier_release_is_still_skipped(tiny_recipe, tiny_store, tmp_path):
+    # Checkpoints written before --precision and BatchNorm recalibration hold "amp" and lack the
+    # newer keys: the same training all the same, so a rerun skips it rather than failing it.
+    import torch
+
+    from litcache.checkpoint import save_atomic
+
+    out = tmp_path / "sweep"
+    [first] = sweep(tiny_recipe, tiny_store, ["resnet8"], out, grid=GRID, workers=1, log=quiet).rows
+    final = out / first["variant"] / "resnet8" / "student.pt"
+    checkpoint = torch.load(final, weights_only=True)
+    config = checkpoint["config"]
+    for newer in ("precision", "recalibrate_bn", "online_teacher"):
+        config.pop(newer, None)
+    config["amp"] = False
+    save_atomic(checkpoint, final)
+    [again] = sweep(tiny_recipe, tiny_store, ["resnet8"], out, grid=GRID, workers=1, log=quiet).rows
+    assert again["status"] == "skipped", again.get("error")
