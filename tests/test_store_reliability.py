@@ -55,6 +55,16 @@ def test_damaged_manifest_advises_overwrite_and_overwrite_replaces_it(damage, ti
     assert verify_checksums(open_store(tiny_store)) == []
 
 
+def _assert_overwrite_refused(mine: Path, ckpt) -> None:
+    """``mine`` is not a store, and ``extract --overwrite`` refuses it without touching a byte."""
+    before = _snapshot(mine)
+    with pytest.raises(NotAStoreError):
+        read_manifest(mine)
+    result = _extract(mine, ckpt, "--overwrite")
+    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; refusing to write into it.", 1)
+    assert _snapshot(mine) == before
+
+
 @pytest.mark.parametrize("layout", ["user-files", "no-ledger"])
 def test_overwrite_still_refuses_a_directory_litcache_did_not_make(layout, tmp_path, teacher_ckpt):
     # A broken zarr.json, and a folder that is not a litcache store's: one file of the user's
@@ -66,12 +76,7 @@ def test_overwrite_still_refuses_a_directory_litcache_did_not_make(layout, tmp_p
     if layout == "user-files":
         (mine / "ledger").mkdir()
         (mine / "notes.txt").write_text("precious")
-    before = _snapshot(mine)
-    with pytest.raises(NotAStoreError):
-        read_manifest(mine)
-    result = _extract(mine, teacher_ckpt, "--overwrite")
-    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; refusing to write into it.", 1)
-    assert _snapshot(mine) == before
+    _assert_overwrite_refused(mine, teacher_ckpt)
 
 
 @pytest.mark.parametrize("case", ["other-version-beside-user-files", "user-file-in-ledger"])
@@ -88,12 +93,7 @@ def test_overwrite_refuses_foreign_files_behind_litcache_names(case, tmp_path, t
     else:
         (mine / "ledger").mkdir()
         (mine / "ledger" / "2025.csv").write_text("precious")
-    before = _snapshot(mine)
-    with pytest.raises(NotAStoreError):
-        read_manifest(mine)
-    result = _extract(mine, teacher_ckpt, "--overwrite")
-    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; refusing to write into it.", 1)
-    assert _snapshot(mine) == before
+    _assert_overwrite_refused(mine, teacher_ckpt)
 
 
 def test_manifest_is_written_whole_and_fsynced(tiny_recipe, teacher_ckpt, tmp_path, monkeypatch):
