@@ -15,7 +15,7 @@ import click
 from . import __version__
 from .audit import format_store_info, store_info, verify_store
 from .cli_options import (
-    device_option, distill_options, echo_json, logger, one_store, parse_milestones, precision_option,
+    device_option, distill_options, echo_json, emit_report, logger, one_store, parse_milestones, precision_option,
     report_options, store_and_recipe, store_flag, training_options, worker_device_option,
 )
 from .data import resolve_device
@@ -157,11 +157,7 @@ def info_cmd(store, store_option, as_json, quiet):
     Example: litcache info runs/mnist/train.zarr --json
     """
     info = store_info(one_store(store, store_option))
-    if as_json:
-        return echo_json(info)
-    if quiet:
-        return
-    click.echo(format_store_info(info))
+    emit_report(info, as_json, quiet, format_store_info)
 
 
 @main.command("verify")
@@ -356,11 +352,7 @@ def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batc
         raise click.UsageError("give --student-checkpoint CKPT, --teacher CKPT, or both")
     report = evaluate(load_recipe(recipe), student, teacher, split=split, device=device, batch_size=batch_size,
                       precision=precision)
-    if as_json:
-        return echo_json(report)
-    if quiet:
-        return
-    click.echo("\n".join(format_evaluation(report, split)))
+    emit_report(report, as_json, quiet, lambda r: "\n".join(format_evaluation(r, split)))
 
 
 @main.command("bench")
@@ -389,11 +381,7 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
         r.student_builder(student)
     report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
                    device=device, precision=precision, loader_workers=loader_workers or (0,), log=logger(quiet))
-    if as_json:
-        return echo_json(report)
-    if quiet:
-        return
-    click.echo(format_bench(report))
+    emit_report(report, as_json, quiet, format_bench)
 
 
 @main.command("show")
@@ -409,11 +397,7 @@ def show_cmd(recipe, no_build, as_json, quiet):
     from .show import format_recipe, show_recipe
 
     info = show_recipe(load_recipe(recipe), build=not no_build)
-    if as_json:
-        return echo_json(info)
-    if quiet:
-        return
-    click.echo("\n".join(format_recipe(info)))
+    emit_report(info, as_json, quiet, lambda i: "\n".join(format_recipe(i)))
 
 
 if __name__ == "__main__":

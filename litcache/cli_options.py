@@ -141,6 +141,14 @@ def echo_json(value) -> None:
     click.echo(json.dumps(plain(value), indent=2, allow_nan=False))
 
 
+def emit_report(report, as_json: bool, quiet: bool, text) -> None:
+    """A command's report: one JSON document with --json, nothing with -q, else ``text(report)``."""
+    if as_json:
+        echo_json(report)
+    elif not quiet:
+        click.echo(text(report))
+
+
 def parse_milestones(milestones: str | None) -> tuple[int, ...] | None:
     if milestones is None:
         return None
