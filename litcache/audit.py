@@ -19,6 +19,7 @@ from .sections import split_model
 from .space import human_bytes
 from .store import Store, open_store, store_sizes, verify_checksums
 from .teacher import load_teacher
+from .teacher_rows import teacher_fields
 
 __all__ = ["store_info", "format_store_info", "VerifyReport", "verify_store", "require_intact"]
 
@@ -114,9 +115,12 @@ def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: 
     dtype, keep_bits = identity.dtype, identity.keep_bits
     for r in picks.tolist():
         x, y, index, view, params = rows[r]
+        y = torch.as_tensor(y, dtype=torch.int64)
         stored_index = int(store.array("source_index")[r])
-        if stored_index != index or int(store.array("labels")[r]) != y:
-            report.replay_failures.append(f"row {r}: stored sample {stored_index} / label, expected sample {index} label {y}")
+        stored_label = torch.from_numpy(np.asarray(store.array("labels")[r])).to(torch.int64)
+        if stored_index != index or not torch.equal(stored_label, y):
+            shown = y.tolist() if y.dim() == 0 else f"({y.numel()} targets)"
+            report.replay_failures.append(f"row {r}: stored sample {stored_index} / label, expected sample {index} label {shown}")
             continue
         if "view_params" in store.manifest.arrays:
             stored_params = torch.from_numpy(store.array("view_params")[r])
@@ -125,13 +129,25 @@ def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: 
                 continue
         with torch.inference_mode(), compute.autocast():
             outs, logits = split.boundaries(compute.input(x.unsqueeze(0)))
-        live = {f"boundaries/{i}": (to_storage(z, dtype, keep_bits), dtype) for i, z in enumerate(outs)}
-        live["logits"] = (to_storage(logits, "float32"), "float32")
+            fields = teacher_fields(outs, logits, y.unsqueeze(0), identity.logit_topk)
+        live = {name: (to_storage(z, dtype, keep_bits), dtype) for name, z in fields.items() if name.startswith("boundaries/")}
+        if "logits" in fields:
+            live["logits"] = (to_storage(fields["logits"], "float32"), "float32")
+        else:  # top-k: the live logits at the stored indices (near-ties may order differently from one batch to another)
+            indices = torch.from_numpy(np.asarray(store.array("topk_indices")[r:r + 1])).long()
+            every_logit = teacher_fields(outs, logits, y.unsqueeze(0))["logits"].float()  # zeroed past the length, as stored
+            live["topk_values"] = (to_storage(every_logit.gather(-1, indices), "float32"), "float32")
+            # ...and those are the K largest: the live top-K values, sorted (ties cannot reorder values).
+            live["topk_values (the top K)"] = (to_storage(every_logit.topk(indices.shape[-1], dim=-1).values, "float32"), "float32")
+        if "lengths" in fields and int(store.array("lengths")[r]) != int(fields["lengths"][0]):
+            report.replay_failures.append(f"row {r} (sample {index}): stored length {int(store.array('lengths')[r])}, "
+                                          f"expected {int(fields['lengths'][0])}")
+            continue
         for name, (value, value_dtype) in live.items():
-            stored = store.read(name, r, r + 1).float()
+            stored = store.read(name.split(" ")[0], r, r + 1).float()
             got = torch.from_numpy(value).view(torch.bfloat16).float() if value_dtype == "bfloat16" else torch.from_numpy(value).float()
             # A value near a rounding boundary may land one kept bit away from the stored one.
-            tol = max(REPLAY_RTOL[value_dtype], 2.0 ** -keep_bits if keep_bits and name != "logits" else 0.0,
+            tol = max(REPLAY_RTOL[value_dtype], 2.0 ** -keep_bits if keep_bits and name.startswith("boundaries/") else 0.0,
                       REPLAY_COMPUTE_RTOL[precision])
             err = ((got - stored).abs() / (stored.abs().max() + 1e-12)).max().item()
             report.replay_max_error[name] = max(report.replay_max_error.get(name, 0.0), err)

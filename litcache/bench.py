@@ -18,7 +18,7 @@ import zarr
 import zarr.storage
 from torch.utils.data import DataLoader
 
-from .block_step import set_train_mode, train_step, trainable_parameters
+from .block_step import set_train_mode, store_fields, train_step, trainable_parameters
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import OptionError
@@ -59,7 +59,7 @@ def _sync(device: torch.device) -> None:
 def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -> tuple[float, float]:
     """(rows/s, decoded MB/s) of one chunk-shuffled epoch of every boundary, logits and labels."""
     store = open_store(store_path)
-    dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
+    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays), cache_chunks=10)
     sampler = ChunkShuffleSampler.for_store(store, batch_size, num_workers=workers)
     rows = nbytes = 0
     start = time.perf_counter()
@@ -76,7 +76,7 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
     from memory: train-blocks' own step (``litcache.block_step.train_step``) with its modes,
     autocast, gradient scaler, the recipe's optimizer and lr schedule."""
     store = open_store(store_path)
-    dataset = StoreDataset(store, [*store.boundary_names, "logits", "labels"], cache_chunks=10)
+    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays), cache_chunks=10)
     source = MemoryDataset.from_store(dataset) if in_memory else dataset
     config = resolve_config(recipe, BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision))
     torch.manual_seed(0)

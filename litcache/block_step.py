@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 
 from .errors import DivergedError
-from .losses import ir_loss, kd_loss, lit_loss
+from .losses import ir_loss, kd_loss, lit_loss, token_mask
 from .precision import Compute
 from .sections import SplitModel
 
-__all__ = ["MODES", "fields_read", "step_losses", "train_step", "trainable_parameters", "set_train_mode",
-           "check_finite_loss"]
+__all__ = ["MODES", "TOPK_FIELDS", "fields_read", "store_fields", "step_losses", "train_step", "trainable_parameters",
+           "set_train_mode", "check_finite_loss"]
 
 MODES = ("lit", "ir", "finetune", "kd", "hints")
 
@@ -33,6 +33,21 @@ def fields_read(mode: str, sections: int, block: int | None, hint: int, beta: fl
     return ["boundaries/0", "logits", "labels"]
 
 
+#: Arrays a store of top-k logits holds instead of ``logits``: the k largest values per position, and their vocabulary indices.
+TOPK_FIELDS = ("topk_values", "topk_indices")
+
+
+def store_fields(fields: list[str], arrays) -> list[str]:
+    """``fields`` as a store with ``arrays`` holds them: its top-k pair for ``logits`` where it keeps
+    top-k logits, and ``lengths`` beside any boundary where its rows are padded tokens."""
+    out = []
+    for name in fields:
+        out.extend(TOPK_FIELDS if name == "logits" and "logits" not in arrays and TOPK_FIELDS[0] in arrays else [name])
+    if "lengths" in arrays and "lengths" not in out and any(n.startswith("boundaries/") for n in out):
+        out.append("lengths")
+    return out
+
+
 def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, config: dict, *,
                 block: int | None = None, hint: int = 1, hint_phase: bool = False) -> tuple[torch.Tensor, dict]:
     """The training loss of one batch (tensors keyed by store array name) and its logged parts.
@@ -44,14 +59,24 @@ def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, co
     sections = len(split.sections)
     t0 = batch.get("boundaries/0")  # absent when one --block of ir is trained
     parts: dict[str, torch.Tensor] = {}
+    kind, axis = config.get("ir_loss", "mse"), config.get("ir_feature_axis", 1)
+    # Rows of padded tokens: the losses count the valid positions only.
+    lengths = batch.get("lengths")
+    mask = None
+    if lengths is not None:
+        tokens = next(v for k, v in batch.items() if k.startswith("boundaries/")).shape[1]
+        mask = token_mask(lengths, tokens)
 
     def kd(student_logits: torch.Tensor) -> torch.Tensor:
+        if "topk_values" in batch:
+            return kd_loss(student_logits.float(), batch["topk_values"].float(), batch["labels"], config["alpha"],
+                           config["tau"], teacher_indices=batch["topk_indices"])
         return kd_loss(student_logits.float(), batch["logits"].float(), batch["labels"], config["alpha"], config["tau"])
 
     if mode in ("lit", "ir"):
         trained = [block] if block is not None else list(range(1, sections + 1))
-        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]).float(), batch[f"boundaries/{i}"].float())
-               for i in trained]
+        irs = [ir_loss(split.sections[i - 1](batch[f"boundaries/{i - 1}"]).float(), batch[f"boundaries/{i}"].float(), kind, mask,
+                       axis) for i in trained]
         for i, value in zip(trained, irs):
             parts[f"ir{i}"] = value.detach()
         kd_part = None
@@ -63,7 +88,7 @@ def step_losses(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, co
         z = t0
         for section in split.sections[:hint]:
             z = section(z)
-        loss = ir_loss(z.float(), batch[f"boundaries/{hint}"].float())
+        loss = ir_loss(z.float(), batch[f"boundaries/{hint}"].float(), kind, mask, axis)
         parts["hint"] = loss.detach()
     else:  # kd, finetune, and the second phase of hints
         loss = kd(split.head(split.run_sections(t0)[-1]))

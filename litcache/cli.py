@@ -21,7 +21,7 @@ from .cli_options import (
 from .data import resolve_device
 from .errors import LitcacheError, OptionError
 from .extract import ExtractOptions, extract
-from .recipe import load_recipe
+from .recipe import IR_LOSSES, STUDENT_INITS, load_recipe
 from .encoding import CODECS, DTYPES
 from .sweep import SWEEP_MODES
 from .train import MODES
@@ -116,6 +116,9 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @click.option("--codec", type=click.Choice(CODECS), default="zstd", show_default=True)
 @click.option("--keep-bits", type=int, help="Lossy: round activations to N mantissa bits (float16 has 10, bfloat16 7, "
               "float32 23) so they compress further; relative error at most 2^-(N+1) (normal values). Default: exact.")
+@click.option("--logit-topk", type=click.IntRange(min=1),
+              help="Keep only the K largest logits of every position and their indices (a language model's logits over "
+                   "the vocabulary are too large to keep whole); KD then runs over those K. Default: every logit.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--shard-rows", type=click.IntRange(min=1), help="Multiple of --chunk-rows (default: about 64 MB of rows).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view and the row order.")
@@ -211,6 +214,11 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--init", type=click.Path(dir_okay=False), help="Start from this student checkpoint (required by finetune).")
 @training_options(epochs_note=" (of the lit phase, or of finetune with --mode finetune)")
 @distill_options()
+@click.option("--ir-loss", type=click.Choice(IR_LOSSES),
+              help="IR loss per section: mse (the paper's) or cosine along the feature axis. [default: the recipe's]")
+@click.option("--student-init", type=click.Choice(STUDENT_INITS),
+              help="Sections start from scratch, or from evenly spaced teacher blocks kept in the store (teacher-blocks; "
+                   "sections must be runs of blocks). --init replaces either. [default: the recipe's]")
 @click.option("--hint-boundary", type=click.IntRange(min=1), help="--mode hints: the boundary to regress (default: middle).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(min=1),

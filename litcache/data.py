@@ -19,9 +19,17 @@ __all__ = ["RowLayout", "ViewRows", "batch_of", "worker_context", "data_fingerpr
 FINGERPRINT_SAMPLES = 512
 
 
+def is_per_position(label) -> bool:
+    """Whether a sample's label is a target per position (a language model's (T,) next tokens) rather
+    than one class. A one-element tensor is one class, as ``int()`` always read it."""
+    return isinstance(label, torch.Tensor) and label.numel() > 1
+
+
 def _sample_bytes(item) -> bytes:
     x, y = item[0], item[1]
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if is_per_position(y):  # a language model's targets
+        return x.detach().cpu().contiguous().numpy().tobytes() + y.detach().cpu().to(torch.int64).numpy().tobytes()
     return x.detach().cpu().contiguous().numpy().tobytes() + str(int(y)).encode()
 
 
@@ -146,7 +154,8 @@ class ViewRows(Dataset):
             x = self.augment.apply(x, params)
         else:
             params = ()
-        return x, int(y), index, view, torch.tensor(params, dtype=torch.float32)
+        y = y if is_per_position(y) else int(y)  # per-token targets stay a tensor
+        return x, y, index, view, torch.tensor(params, dtype=torch.float32)
 
 
 def batch_of(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +168,8 @@ def batch_of(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.
     else:
         items = [dataset[i][:2] for i in indices]
         x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0])) for it in items])
-        y = torch.tensor([int(it[1]) for it in items])
+        labels = [it[1] for it in items]
+        y = torch.stack(labels) if is_per_position(labels[0]) else torch.tensor([int(label) for label in labels])
     return x, torch.as_tensor(y).to(torch.int64)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import StoreMismatchError
 from .data import RowLayout, worker_context
 from .shards import decoder_pool
 from .encoding import from_storage
@@ -42,7 +43,7 @@ class StoreDataset(Dataset):
         arrays = self.store.manifest.arrays
         missing = [f for f in fields if f not in arrays]
         if missing:
-            raise KeyError(f"Store {str(self.store.path)!r} has no arrays {missing}; it has {list(arrays)}.")
+            raise StoreMismatchError(f"Store {str(self.store.path)!r} has no arrays {missing}; it has {list(arrays)}.")
         self.fields = list(fields)
         self.chunk_rows = self.store.manifest.layout.chunk_rows
         self.cache_chunks = cache_chunks

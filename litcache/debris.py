@@ -21,7 +21,8 @@ from .space import human_bytes
 __all__ = ["STORE_FOLDERS", "Debris", "find_debris", "remove_debris"]
 
 #: The folders litcache makes at a store's root (its arrays, the teacher's modules, the ledger).
-STORE_FOLDERS = frozenset({"ledger", "boundaries", "logits", "labels", "source_index", "view", "view_params", "teacher"})
+STORE_FOLDERS = frozenset({"ledger", "boundaries", "logits", "labels", "source_index", "view", "view_params", "teacher",
+                           "lengths", "topk_values", "topk_indices"})
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
 from .errors import OptionError
-from .metrics import accuracy, cpu_latency, model_stats
+from .metrics import accuracy, cpu_latency, model_stats, perplexity
 from .precision import Compute, as_compute, resolve_compute
 from .recipe import Recipe
 from .student import load_student
@@ -32,7 +32,7 @@ def _cpu_compute(precision: str, model: nn.Module) -> Compute:
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", batch_size: int = 256,
-                   precision: str = "auto") -> dict:
+                   precision: str = "auto", task: str = "classification") -> dict:
     dev = resolve_device(device)
     batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
     stats = model_stats(model.cpu(), batch)
@@ -40,7 +40,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", bat
     latency = cpu_latency(model, batch, compute=latency_compute)
     compute = resolve_compute(precision, dev, model)
     compute.model(model)
-    return {**stats, "accuracy": accuracy(model, dataset, compute, batch_size), "samples": len(dataset),
+    score = ({"perplexity": round(perplexity(model, dataset, compute, batch_size), 4)} if task == "language_model"
+             else {"accuracy": accuracy(model, dataset, compute, batch_size)})
+    return {**stats, **score, "samples": len(dataset),
             "compute": compute.describe(), "cpu_latency_compute": latency_compute.describe(),
             "cpu_latency_ms_per_batch": round(latency * 1000, 3), "latency_batch_size": len(batch)}
 
@@ -54,15 +56,15 @@ def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | P
         return evaluate_generation(recipe, student, teacher, split=split, device=device, batch_size=batch_size,
                                    precision=precision)
     dataset = recipe.load_split(split)
-    report: dict = {"recipe": recipe.name, "split": split}
+    report: dict = {"recipe": recipe.name, "split": split, "task": recipe.task}
     sample = torch.stack([dataset[0][0]])
     teacher_stats = model_stats(recipe.build_teacher(), sample)  # architecture only: no weights needed
     if teacher is not None:
         model, _, path = load_teacher(recipe, teacher)
-        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size, precision)}
+        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
     if student is not None:
         model = load_student(student, recipe)
-        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size, precision)}
+        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
         result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
         result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
         result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
@@ -195,6 +197,8 @@ def format_evaluation(report: dict, split: str) -> list[str]:
             # evaluate gives no PSNR (None) for outputs identical to the teacher's: infinitely many dB.
             psnr = "inf" if m.get("psnr_vs_teacher_db") is None else m["psnr_vs_teacher_db"]
             quality = f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m else "the reference"
+        elif "perplexity" in m:
+            quality = f"perplexity {m['perplexity']:.3f}"
         else:
             quality = f"top-1 {m['accuracy']:.4f}"
         line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "

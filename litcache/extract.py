@@ -26,7 +26,8 @@ from .extract_loop import run_pending
 from .extract_plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
 from .location import StoreLocation, temp_writer_pid
 from .lock import LOCK_FILE, check_unlocked, store_lock
-from .manifest import ComputeRecord, Layout, Manifest, RecipeRecord, TeacherRecord, Timing, read_manifest, utc_now
+from .manifest import (FORMAT_VERSION, TOKEN_FORMAT_VERSION, ComputeRecord, Layout, Manifest, RecipeRecord, TeacherRecord,
+                       Timing, read_manifest, utc_now)
 from .recipe import Recipe
 from .space import human_bytes
 from .store import StoreWriter, read_ledger, shard_ranges
@@ -169,6 +170,8 @@ def extract(
             client = cluster.enter_context(dask_client(workers, scheduler))
         if action == "create":
             modules = {"stem": plan.split.stem.state_dict(), "head": plan.split.head.state_dict()}
+            if plan.recipe.student_init == "teacher-blocks":  # its students start from the teacher's blocks
+                modules.update({f"section{i}": s.state_dict() for i, s in enumerate(plan.split.sections, start=1)})
             writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)
         else:
             writer = StoreWriter.reopen(out)
@@ -217,4 +220,5 @@ def _initial_manifest(plan: ExtractPlan) -> Manifest:
         versions={"litcache": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
                   "numcodecs": numcodecs.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
         created=utc_now(),
+        format_version=TOKEN_FORMAT_VERSION if any(s.name in ("lengths", "topk_values") for s in plan.specs) else FORMAT_VERSION,
     )

@@ -18,6 +18,7 @@ from .data import ViewRows, worker_context
 from .encoding import MANTISSA_BITS, from_storage, to_storage
 from .errors import DiskSpaceError
 from .extract_plan import ExtractPlan, check_finite
+from .teacher_rows import teacher_fields
 from .progress import progress_bar
 from .store import StoreWriter
 
@@ -158,7 +159,11 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
             with torch.inference_mode():
                 with compute.autocast():
                     outs, logits = teacher.boundaries(compute.input(x))
-                stored = [to_storage(z, o.dtype, o.keep_bits) for z in outs] + [to_storage(logits, "float32")]
+                fields = teacher_fields(outs, logits, y, o.logit_topk)
+                outs = [fields[f"boundaries/{i}"] for i in range(len(outs))]
+                stored = {name: to_storage(v, o.dtype, o.keep_bits) if name.startswith("boundaries/")
+                          else to_storage(v, "float32") if v.is_floating_point()
+                          else v.cpu().numpy().astype(storage[name], copy=False) for name, v in fields.items()}
             teacher_seconds += time.perf_counter() - t
             row0 = start + filled
             n = len(y)
@@ -167,11 +172,11 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
                 # named only on failure. A finite float32 value above 65504 still overflows float16.
                 if not z.abs().amax() <= finite_limit:
                     check_finite(f"boundary {i}", z, row0, plan.rows_dataset, o.dtype)
-                    check_finite(f"boundary {i} (as {o.dtype})", from_storage(stored[i], o.dtype), row0, plan.rows_dataset, o.dtype)
+                    check_finite(f"boundary {i} (as {o.dtype})", from_storage(stored[f"boundaries/{i}"], o.dtype), row0,
+                                 plan.rows_dataset, o.dtype)
             check_finite("logits", logits, row0, plan.rows_dataset, o.dtype)
-            for i in range(len(outs)):
-                buffers[f"boundaries/{i}"][filled:filled + n] = stored[i]
-            buffers["logits"][filled:filled + n] = stored[-1]
+            for name, value in stored.items():
+                buffers[name][filled:filled + n] = value
             buffers["labels"][filled:filled + n] = y.numpy()
             buffers["source_index"][filled:filled + n] = index.numpy()
             buffers["view"][filled:filled + n] = view.numpy()

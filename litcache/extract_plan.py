@@ -17,6 +17,7 @@ from .recipe import Recipe
 from .sections import check_split, split_model
 from .encoding import CODECS, DTYPES, MANTISSA_BITS
 from .store import ArraySpec
+from .teacher_rows import teacher_fields
 from .teacher import load_teacher
 
 __all__ = ["ExtractOptions", "ExtractPlan", "plan_extraction", "identity_diff", "check_finite", "SHARD_TARGET_BYTES"]
@@ -41,6 +42,9 @@ class ExtractOptions:
     chunk_rows: int = 256
     shard_rows: int | None = None  # None: whole chunks up to SHARD_TARGET_BYTES
     seed: int = 0
+    #: Keep only the k largest logits of every position and their indices (a language model's
+    #: vocabulary-sized logits per token are too large to keep whole); None: all logits.
+    logit_topk: int | None = None
     shuffle: bool = True  # rows visit samples in a seeded permutation (see ViewRows)
     loader_workers: int = 0
 
@@ -63,6 +67,8 @@ class ExtractOptions:
             raise OptionError(f"Expected --keep-bits between 1 and {MANTISSA_BITS[self.dtype] - 1} for --dtype {self.dtype} "
                               f"(it has {MANTISSA_BITS[self.dtype]} mantissa bits), got {self.keep_bits} instead. "
                               "Leave it out to store the values exactly.")
+        if self.logit_topk is not None and self.logit_topk < 1:
+            raise OptionError(f"Expected --logit-topk >= 1 (or none: every logit), got {self.logit_topk} instead.")
         if self.loader_workers < 0:
             raise OptionError(f"Expected --loader-workers >= 0, got {self.loader_workers} instead.")
 
@@ -115,19 +121,31 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
 
     split = split_model(teacher, recipe)
     compute = resolve_compute(options.precision or recipe.precision, resolve_device(options.device), teacher)
-    probe = torch.stack([rows[r][0] for r in range(min(8, len(rows)))])
+    probe_rows = [rows[r] for r in range(min(8, len(rows)))]
+    probe = torch.stack([row[0] for row in probe_rows])
+    probe_labels = torch.as_tensor(np.stack([np.asarray(row[1]) for row in probe_rows])).to(torch.int64)
     with torch.inference_mode():
         check_finite("output", teacher(probe), 0, rows, "float32")  # before the split check blames the split
     check_split(teacher, split, probe)
     with torch.inference_mode():
         outs, logits = split.boundaries(probe[:1])
+    if options.logit_topk is not None and recipe.task == "generation":
+        raise OptionError(f"--logit-topk keeps the largest logits of a classifier or language model, but recipe "
+                          f"{recipe.name!r} is a generation task whose output is an image; leave it out.")
+    if options.logit_topk is not None and options.logit_topk > logits.shape[-1]:
+        raise OptionError(f"Expected --logit-topk at most the teacher's {logits.shape[-1]} logits per position, "
+                          f"got {options.logit_topk} instead.")
+    fields = teacher_fields(list(outs), logits, probe_labels[:1], options.logit_topk)
 
     dtype = options.dtype
-    specs = [ArraySpec(f"boundaries/{i}", tuple(t.shape[1:]), dtype) for i, t in enumerate(outs)]
+    specs = [ArraySpec(f"boundaries/{i}", tuple(fields[f"boundaries/{i}"].shape[1:]), dtype) for i in range(len(outs))]
     # Logits stay float32: they are small, and the KD loss divides them by a temperature.
+    specs += [ArraySpec(name, tuple(fields[name].shape[1:]), "int32" if name == "topk_indices" else "float32")
+              for name in ("logits", "topk_values", "topk_indices") if name in fields]
+    if "lengths" in fields:  # rows of tokens: valid positions per row (outputs are zero past them)
+        specs.append(ArraySpec("lengths", (), "int32"))
     specs += [
-        ArraySpec("logits", tuple(logits.shape[1:]), "float32"),
-        ArraySpec("labels", (), "int64"),
+        ArraySpec("labels", tuple(probe_labels.shape[1:]), "int64"),
         ArraySpec("source_index", (), "int64"),
         ArraySpec("view", (), "int32"),
     ]
@@ -157,6 +175,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
         "codec": options.codec,
         **({"keep_bits": options.keep_bits} if options.keep_bits is not None else {}),  # absent: exact values
         **({"precision": compute.precision} if compute.precision != "fp32" else {}),  # absent: computed in fp32
+        **({"logit_topk": options.logit_topk} if options.logit_topk is not None else {}),  # absent: every logit
         "chunk_rows": options.chunk_rows,
         "shard_rows": shard_rows,
     }

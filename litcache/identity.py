@@ -19,7 +19,8 @@ REQUIRED = {
 }
 #: Keys added by later releases: absent in older stores (see the properties for what that means).
 OPTIONAL = {"shuffle": BOOL, "keep_bits": POSITIVE,
-            "precision": Expect(lambda v: v in ("fp32", "bf16", "fp16"), "one of 'fp32', 'bf16', 'fp16'")}
+            "precision": Expect(lambda v: v in ("fp32", "bf16", "fp16"), "one of 'fp32', 'bf16', 'fp16'"),
+            "logit_topk": POSITIVE}
 
 
 _REQUIRED = object()
@@ -66,3 +67,5 @@ class Identity(FrozenMapping):
     keep_bits: int | None = _key("keep_bits", default=None)
     #: The teacher's compute precision; absent: fp32, as every store made before --precision.
     precision: str = _key("precision", default="fp32")
+    #: Logits kept per position: the top k (topk_values, topk_indices); None (absent): all of them.
+    logit_topk: int | None = _key("logit_topk", default=None)

@@ -38,6 +38,11 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "Layout", "ArrayRecord", "Ten
 
 FORMAT = "litcache-store"
 FORMAT_VERSION = 1
+#: Version 2 adds rows of tokens: per-position labels, ``lengths`` and top-k logits (``topk_values``,
+#: ``topk_indices``). Only stores that hold them are written as version 2, so a release that reads
+#: version 1 keeps reading every other store, and refuses these with its version message.
+TOKEN_FORMAT_VERSION = 2
+READ_VERSIONS = (FORMAT_VERSION, TOKEN_FORMAT_VERSION)
 MANIFEST_ATTR = "litcache"
 LEDGER_DIR = "ledger"
 #: Manifest entries every store of format 1 has had, from the first release on.
@@ -278,10 +283,11 @@ class Manifest:
         root = JsonObject(data, "", where)
         root.get("format", Expect(lambda v: v == FORMAT, repr(FORMAT)))
         version = data.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:  # true == 1 in Python, but is no version
+        if type(version) is not int or version not in READ_VERSIONS:  # true == 1 in Python, but is no version
             store = f"Store {where!r}" if where else "A litcache store manifest"
             raise StoreFormatError(
-                f"{store} has format version {version!r}; this litcache reads version {FORMAT_VERSION} only. "
+                f"{store} has format version {version!r}; this litcache reads versions "
+                f"{', '.join(map(str, READ_VERSIONS))} only. "
                 "Use the litcache release that wrote it, or extract the store again."
             )
         missing = [key for key in REQUIRED_KEYS if key not in data]
@@ -312,7 +318,7 @@ class Manifest:
             view_param_names=root.get("view_param_names", STRINGS), recipe=RecipeRecord.read(root.object("recipe")),
             teacher=TeacherRecord.read(root.object("teacher")), options=OptionsRecord.read(root.object("options")),
             versions=root.object("versions").values_of(STRING), created=root.get("created", STRING), arrays=arrays,
-            complete=complete,
+            complete=complete, format_version=version,
             compute=ComputeRecord.read(root.object("compute")) if "compute" in data else None,
             teacher_modules=modules,
             completed=root.get("completed", STRING) if "completed" in data else None,

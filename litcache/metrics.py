@@ -6,16 +6,21 @@ the sweep; nothing here loads checkpoints.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from torchvision.models.vision_transformer import EncoderBlock
+
+from .losses import IGNORE_INDEX
 from .precision import Compute, as_compute
 
-__all__ = ["accuracy", "depth", "model_stats", "cpu_latency"]
+__all__ = ["accuracy", "perplexity", "test_score", "depth", "model_stats", "cpu_latency"]
 
 
 @torch.inference_mode()
@@ -37,16 +42,55 @@ def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device
     return correct / max(total, 1)
 
 
+#: Transformer blocks, each counted as one layer of depth (as papers count a ViT's or GPT's depth).
+#: A model's own block class can join by setting ``litcache_block = True``.
+_BLOCK_TYPES = (EncoderBlock, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _is_block(module: nn.Module) -> bool:
+    return isinstance(module, _BLOCK_TYPES) or getattr(module, "litcache_block", False)
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 64) -> float:
+    """exp(mean next-token negative log-likelihood) of a language model over the valid positions of
+    ``dataset`` (targets padded with IGNORE_INDEX); lower is better, the vocabulary size is chance."""
+    compute = as_compute(compute)
+    was = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            with compute.autocast():
+                logits = model(compute.input(x)).float()
+            y = y.to(logits.device)
+            nll += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was)
+    return math.exp(nll / max(count, 1))
+
+
+def test_score(model: nn.Module, dataset: Dataset, compute: Compute, task: str) -> dict:
+    """The per-epoch test figure of a recipe's task: ``test_accuracy``, or a language model's ``test_perplexity``."""
+    if task == "language_model":
+        return {"test_perplexity": perplexity(model, dataset, compute)}
+    return {"test_accuracy": accuracy(model, dataset, compute)}
+
+
 def depth(model: nn.Module) -> int:
-    """Weighted layers on the longest path, counted as papers count ResNet depth: convs + linears
-    outside shortcuts (ResNet-20 -> 20)."""
+    """Layers on the longest path, counted as papers count them: a transformer's blocks (ViT-8 -> 8);
+    otherwise convs + linears outside shortcuts (ResNet-20 -> 20)."""
+    blocks = sum(1 for m in model.modules() if _is_block(m))
+    if blocks:
+        return blocks
     return sum(1 for name, m in model.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.ConvTranspose2d)) and "shortcut" not in name and "downsample" not in name)
 
 
 @torch.inference_mode()
 def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
-    """Parameters, multiply-adds per sample (convolutions and linears) and depth."""
+    """Parameters, multiply-adds per sample (convolutions, linears and attention) and depth."""
     macs = 0
 
     def count(module: nn.Module, inputs, output) -> None:
@@ -57,8 +101,15 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
             macs += output[0].numel() * module.weight[0].numel()  # weight[0]: in/groups * kernel size
         elif isinstance(module, nn.Linear):
             macs += output[0].numel() * module.in_features
+        elif isinstance(module, nn.MultiheadAttention):  # its projections are called functionally, not as modules
+            tokens, width = inputs[0].shape[-2:] if module.batch_first else (inputs[0].shape[0], inputs[0].shape[-1])
+            macs += 4 * tokens * width * width + 2 * tokens * tokens * width  # q, k, v, out; q k^T and attention @ v
+        elif callable(getattr(module, "attention_macs", None)):  # a model's own attention (scaled_dot_product_attention)
+            macs += module.attention_macs(inputs, output)
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    counted = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MultiheadAttention)
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, counted) or callable(getattr(m, "attention_macs", None))]
     was = model.training
     model.eval()
     try:

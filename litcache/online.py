@@ -32,6 +32,7 @@ from .recipe import Recipe
 from .sections import split_model
 from .store import Store, open_store
 from .teacher import load_teacher
+from .teacher_rows import teacher_fields
 
 __all__ = ["OnlineTeacherDataset"]
 
@@ -98,17 +99,20 @@ class OnlineTeacherDataset(Dataset):
     def __getitems__(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         items = [self._row(int(r)) for r in np.asarray(rows, dtype=np.int64)]
         x, y, index, view, params = zip(*items)
-        views = {"labels": torch.tensor(y), "source_index": torch.tensor(index), "view": torch.tensor(view)}
+        labels = torch.stack(y) if isinstance(y[0], torch.Tensor) else torch.tensor(y)
+        views = {"labels": labels, "source_index": torch.tensor(index), "view": torch.tensor(view)}
         batch: dict[str, torch.Tensor] = {}
         outputs: dict[str, torch.Tensor] = {}
-        if any(f.startswith("boundaries/") or f == "logits" for f in self.fields):
+        if any(f not in _VIEW_FIELDS and f != "view_params" for f in self.fields):
             with torch.inference_mode(), self.compute.autocast():
                 outs, logits = self.teacher.boundaries(self.compute.input(torch.stack(x)))
-            outputs = {**{f"boundaries/{i}": t for i, t in enumerate(outs)}, "logits": logits}
+                # The same fields as extraction keeps: top-k logits, lengths and zeroed padding of token rows.
+                outputs = teacher_fields(outs, logits, labels.to(logits.device), self.store.manifest.identity.logit_topk)
         for name in self.fields:
             if name in outputs:
                 # Outside inference mode: a training step saves these for its backward pass.
-                batch[name] = outputs[name].float().clone()
+                value = outputs[name]
+                batch[name] = (value.float() if value.is_floating_point() else value).clone()
             elif name in _VIEW_FIELDS:
                 batch[name] = views[name].to(_VIEW_FIELDS[name])
             else:  # view_params

@@ -23,18 +23,27 @@ from .errors import OptionError, RecipeError
 from .precision import PRECISIONS
 from .views import Augmentation
 
-__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHEDULES", "load_recipe", "import_beside"]
+__all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHEDULES", "IR_LOSSES", "STUDENT_INITS",
+           "load_recipe", "import_beside"]
 
 #: What a recipe's model outputs, which decides how ``litcache evaluate`` scores it:
-#: "classification" (logits; accuracy) or "generation" (an image; error against the teacher's).
-TASKS = ("classification", "generation")
+#: "classification" (logits; accuracy), "generation" (an image; error against the teacher's), or
+#: "language_model" (next-token logits (T, vocab) per row, targets (T,) padded with -100; perplexity).
+TASKS = ("classification", "generation", "language_model")
 
 #: Where a piece of the split lives in a model: a dotted module name, several names run in
 #: order, or a callable that takes the model and returns a module.
 ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
 
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: IR losses of a section's output against the teacher's: "mse" (the paper's), or "cosine",
+#: 1 - cosine similarity along the feature axis (hidden size of a residual stream, channels of a map).
+IR_LOSSES = ("mse", "cosine")
+#: How a student's sections start: "scratch" (the recipe's initialisation) or "teacher-blocks", each
+#: student section from evenly spaced blocks of the teacher's section (every other block of two, as
+#: DistilBERT initialises its layers); the teacher's section weights come from the store.
+STUDENT_INITS = ("scratch", "teacher-blocks")
 #: Learning-rate schedules: "multistep" (x gamma at each milestone epoch, the LIT paper's), and two
 #: for short budgets, both with a linear or cosine warm-up over the first ``warmup`` of the steps:
 #: "cosine" (cosine decay to 0) and "onecycle" (torch's OneCycleLR: from lr/25 up to lr and down
@@ -50,7 +59,8 @@ def _cos_anneal(start: float, end: float, fraction: float) -> float:
 @dataclass(frozen=True)
 class TrainConfig:
     """An optimizer and a learning-rate schedule. SGD with momentum, as in the LIT paper's released
-    code for classifiers; Adam (with ``betas``) for the StarGAN generator."""
+    code for classifiers; Adam (with ``betas``) for the StarGAN generator; AdamW (decoupled weight
+    decay) for transformers."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -78,6 +88,8 @@ class TrainConfig:
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                                nesterov=self.nesterov)
 
@@ -149,8 +161,18 @@ class DistillConfig:
     #: Factor on the whole LIT-phase loss. The released CIFAR code halves it,
     #: ``(beta * KD + (1 - beta) * sum IR) / 2``, which under SGD halves the step (VDCNN's does not).
     loss_scale: float = 1.0
+    #: One of IR_LOSSES.
+    ir_loss: str = "mse"
+    #: The axis of a boundary batch (N, ...) that holds the features, along which the cosine IR loss
+    #: compares: 1, the channels of (C, H, W) or (C, L) maps; -1, the hidden size of (tokens, hidden).
+    ir_feature_axis: int = 1
 
     def __post_init__(self) -> None:
+        if self.ir_loss not in IR_LOSSES:
+            raise RecipeError(f"Expected DistillConfig.ir_loss in {IR_LOSSES}, got {self.ir_loss!r} instead.")
+        if self.ir_feature_axis == 0:
+            raise RecipeError("Expected DistillConfig.ir_feature_axis to name a feature axis (1 for channels, -1 for a "
+                              "transformer's hidden size), got 0, the batch axis, instead.")
         for name in ("alpha", "beta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RecipeError(f"Expected DistillConfig.{name} in [0, 1], got {getattr(self, name)} instead.")
@@ -188,6 +210,8 @@ class Recipe:
     task: str = "classification"
     #: Default --precision of every command that runs this recipe's networks (see litcache.precision).
     precision: str = "auto"
+    #: Default --student-init of train-blocks: one of STUDENT_INITS.
+    student_init: str = "scratch"
     #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
     source: str = ""
     source_hash: str = ""
@@ -210,6 +234,8 @@ class Recipe:
             raise RecipeError(f"Expected Recipe.task in {TASKS}, got {self.task!r} instead.")
         if self.num_classes < 1:
             raise RecipeError(f"Expected Recipe.num_classes >= 1, got {self.num_classes} instead.")
+        if self.student_init not in STUDENT_INITS:
+            raise RecipeError(f"Expected Recipe.student_init in {STUDENT_INITS}, got {self.student_init!r} instead.")
         if self.precision not in PRECISIONS:
             raise RecipeError(f"Expected Recipe.precision in {PRECISIONS}, got {self.precision!r} instead.")
         if self.augment is not None and not isinstance(self.augment, Augmentation):

@@ -7,6 +7,7 @@ from dataclasses import asdict, fields
 
 import torch.nn as nn
 
+from .errors import RecipeError
 from .extract_plan import ExtractOptions
 from .recipe import ModuleRef, Recipe, TrainConfig
 from .sections import split_model
@@ -33,7 +34,10 @@ def _blocks(module: nn.Module) -> int:
 def _student(recipe: Recipe, name: str) -> dict:
 
     model = recipe.student_builder(name)()
-    split = split_model(model, recipe)  # also checks that the recipe's module names fit this student
+    try:
+        split = split_model(model, recipe)  # also checks that the recipe's module names fit this student
+    except RecipeError as exc:  # e.g. a transformer student too shallow for the recipe's section count
+        return {"name": name, "params": sum(p.numel() for p in model.parameters()), "unsplittable": str(exc)}
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "blocks_per_section": [_blocks(s) for s in split.sections]}
 
@@ -68,6 +72,7 @@ def show_recipe(recipe: Recipe, build: bool = True) -> dict:
         "teacher": {"checkpoint": recipe.teacher_checkpoint, **(teacher or {})},
         "students": [_student(recipe, n) if build else {"name": n} for n in recipe.students],
         "precision": recipe.precision,
+        "student_init": recipe.student_init,
         "extract_defaults": {k: getattr(ExtractOptions(), k) for k in _EXTRACT_FIELDS},
         "teacher_training": _train_config(recipe.teacher_training),
         "distill": {"lit": _train_config(d.lit), "finetune": _train_config(d.finetune),
@@ -78,6 +83,8 @@ def show_recipe(recipe: Recipe, build: bool = True) -> dict:
 def _counts(entry: dict) -> str:
     if "params" not in entry:
         return ""
+    if "unsplittable" in entry:
+        return f"  ({entry['params']:,} params; cannot be cut with these sections: {entry['unsplittable']})"
     return f"  ({entry['params']:,} params, blocks per section {entry['blocks_per_section']})"
 
 
@@ -91,7 +98,8 @@ def format_recipe(info: dict) -> list[str]:
     splits = ", ".join(s["name"] + (" (augmented)" if s["augmented"] else "") for s in info["splits"])
     rows = [
         ("recipe", f"{info['name']}  ({info['source']})" + (f"  {info['description']}" if info["description"] else "")),
-        ("task", f"{info['task']}, {info['num_classes']} classes"),
+        ("task", f"{info['task']}, " + (f"vocabulary {info['num_classes']}" if info["task"] == "language_model"
+                                        else f"{info['num_classes']} classes")),
         ("splits", splits),
         ("views", json.dumps(info["augment"]) if info["augment"] else "no augmentation"),
         ("sections", f"stem {info['stem']} -> " + " -> ".join(map(str, info["sections"])) + f" -> head {info['head']}"
@@ -103,6 +111,7 @@ def format_recipe(info: dict) -> list[str]:
         ("train-teacher", _config_text(info["teacher_training"])),
         ("lit phase", _config_text(distill["lit"])),
         ("finetune", _config_text(distill["finetune"])),
-        ("distill", ", ".join(f"{k} {distill[k]}" for k in ("alpha", "tau", "beta", "loss_scale"))),
+        ("distill", ", ".join(f"{k} {distill[k]}" for k in ("alpha", "tau", "beta", "loss_scale", "ir_loss", "ir_feature_axis"))
+         + f"; students start from {info['student_init']}"),
     ]
     return [f"{label:<14}{text}" for label, text in rows]

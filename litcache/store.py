@@ -13,6 +13,8 @@ exactly one chunk; see ``litcache.data.RowLayout``)::
     STORE/view_params          (rows, P) float32, only when the split is augmented
     STORE/teacher/stem/<key>   the teacher's stem and head parameters and buffers, so students
     STORE/teacher/head/<key>   get frozen copies of them without loading the teacher
+    STORE/teacher/sectionI/<key>  the teacher's section I (from 1), for --student-init teacher-blocks
+                               (stores made before they were kept lack them; nothing else reads them)
     STORE/ledger/shard-*.json  one file per committed shard, with its checksums
     STORE/.lock                present while an extraction runs (host, pid)
 
@@ -170,7 +172,7 @@ class Store:
         return read_ledger(self.location)
 
     def module_state(self, part: str) -> dict[str, torch.Tensor]:
-        """The teacher's stored ``stem`` or ``head`` state dict."""
+        """The teacher's stored ``stem``, ``head`` or ``sectionI`` state dict (empty if not stored)."""
         keys = (self.manifest.teacher_modules or {}).get(part, {})
         return {key: torch.from_numpy(np.array(self.group[f"teacher/{part}/{key}"][...])) for key in keys}
 

@@ -13,7 +13,8 @@ from .errors import CheckpointError, RecipeError
 from .recipe import Recipe, load_recipe
 from .sections import SplitModel, split_model
 
-__all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "save_student", "read_student", "load_student", "assemble"]
+__all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "adopt_teacher_blocks", "block_picks", "save_student",
+           "read_student", "load_student", "assemble"]
 
 STUDENT_KIND = "litcache-student"
 STUDENT_FORMAT_VERSION = 1
@@ -39,6 +40,48 @@ def adopt_teacher_parts(split: SplitModel, name: str, stem_state: dict, head_sta
                 f"Student {name!r} cannot take the teacher's {part}: LIT students share the teacher's stem and head, "
                 f"but they differ ({str(exc).splitlines()[0]})."
             ) from None
+
+
+def block_picks(teacher_blocks: int, student_blocks: int) -> list[int]:
+    """Evenly spaced teacher blocks for a student section of ``student_blocks``, the first one first:
+    2 -> 1 picks [0], 4 -> 2 picks [0, 2] (every other block, as DistilBERT initialises its layers)."""
+    return [j * teacher_blocks // student_blocks for j in range(student_blocks)]
+
+
+def _teacher_blocks(state: dict, section: int, name: str) -> int:
+    """Blocks in a stored teacher section: an ``nn.Sequential``'s state keys start with the block's position."""
+    heads = {key.split(".", 1)[0] for key in state}
+    if not heads or not all(h.isdigit() for h in heads):
+        raise RecipeError(f"--student-init teacher-blocks copies blocks of the teacher's sections, but its section {section} is "
+                          f"not a run of blocks (an nn.Sequential). Use --student-init scratch for student {name!r}.")
+    return max(int(h) for h in heads) + 1
+
+
+def adopt_teacher_blocks(split: SplitModel, name: str, section_states: list[dict]) -> list[list[int]]:
+    """Start each student section from evenly spaced blocks of the teacher's section (``--student-init
+    teacher-blocks``). Sections must be runs of blocks (``nn.Sequential``), the student's no longer
+    than the teacher's and of the same block shape. Returns the teacher blocks picked per section,
+    numbered across the whole teacher (0 = its first block)."""
+    picked, offset = [], 0
+    for i, (section, state) in enumerate(zip(split.sections, section_states), start=1):
+        teacher_blocks = _teacher_blocks(state, i, name)
+        if not isinstance(section, nn.Sequential) or not 1 <= len(section) <= teacher_blocks:
+            raise RecipeError(
+                f"--student-init teacher-blocks copies teacher blocks into student {name!r}, whose section {i} must then be a "
+                f"run of at most {teacher_blocks} blocks (an nn.Sequential, e.g. zoo.block_group), but it is a "
+                f"{type(section).__name__}{f' of {len(section)}' if isinstance(section, nn.Sequential) else ''}. "
+                "Use --student-init scratch.")
+        picks = block_picks(teacher_blocks, len(section))
+        for block, pick in zip(section, picks):
+            prefix = f"{pick}."
+            try:
+                block.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            except RuntimeError as exc:
+                raise RecipeError(f"Student {name!r} section {i} cannot take teacher block {pick}: the blocks differ "
+                                  f"({str(exc).splitlines()[0]}). Use --student-init scratch.") from None
+        picked.append([offset + p for p in picks])
+        offset += teacher_blocks
+    return picked
 
 
 def save_student(path: str | Path, model: nn.Module, *, recipe: Recipe, student: str, mode: str,

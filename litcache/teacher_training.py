@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import changed_settings, fit_state, load_checkpoint, save_atomic, weights_hash
 from .data import batch_of, resolve_device
 from .errors import CheckpointError, DivergedError, NotAClassifierError
-from .metrics import accuracy
+from .losses import supervised_loss
+from .metrics import test_score
 from .precision import resolve_compute
 from .recipe import Recipe, TrainConfig
 from .student import save_student
@@ -83,8 +83,8 @@ def train_teacher(
     The network computes in ``precision`` (default: the recipe's); weights, optimizer state and
     the loss stay float32.
     """
-    if recipe.task != "classification":
-        raise NotAClassifierError(f"train-teacher trains classifiers with cross-entropy; recipe {recipe.name!r} is a {recipe.task} "
+    if recipe.task == "generation":
+        raise NotAClassifierError(f"train-teacher trains classifiers and language models with cross-entropy; recipe {recipe.name!r} is a {recipe.task} "
                               "task. Bring its teacher's checkpoint (see the recipe's docstring).")
     config = config or recipe.teacher_training
     dev = resolve_device(device)
@@ -127,7 +127,7 @@ def train_teacher(
             x, y = compute.input(x), y.to(dev, non_blocking=True)
             lr = config.apply_schedule(optimizer, epoch, step, steps_per_epoch)
             with compute.autocast():
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = supervised_loss(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -140,12 +140,13 @@ def train_teacher(
             raise DivergedError(f"Training diverged in epoch {epoch + 1} (loss {loss_sum.item()}); lower --lr"
                                 + (" or use --precision fp32." if compute.precision != "fp32" else "."))
         elapsed = time.perf_counter() - t0
-        test_accuracy = accuracy(model, test_set, compute)
+        score = test_score(model, test_set, compute, recipe.task)
         mean_loss = loss_sum.item() / seen
-        history.append({"epoch": epoch + 1, "loss": mean_loss, "test_accuracy": test_accuracy, "seconds": elapsed,
-                        "img_per_s": seen / elapsed})
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  test acc {test_accuracy:.4f}  "
-            f"lr {lr:.4g}  {seen / elapsed:.0f} img/s")
+        history.append({"epoch": epoch + 1, "loss": mean_loss, **score, "seconds": elapsed, "img_per_s": seen / elapsed})
+        shown = (f"test acc {score['test_accuracy']:.4f}" if "test_accuracy" in score
+                 else f"test perplexity {score['test_perplexity']:.3f}")
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  {shown}  "
+            f"lr {lr:.4g}  {seen / elapsed:.0f} {'rows' if recipe.task == 'language_model' else 'img'}/s")
         extra = {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
         if student:
             save_student(out, model, recipe=recipe, student=student, mode="scratch",

@@ -33,21 +33,21 @@ import torch
 import torch.nn as nn
 
 from .audit import require_intact
-from .block_step import MODES, check_finite_loss, fields_read, set_train_mode, train_step, trainable_parameters
+from .block_step import MODES, check_finite_loss, fields_read, set_train_mode, store_fields, train_step, trainable_parameters
 # Re-exported: train-blocks' step and losses were this module's before block_step.py held them.
 from .block_step import step_losses  # noqa: F401
 from .losses import ir_loss, kd_loss, lit_loss  # noqa: F401
 from .checkpoint import changed_settings
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
-from .errors import CheckpointError, OptionError, StoreMismatchError
-from .metrics import accuracy
+from .errors import CheckpointError, OptionError, RecipeError, StoreMismatchError
+from .metrics import accuracy, test_score
 from .online import OnlineTeacherDataset
 from .precision import Compute, resolve_compute
-from .recipe import Recipe, TrainConfig
-from .sections import SplitModel
+from .recipe import IR_LOSSES, STUDENT_INITS, Recipe, TrainConfig
+from .sections import SplitModel, split_model
 from .store import Store, open_store
-from .student import adopt_teacher_parts, build_student, read_student, save_student
+from .student import adopt_teacher_blocks, adopt_teacher_parts, build_student, read_student, save_student
 
 __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "resolve_config", "check_student_fits", "recalibrate_batchnorm",
            "training_differences"]
@@ -57,10 +57,11 @@ __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "resolve_config", "chec
 #: and a cached run are different runs, even with the same teacher.
 RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
                "schedule", "warmup", "nesterov", "alpha", "tau", "beta", "loss_scale", "block", "hint_boundary", "init",
-               "seed", "views", "buffer_chunks", "online", "fresh_views", "precision")
+               "seed", "views", "buffer_chunks", "online", "fresh_views", "precision", "ir_loss", "ir_feature_axis", "student_init")
 #: What a checkpoint written before a resume key existed had instead.
 _RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
-                    "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None}
+                    "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None,
+                    "ir_loss": "mse", "ir_feature_axis": 1, "student_init": "scratch"}
 #: Config keys of earlier releases that a later key now holds (``amp`` became ``precision``).
 _RETIRED_KEYS = ("amp",)
 #: Config keys that say where and how a run executes, not what it trains: a finished student is the
@@ -91,6 +92,10 @@ class BlockTrainOptions:
     tau: float | None = None
     beta: float | None = None
     loss_scale: float | None = None
+    #: --ir-loss: "mse" or "cosine" (None: the recipe's DistillConfig.ir_loss).
+    ir_loss: str | None = None
+    #: --student-init: "scratch" or "teacher-blocks" (None: the recipe's student_init); --init replaces either.
+    student_init: str | None = None
     block: int | None = None
     hint_boundary: int | None = None
     init: str | None = None
@@ -144,6 +149,10 @@ class BlockTrainOptions:
         if self.recalibrate_bn and self.mode != "finetune":
             raise OptionError("--recalibrate-bn re-estimates an assembled student's BatchNorm statistics before fine-tuning: "
                               "use it with --mode finetune.")
+        if self.ir_loss is not None and self.ir_loss not in IR_LOSSES:
+            raise OptionError(f"Expected --ir-loss in {IR_LOSSES}, got {self.ir_loss!r} instead.")
+        if self.student_init is not None and self.student_init not in STUDENT_INITS:
+            raise OptionError(f"Expected --student-init in {STUDENT_INITS}, got {self.student_init!r} instead.")
         if self.online_teacher is not None and self.in_memory:
             raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store into memory.")
 
@@ -161,7 +170,10 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
               "beta": beta,
               # The scale belongs to the LIT phase's loss; other modes train on KD or a hint alone.
               "loss_scale": (options.loss_scale if options.loss_scale is not None else recipe.distill.loss_scale)
-              if lit_phase else 1.0}
+              if lit_phase else 1.0,
+              "ir_loss": options.ir_loss or recipe.distill.ir_loss,
+              "ir_feature_axis": recipe.distill.ir_feature_axis,
+              "student_init": options.student_init or recipe.student_init}
     config.update({k: v for k, v in asdict(options).items() if k not in config})
     config["milestones"] = list(config["milestones"])
     config["online"] = options.online_teacher is not None
@@ -194,7 +206,8 @@ def _wanted_fields(recipe: Recipe, store: Store, options: BlockTrainOptions) -> 
     """The store arrays a run of ``options`` reads (the same for every student of the run)."""
     sections = len(store.boundary_names) - 1
     beta = resolve_config(recipe, options)["beta"]
-    return fields_read(options.mode, sections, options.block, _hint_boundary(options, sections), beta)
+    return store_fields(fields_read(options.mode, sections, options.block, _hint_boundary(options, sections), beta),
+                        store.manifest.arrays)
 
 
 def check_student_fits(split: SplitModel, store: Store, student: str) -> None:
@@ -256,7 +269,7 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
     """Train each named student from the store; returns one result dict per student."""
     store = open_store(store_path)
     ir_only = options.mode == "ir" or (options.mode == "lit" and resolve_config(recipe, options)["beta"] == 0)
-    if recipe.task != "classification" and not ir_only:
+    if recipe.task == "generation" and not ir_only:
         raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task: its students train with the IR losses only "
                           "(--mode ir, or --mode lit with --beta 0); KD needs class logits.")
     if store.manifest.identity.recipe != recipe.name:
@@ -269,8 +282,12 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
         raise OptionError(f"Expected --block between 1 and {len(store.boundary_names) - 1}, got {options.block} instead.")
     if options.verify and options.online_teacher is None:  # an online run reads no stored activations
         require_intact(store)
-    for name in students:
-        recipe.student_builder(name)  # refuse an unknown student before any training
+    for name in students:  # refuse an unknown or unsplittable student before any training
+        build = recipe.student_builder(name)
+        try:
+            split_model(build(), recipe)
+        except RecipeError as exc:
+            raise RecipeError(f"Student {name!r} does not fit recipe {recipe.name!r}: {exc}") from None
     online = None
     if options.online_teacher is not None:  # loaded once, and a wrong teacher refused before any training
         device = resolve_device(options.device)
@@ -293,6 +310,9 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     model, split = build_student(recipe, student)
     check_student_fits(split, store, student)  # before the head: a misfit section is the clearer message
     adopt_teacher_parts(split, student, store.module_state("stem"), store.module_state("head"))
+    if config["student_init"] == "teacher-blocks" and not options.init:
+        picks = adopt_teacher_blocks(split, student, _teacher_sections(store))
+        log(f"{student}: sections start from the teacher's blocks {picks} (--student-init teacher-blocks)")
     if options.init:
         init = read_student(options.init)
         if init["recipe"] != recipe.name or init["student"] != student:
@@ -326,7 +346,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
-    wanted = fields_read(options.mode, sections, options.block, hint, config["beta"])
+    wanted = store_fields(fields_read(options.mode, sections, options.block, hint, config["beta"]), store.manifest.arrays)
     if online is not None:
         dataset = online
     else:
@@ -342,8 +362,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers,
                          pin_memory=device.type == "cuda" and online is None)  # online batches are on the device already
     store_record = {"path": str(store.path), "identity": store.manifest.identity.to_dict()}  # a dict: weights_only loads
-    # Per-epoch test accuracy: classification only, and only for a whole student.
-    wants_eval = options.evaluate and options.block is None and recipe.task == "classification"
+    # Per-epoch test accuracy (a language model's perplexity): not for generators, and only for a whole student.
+    wants_eval = options.evaluate and options.block is None and recipe.task != "generation"
     eval_set = recipe.load_split("test") if wants_eval and "test" in recipe.splits else None
     hint_epochs = config["epochs"] // 2 if options.mode == "hints" else 0
     what = options.mode + (" online" if config["online"] else "") + (" fresh views" if options.fresh_views else "")
@@ -355,7 +375,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
             "cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
 
     if options.recalibrate_bn and start_epoch == 0:
-        _recalibrate(split, dataset, sampler, compute, options, eval_set, model, log, student)
+        _recalibrate(split, dataset, sampler, compute, options, eval_set, model, log, student, recipe.task)
     steps_per_epoch = len(sampler)
     for epoch in range(start_epoch, config["epochs"]):
         sampler.set_epoch(epoch)
@@ -381,7 +401,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         record = {"epoch": epoch + 1, **{k: v.item() / rows for k, v in sums.items()}, "lr": lr,
                   "rows_per_s": rows / seconds, "seconds": seconds}
         if eval_set is not None:
-            record["test_accuracy"] = accuracy(model, eval_set, compute)
+            record.update(test_score(model, eval_set, compute, recipe.task))
         history.append(record)
         log(_log_line(student, what, record, config["epochs"]))
         save_student(last, model, recipe=recipe, student=student, mode=options.mode, sections_trained=_sections_trained(options, sections),
@@ -396,18 +416,31 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
 
 
 def _recalibrate(split: SplitModel, dataset, sampler, compute: Compute, options: BlockTrainOptions,
-                 eval_set, model: nn.Module, log: Callable[[str], None], student: str) -> None:
-    """BatchNorm recalibration before fine-tuning, logged with the test accuracy before and after."""
-    before = accuracy(model, eval_set, compute) if eval_set is not None else None
+                 eval_set, model: nn.Module, log: Callable[[str], None], student: str, task: str) -> None:
+    """BatchNorm recalibration before fine-tuning, logged with the test accuracy (or perplexity) before and after."""
+    before = test_score(model, eval_set, compute, task) if eval_set is not None else None
     sampler.set_epoch(0)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers)
     t = time.perf_counter()
     rows = recalibrate_batchnorm(split, loader, compute)
     line = f"{student}: BatchNorm statistics recalibrated along the student's path over {rows} rows in {time.perf_counter() - t:.1f} s"
     if eval_set is not None:
-        after = accuracy(model, eval_set, compute)
-        line += f"; test accuracy {before:.4f} -> {after:.4f}"
+        after = test_score(model, eval_set, compute, task)
+        (key, a), b = next(iter(before.items())), after[next(iter(before))]
+        line += f"; {key.replace('_', ' ')} {a:.4f} -> {b:.4f}"
     log(line)
+
+
+def _teacher_sections(store: Store) -> list[dict]:
+    """The teacher's section weights kept in the store (stores extracted before they were kept have none)."""
+    sections = len(store.boundary_names) - 1
+    parts = store.manifest.teacher_modules or {}
+    if any(f"section{i}" not in parts for i in range(1, sections + 1)):
+        raise StoreMismatchError(f"Store {str(store.path)!r} holds no weights of the teacher's sections (stores keep them "
+                                 "for recipes with student_init='teacher-blocks', and only since litcache kept them), so "
+                                 "--student-init teacher-blocks has nothing to copy. Train with --student-init scratch, or "
+                                 "set the recipe's student_init and extract the store again.")
+    return [store.module_state(f"section{i}") for i in range(1, sections + 1)]
 
 
 def _sections_trained(options: BlockTrainOptions, sections: int) -> list[int]:
@@ -425,4 +458,6 @@ def _log_line(student: str, mode: str, record: dict, epochs: int) -> str:
     parts.append(f"loss {record['loss']:.4g}  lr {record['lr']:.3g}  {record['rows_per_s']:.0f} rows/s")
     if "test_accuracy" in record:
         parts.append(f"test acc {record['test_accuracy']:.4f}")
+    if "test_perplexity" in record:
+        parts.append(f"test perplexity {record['test_perplexity']:.3f}")
     return "  ".join(parts)

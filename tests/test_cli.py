@@ -126,7 +126,7 @@ def test_extract_refuses_plain_file(tmp_path, teacher_ckpt):
 
 def test_unknown_format_version(tiny_store, teacher_ckpt):
     _set_manifest(tiny_store, format_version=99)
-    expected = f"Store '{tiny_store}' has format version 99; this litcache reads version 1 only."
+    expected = f"Store '{tiny_store}' has format version 99; this litcache reads versions 1, 2 only."
     assert_clean_error(run_cli("info", tiny_store), expected, 1)
     assert_clean_error(run_cli("verify", tiny_store), expected, 1)
     options = ["--views", "2", "--dtype", "float32", "--chunk-rows", "8", "--shard-rows", "16"]

@@ -40,7 +40,7 @@ def test_student_with_fewer_sections_is_refused_before_any_shape_check(tiny_reci
 def test_train_teacher_refuses_a_generation_recipe(tmp_path):
     recipe = write_variant(tmp_path, "generator", 'recipe = replace(base, task="generation")')
     result = run_cli("train-teacher", recipe, "--out", tmp_path / "t.pt", "--epochs", "1", "--device", "cpu")
-    assert_clean_error(result, "train-teacher trains classifiers with cross-entropy; recipe 'tiny' is a generation task",
+    assert_clean_error(result, "train-teacher trains classifiers and language models with cross-entropy; recipe 'tiny' is a generation task",
                        exit_code=1)
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
     assert not (tmp_path / "t.pt").exists()

@@ -161,7 +161,7 @@ def test_damaged_manifest_is_replaced_with_overwrite(real_store, tiny_recipe, te
 def test_other_format_version_is_a_format_error(real_store):
     manifest = manifest_of(real_store)
     manifest["format_version"] = True  # == 1 in Python, but not the version number 1
-    with pytest.raises(StoreFormatError, match="has format version True; this litcache reads version 1 only"):
+    with pytest.raises(StoreFormatError, match="has format version True; this litcache reads versions 1, 2 only"):
         Manifest.from_dict(manifest)
 
 

@@ -221,7 +221,7 @@ def test_read_manifest_unknown_version(tmp_path):
     doc = json.loads(meta.read_text())
     doc["attributes"]["litcache"]["format_version"] = 99
     meta.write_text(json.dumps(doc))
-    with pytest.raises(StoreFormatError, match="format version 99; this litcache reads version 1"):
+    with pytest.raises(StoreFormatError, match="format version 99; this litcache reads versions 1, 2"):
         read_manifest(tmp_path / "s")
     with pytest.raises(StoreFormatError):
         open_store(tmp_path / "s", require_complete=False)
