@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -13,7 +16,20 @@ from litcache import ExtractOptions
 from litcache.data import resolve_device
 from litcache.extract import plan_extraction
 
-__all__ = ["bare_forward_seconds", "peak_rss_mb"]
+__all__ = ["bare_forward_seconds", "peak_rss_mb", "load_results", "save_results"]
+
+
+def load_results(path: Path) -> dict:
+    """A resumable bench's results file: {"runs": {key: record}}, empty when it does not exist yet."""
+    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
+
+
+def save_results(path: Path, results: dict) -> None:
+    """Write the results whole (tmp + rename): a bench killed mid-write leaves the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def bare_forward_seconds(recipe, teacher, options: ExtractOptions) -> tuple[float, int]:

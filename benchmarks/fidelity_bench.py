@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
@@ -38,19 +37,10 @@ from pathlib import Path
 
 import torch
 
+from _common import load_results, save_results  # beside this script
+
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
-
-
-def _save(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _accuracies(history: list[dict]) -> dict:
@@ -213,7 +203,7 @@ def main() -> None:
     args = p.parse_args()
 
     results_path = Path(args.results)
-    results = _load(results_path)
+    results = load_results(results_path)
     too_many = [row for row in args.only or ROWS if row.startswith("lit-") and int(row.split("k")[1]) > args.max_views]
     if too_many:
         p.error(f"rows {too_many} use more views than the store's --max-views {args.max_views}")
@@ -263,7 +253,7 @@ def main() -> None:
                           hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr", "weight_decay",
                                                                           "schedule", "warmup", "recalibrate_bn")})
             results["runs"][key] = record
-            _save(results_path, results)
+            save_results(results_path, results)
             print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min", flush=True)
     print(report(results, results_path.with_suffix(".png")))
 

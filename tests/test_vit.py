@@ -190,11 +190,16 @@ def test_vit_lit_step_from_a_float32_store_equals_the_online_step(vit_recipe, vi
     fields = [*store.boundary_names, "logits", "labels"]
     cached = StoreDataset(store, fields).__getitems__(rows)
     online = OnlineTeacherDataset(vit_recipe, store, teacher, fields, "cpu", precision="fp32").__getitems__(rows)
-    config = {"alpha": 0.95, "tau": 6.0, "beta": 0.75, "loss_scale": 1.0, "ir_loss": "mse"}
+    assert_same_lit_step(vit_recipe, "vit2", store, cached, online,
+                         {"alpha": 0.95, "tau": 6.0, "beta": 0.75, "loss_scale": 1.0, "ir_loss": "mse"})
+
+
+def assert_same_lit_step(recipe, student: str, store, cached: dict, online: dict, config: dict) -> None:
+    """One float32 LIT step of the same fresh student on both batches: equal losses and gradients."""
     results = []
     for batch in (cached, online):
         torch.manual_seed(0)
-        _, split = build_student(vit_recipe, "vit2", store.module_state("stem"), store.module_state("head"))
+        _, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
         split.train()
         loss, parts = step_losses(split, batch, "lit", config)
         loss.backward()
