@@ -129,13 +129,14 @@ def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: 
                 continue
         with torch.inference_mode(), compute.autocast():
             outs, logits = split.boundaries(compute.input(x.unsqueeze(0)))
-            fields = teacher_fields(outs, logits, y.unsqueeze(0), identity.logit_topk)
+            # Every logit (zeroed past the length, as stored): a top-k store is checked against them below.
+            fields = teacher_fields(outs, logits, y.unsqueeze(0))
         live = {name: (to_storage(z, dtype, keep_bits), dtype) for name, z in fields.items() if name.startswith("boundaries/")}
-        if "logits" in fields:
-            live["logits"] = (to_storage(fields["logits"], "float32"), "float32")
+        every_logit = fields["logits"].float()
+        if identity.logit_topk is None:
+            live["logits"] = (to_storage(every_logit, "float32"), "float32")
         else:  # top-k: the live logits at the stored indices (near-ties may order differently from one batch to another)
             indices = torch.from_numpy(np.asarray(store.array("topk_indices")[r:r + 1])).long()
-            every_logit = teacher_fields(outs, logits, y.unsqueeze(0))["logits"].float()  # zeroed past the length, as stored
             live["topk_values"] = (to_storage(every_logit.gather(-1, indices), "float32"), "float32")
             # ...and those are the K largest: the live top-K values, sorted (ties cannot reorder values).
             live["topk_values (the top K)"] = (to_storage(every_logit.topk(indices.shape[-1], dim=-1).values, "float32"), "float32")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from litcache.errors import RecipeError
 
 __all__ = ["TokenStem", "CausalSelfAttention", "CausalBlock", "LMHead", "CausalTransformer", "gpt",
-           "block_sections", "init_from_blocks"]
+           "block_sections", "gpt_section", "init_from_blocks"]
 
 
 class TokenStem(nn.Module):
@@ -171,6 +171,16 @@ def block_sections(model: CausalTransformer, index: int, count: int) -> nn.Seque
                           "or cut them into a number of sections that divides every depth.")
     size = depth // count
     return nn.Sequential(*model.blocks[index * size:(index + 1) * size])
+
+
+def gpt_section(index: int, count: int):
+    """A recipe's ModuleRef for section ``index`` (from 0) of ``count``: a callable of the model."""
+
+    def section(model: CausalTransformer) -> nn.Sequential:
+        return block_sections(model, index, count)
+
+    section.__qualname__ = f"gpt_section({index}, {count})"
+    return section
 
 
 def init_from_blocks(student: CausalTransformer, teacher: CausalTransformer, picks: list[int]) -> CausalTransformer:

@@ -22,7 +22,7 @@ Environment (read whenever a split is loaded or a model is built):
 from __future__ import annotations
 
 from litcache import DistillConfig, Recipe, TrainConfig
-from litcache.gpt import block_sections, gpt
+from litcache.gpt import gpt, gpt_section
 from litcache.recipe import import_beside
 
 _data = import_beside(__file__, "_data")
@@ -48,14 +48,6 @@ def model(depth: int | None = None):
     return build
 
 
-def _section(index: int, count: int):
-    def section(m):
-        return block_sections(m, index, count)
-
-    section.__qualname__ = f"gpt_section({index}, {count})"
-    return section
-
-
 SECTIONS = _data.env_int("LITCACHE_GPT_SECTIONS", 4)
 
 recipe = Recipe(
@@ -65,7 +57,7 @@ recipe = Recipe(
     build_teacher=model(),
     students={"gpt4": model(4), "gpt2": model(2)},
     stem="stem",
-    sections=tuple(_section(i, SECTIONS) for i in range(SECTIONS)),
+    sections=tuple(gpt_section(i, SECTIONS) for i in range(SECTIONS)),
     head="head",
     load_split=load_split,
     num_classes=_text.VOCAB_SIZE,
