@@ -40,6 +40,8 @@ import torch
 from _common import load_results, save_results  # beside this script
 
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
+#: The suffix of a LIT row fine-tuned from BatchNorm-recalibrated weights (--recalibrate-bn).
+RECAL = "+recal"
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
 
 
@@ -104,7 +106,9 @@ def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, onlin
     probe = _recalibration_probe(recipe, store, lit["checkpoint"], views, args)
     print(f"after the LIT phase: test accuracy {probe['after_lit_accuracy']:.4f}, "
           f"{probe['after_lit_recalibrated_accuracy']:.4f} with BatchNorm recalibrated")
-    ft = _blocks(args, recipe, store, work / "ft", seed, mode="finetune", epochs=args.ft_epochs, lr=args.ft_lr,
+    # The fine-tune from recalibrated weights is its own run beside the plain one; both share the LIT phase.
+    ft_dir = work / ("ft-recal" if args.recalibrate_bn else "ft")
+    ft = _blocks(args, recipe, store, ft_dir, seed, mode="finetune", epochs=args.ft_epochs, lr=args.ft_lr,
                  init=lit["checkpoint"], views=views, recalibrate_bn=args.recalibrate_bn, **teacher)
     lit_phase = _accuracies(lit["history"])
     record = {**_accuracies(ft["history"]), **probe, "lit_phase_accuracy": lit_phase["test_accuracy"]}
@@ -131,7 +135,7 @@ def report(results: dict, out_png: Path) -> str:
     lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | best epoch (test-selected) mean | "
              "training time / seed | store bytes | precision |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
-    for row in ROWS:
+    for row in ROWS + tuple(r + RECAL for r in ROWS if r.startswith(("lit-", "online"))):
         runs = rows.get(row)
         if not runs:
             continue
@@ -231,7 +235,9 @@ def main() -> None:
 
     for seed in args.seeds:
         for row in args.only or ROWS:
-            key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{row}/seed{seed}"
+            # --recalibrate-bn: the LIT rows' fine-tune starts from recalibrated weights, a row of its own ("lit-k8+recal").
+            name = row + RECAL if args.recalibrate_bn and row.startswith(("lit-", "online")) else row
+            key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
                 continue
             views = int(row.split("k")[1]) if row.startswith("lit-") else (None if row == "online" else args.max_views)
@@ -244,7 +250,7 @@ def main() -> None:
                 record = run_store_baseline(args, recipe, store, seed, run_dir, row)
             else:
                 record = run_lit(args, recipe, store, seed, run_dir, views, online=row == "online")
-            record.update(row=row, seed=seed, views="fresh" if row == "online" else (views if row != "scratch" else "fresh"),
+            record.update(row=name, seed=seed, views="fresh" if row == "online" else (views if row != "scratch" else "fresh"),
                           epochs=f"{args.lit_epochs} + {args.ft_epochs}" if row.startswith(("lit", "online")) else
                           str(args.lit_epochs + args.ft_epochs),
                           wall_seconds=time.perf_counter() - t, samples=samples, test_samples=10000, precision=precision,

@@ -136,6 +136,13 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "kd")
     assert out.count("=== ") == 2 and "=== subset50000/e1+1/kd/seed0" in out
     assert len(json.loads(results.read_text())["runs"]) == 5
+    # A fine-tune from recalibrated BatchNorm is a row of its own, on the LIT phase already trained.
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--recalibrate-bn")
+    runs = json.loads(results.read_text())["runs"]
+    recal = runs["subset50000/e1+1/lit-k1+recal/seed0"]
+    assert recal["row"] == "lit-k1+recal" and recal["hyperparameters"]["recalibrate_bn"]
+    assert recal["lit_phase_accuracy"] == runs["subset50000/e1+1/lit-k1/seed0"]["lit_phase_accuracy"]
+    assert "resnet20 lit epoch" not in out and "| lit-k1+recal | 1 | 1 + 1 | 0 |" in out
 
 
 def test_speed_bench(fake_cifar, tmp_path):
