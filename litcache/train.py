@@ -343,7 +343,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if "grad_scaler" in state:
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch, history = state["epoch"], list(state["history"])
-        log(f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
+        log(f"{student}: all {config['epochs']} epochs already trained" if start_epoch >= config["epochs"] else
+            f"{student}: resuming at epoch {start_epoch + 1} of {config['epochs']}")
     out.mkdir(parents=True, exist_ok=True)
 
     wanted = store_fields(fields_read(options.mode, sections, options.block, hint, config["beta"]), store.manifest.arrays)

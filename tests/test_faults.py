@@ -119,3 +119,8 @@ def test_training_killed_mid_epoch_resumes_from_last_checkpoint(tiny_recipe, tin
     b = load_student(run / "resnet8" / "student.pt").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # Resuming a finished run trains nothing and says so.
+    said = []
+    [again] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "straight", BlockTrainOptions(**options),
+                           resume=True, log=said.append)
+    assert "resnet8: all 3 epochs already trained" in said and len(again["history"]) == 3
