@@ -109,7 +109,8 @@ def main() -> None:
     t = time.perf_counter()
     result = train_teacher(recipe, teacher, config=replace(recipe.teacher_training, epochs=args.teacher_epochs),
                            seed=args.seed, resume=True, log=log)
-    if not done("teacher"):
+    # One teacher serves every student seed: it is recorded once, under the seed it was trained with.
+    if not any(key.startswith(f"{prefix}/teacher/") for key in results["runs"]):
         record("teacher", _score(result["history"]), t)
 
     budget = args.lit_epochs + args.ft_epochs
@@ -150,10 +151,19 @@ def main() -> None:
 
 
 def report(results: dict) -> str:
-    lines = ["| run | metric | score | training time | store bytes |", "|---|---|---|---|---|"]
-    for key, r in sorted(results["runs"].items()):
-        size = f"{r['store_bytes'] / 1e9:.2f} GB" if r.get("store_bytes") else "-"
-        lines.append(f"| {key} | {r['metric']} | {r['score']:.4f} | {r['train_seconds'] / 60:.0f} min | {size} |")
+    """One line per run over its seeds: the mean score, and its spread (min, max)."""
+    runs: dict[str, list[dict]] = {}
+    for key, r in results["runs"].items():
+        runs.setdefault(key.rsplit("/seed", 1)[0], []).append(r)
+    lines = ["| run | metric | seeds | mean | min | max | training time / seed | store bytes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run, records in sorted(runs.items()):
+        scores = [r["score"] for r in records]
+        seconds = sum(r["train_seconds"] for r in records) / len(records)
+        size = f"{records[0]['store_bytes'] / 1e9:.2f} GB" if records[0].get("store_bytes") else "-"
+        seeds = ",".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
+        lines.append(f"| {run} | {records[0]['metric']} | {seeds} | {sum(scores) / len(scores):.4f} | {min(scores):.4f} | "
+                     f"{max(scores):.4f} | {seconds / 60:.0f} min | {size} |")
     return "\n".join(lines)
 
 

@@ -185,5 +185,10 @@ def test_transformer_bench_saves_each_run(tmp_path):
     assert rows == ["lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
     assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
     assert runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"]
-    assert "| gpt/t1/e1+1/gpt2/lit-top4+ft/seed0 | test_perplexity |" in out
+    assert "| gpt/t1/e1+1/gpt2/lit-top4+ft | test_perplexity | 0 |" in out
     assert _run_env("transformer_bench.py", env, *args).count("=== ") == 0  # a second sitting has nothing to do
+    # Another student seed reuses the teacher and its stores: the teacher is recorded once.
+    out = _run_env("transformer_bench.py", env, *args, "--seed", "1", "--only", "scratch")
+    runs = json.loads(results.read_text())["runs"]
+    assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 9
+    assert "| gpt/t1/e1+1/gpt2/scratch | test_perplexity | 0,1 |" in out
