@@ -40,8 +40,8 @@ import torch
 from _common import load_results, save_results  # beside this script
 
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
-#: The suffix of a LIT row fine-tuned from BatchNorm-recalibrated weights (--recalibrate-bn).
-RECAL = "+recal"
+#: The fine-tune's default lr; a LIT row fine-tuned otherwise is a row of its own (see ft_variant).
+FT_LR = 0.02
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
 
 
@@ -99,6 +99,12 @@ def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args
     return {"after_lit_accuracy": before, "after_lit_recalibrated_accuracy": accuracy(recalibrated, test, compute)}
 
 
+def ft_variant(args) -> str:
+    """The suffix naming a LIT row's fine-tune settings other than the defaults: "+recal" when it
+    starts from BatchNorm-recalibrated weights (--recalibrate-bn), "+ft-lr0.005" for another --ft-lr."""
+    return ("+recal" if args.recalibrate_bn else "") + (f"+ft-lr{args.ft_lr:g}" if args.ft_lr != FT_LR else "")
+
+
 def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, online: bool) -> dict:
     teacher = {"online_teacher": args.teacher, "fresh_views": True} if online else {}
     lit = _blocks(args, recipe, store, work / "lit", seed, mode="lit", epochs=args.lit_epochs, lr=args.lit_lr,
@@ -106,8 +112,8 @@ def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, onlin
     probe = _recalibration_probe(recipe, store, lit["checkpoint"], views, args)
     print(f"after the LIT phase: test accuracy {probe['after_lit_accuracy']:.4f}, "
           f"{probe['after_lit_recalibrated_accuracy']:.4f} with BatchNorm recalibrated")
-    # The fine-tune from recalibrated weights is its own run beside the plain one; both share the LIT phase.
-    ft_dir = work / ("ft-recal" if args.recalibrate_bn else "ft")
+    # A fine-tune with other settings is its own run beside the plain one; all share the LIT phase.
+    ft_dir = work / ("ft" + ft_variant(args).replace("+", "-"))
     ft = _blocks(args, recipe, store, ft_dir, seed, mode="finetune", epochs=args.ft_epochs, lr=args.ft_lr,
                  init=lit["checkpoint"], views=views, recalibrate_bn=args.recalibrate_bn, **teacher)
     lit_phase = _accuracies(lit["history"])
@@ -135,7 +141,8 @@ def report(results: dict, out_png: Path) -> str:
     lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | best epoch (test-selected) mean | "
              "training time / seed | store bytes | precision |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
-    for row in ROWS + tuple(r + RECAL for r in ROWS if r.startswith(("lit-", "online"))):
+    variants = sorted({r["row"] for r in results["runs"].values()} - set(ROWS))
+    for row in ROWS + tuple(variants):
         runs = rows.get(row)
         if not runs:
             continue
@@ -192,7 +199,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="scratch, kd, hints")
     p.add_argument("--lit-lr", type=float, default=0.2, help="before loss_scale 0.5: 0.1 effective, as --lr")
-    p.add_argument("--ft-lr", type=float, default=0.02)
+    p.add_argument("--ft-lr", type=float, default=FT_LR)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--warmup", type=float, default=0.0)
@@ -235,8 +242,7 @@ def main() -> None:
 
     for seed in args.seeds:
         for row in args.only or ROWS:
-            # --recalibrate-bn: the LIT rows' fine-tune starts from recalibrated weights, a row of its own ("lit-k8+recal").
-            name = row + RECAL if args.recalibrate_bn and row.startswith(("lit-", "online")) else row
+            name = row + ft_variant(args) if row.startswith(("lit-", "online")) else row
             key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
                 continue

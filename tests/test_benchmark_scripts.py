@@ -143,6 +143,8 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert recal["row"] == "lit-k1+recal" and recal["hyperparameters"]["recalibrate_bn"]
     assert recal["lit_phase_accuracy"] == runs["subset50000/e1+1/lit-k1/seed0"]["lit_phase_accuracy"]
     assert "resnet20 lit epoch" not in out and "| lit-k1+recal | 1 | 1 + 1 | 0 |" in out
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--recalibrate-bn", "--ft-lr", "0.01")
+    assert "=== subset50000/e1+1/lit-k1+recal+ft-lr0.01/seed0:" in out and "resnet20 lit epoch" not in out
 
 
 def test_speed_bench(fake_cifar, tmp_path):
