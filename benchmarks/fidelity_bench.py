@@ -166,19 +166,22 @@ def report(results: dict, out_png: Path) -> str:
         ax.errorbar(ks, [summary[r][0] for _, r in lit_ks],
                     yerr=[[summary[r][0] - summary[r][1] for _, r in lit_ks], [summary[r][2] - summary[r][0] for _, r in lit_ks]],
                     marker="o", capsize=3, label="LIT + fine-tune from the cache")
-        for row, style in (("online", "tab:green"), ("scratch", "tab:red"), ("kd", "tab:purple")):
+        for row, style in (("online", "tab:green"), ("scratch", "tab:red"), ("kd", "tab:purple"), ("hints", "tab:brown")):
             if row in summary:
                 mean, lo, hi = summary[row]
                 ax.axhspan(lo, hi, color=style, alpha=0.15)
                 ax.axhline(mean, color=style, label=f"{row} (band: min-max over seeds)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.set_xlabel("stored views K")
         ax.set_ylabel("test top-1 (%)")
         disk = ax.twinx()
         store_gb = {int(row.split("k")[1]): rows[row][0]["store_bytes"] / 1e9 for _, row in lit_ks}
-        disk.plot(list(store_gb), list(store_gb.values()), "k:", marker="s", label="disk (GB)")
+        disk.plot(list(store_gb), list(store_gb.values()), "k:", marker="s", label="disk for K views (GB, right)")
         disk.set_ylabel("store size for K views (GB)")
-        ax.legend(loc="lower right", fontsize=7)
+        handles = [h for a in (ax, disk) for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=7)
         fig.tight_layout()
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=120)
