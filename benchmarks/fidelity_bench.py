@@ -133,13 +133,19 @@ def store_bytes(store: str) -> int:
     return store_info(store)["stored_bytes"]
 
 
+def _mean_percent(runs: list[dict], key: str) -> str:
+    values = [r[key] * 100 for r in runs if key in r]
+    return f"{statistics.mean(values):.2f}" if values else "-"
+
+
 def report(results: dict, out_png: Path) -> str:
     """The table (markdown) over seeds, and the plot of accuracy against K with the online band."""
     rows: dict[str, list[dict]] = {}
     for record in results["runs"].values():
         rows.setdefault(record["row"], []).append(record)
     lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | best epoch (test-selected) mean | "
-             "training time / seed | store bytes | precision |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "training time / seed | store bytes | precision | after the LIT phase, mean | the same, BatchNorm recalibrated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     variants = sorted({r["row"] for r in results["runs"].values()} - set(ROWS))
     for row in ROWS + tuple(variants):
@@ -153,7 +159,8 @@ def report(results: dict, out_png: Path) -> str:
         lines.append(f"| {row} | {r0['views']} | {r0['epochs']} | {','.join(str(r['seed']) for r in runs)} | "
                      f"{statistics.mean(accs):.2f} | {min(accs):.2f} | {max(accs):.2f} | {statistics.mean(best):.2f} | "
                      f"{statistics.mean(r.get('train_seconds', r['wall_seconds']) for r in runs) / 60:.0f} min | "
-                     f"{(r0['store_bytes'] / 1e9):.2f} GB | {r0['precision']} |")
+                     f"{(r0['store_bytes'] / 1e9):.2f} GB | {r0['precision']} | {_mean_percent(runs, 'after_lit_accuracy')} | "
+                     f"{_mean_percent(runs, 'after_lit_recalibrated_accuracy')} |")
     lit_ks = [(int(row.split("k")[1]), row) for row in ROWS if row.startswith("lit-") and row in summary]
     if lit_ks:
         import matplotlib
