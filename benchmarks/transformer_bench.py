@@ -10,6 +10,8 @@ picks another student, e.g. gpt2 under a 4-block teacher):
 
   teacher      `train_teacher` (train-teacher) for --teacher-epochs
   scratch      the student from scratch with cross-entropy for E = --lit-epochs + --ft-epochs
+  kd           KD from the full store for E epochs (train-blocks --mode kd), starting as LIT does, from
+               every other teacher block: what the IR losses add beyond that start and the logits
   lit          LIT from the store (student sections start from every other teacher block), then
   lit+ft       fine-tune from it: E epochs in all
   lit-cosine   the same with --ir-loss cosine (then fine-tuned), against MSE
@@ -129,6 +131,11 @@ def main() -> None:
         t = time.perf_counter()
         extract(recipe, path, options, teacher_checkpoint=teacher, resume=True, progress=False, log=log)
         info = store_info(path)
+        if name == "full" and wanted("kd") and not done("kd"):
+            t = time.perf_counter()
+            [kd] = train_blocks(recipe, path, [student], work / f"kd-seed{args.seed}",
+                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False), resume=True, log=log)
+            record("kd", {**_score(kd["history"]), "store_bytes": info["stored_bytes"]}, t)
         suffix = "" if name == "full" else f"-{name}"
         variants = [("", "mse")] + ([("-cosine", "cosine")] if name == "full" else [])
         for tag, ir in variants:

@@ -184,7 +184,7 @@ def test_transformer_bench_saves_each_run(tmp_path):
     out = _run_env("transformer_bench.py", env, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = sorted(r["row"] for r in runs.values())
-    assert rows == ["lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
+    assert rows == ["kd", "lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
     assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
     assert runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"]
     assert "| gpt/t1/e1+1/gpt2/lit-top4+ft | test_perplexity | 0 |" in out
@@ -192,5 +192,5 @@ def test_transformer_bench_saves_each_run(tmp_path):
     # Another student seed reuses the teacher and its stores: the teacher is recorded once.
     out = _run_env("transformer_bench.py", env, *args, "--seed", "1", "--only", "scratch")
     runs = json.loads(results.read_text())["runs"]
-    assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 9
+    assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 10
     assert "| gpt/t1/e1+1/gpt2/scratch | test_perplexity | 0,1 |" in out
