@@ -79,11 +79,17 @@ def _resume_in_process(out: Path, ckpt: Path, rows_left: int) -> None:
     assert f"({rows_left} extracted in" in result.output
 
 
+def _default_sigint() -> None:
+    # A shell's background job (`make test &`) starts with SIGINT ignored, and Python then keeps
+    # ignoring it: give the child the default, so Ctrl-C reaches it as it would from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_slow_extract(out: Path, ckpt: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as err:
         return subprocess.Popen([PYTHON, "-m", "litcache.cli", *_cli_args(out, ckpt), "-q"],
                                 env=subprocess_env(LITCACHE_TINY_SAMPLES=str(SAMPLES), LITCACHE_TINY_DELAY="0.01"),
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_default_sigint)
 
 
 def _wait_for_shards(proc: subprocess.Popen, out: Path, log: Path, count: int = 2) -> None:
