@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from .cluster import check_parallel_options, dask_client, run_distributed
 from .data import resolve_device
+from .debris import find_debris
 from .errors import DiskSpaceError, IncompleteStoreError, NotAStoreError, OptionError, StoreFormatError, StoreMismatchError
 from .extract_loop import run_pending
 from .extract_plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
@@ -57,6 +58,11 @@ class ExtractResult:
     @property
     def rows_per_second(self) -> float:
         return self.rows_written / self.seconds if self.seconds else 0.0
+
+
+def _unchanged(out: StoreLocation, plan, t_start: float, log) -> ExtractResult:
+    log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
+    return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
 
 
 def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -> str:
@@ -141,6 +147,10 @@ def extract(
     if out.is_dir():
         check_unlocked(out)
     action = _decide(out, plan.identity, resume, overwrite)
+    if action == "unchanged" and not find_debris(out):
+        # Reusing a complete store writes nothing, not even the lock: jobs that share one store
+        # can all start at once (taking the lock, one of them would see another's and be refused).
+        return _unchanged(out, plan, t_start, log)
     if action != "unchanged":
         committed = read_ledger(out) if action == "resume" else {}
         pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
@@ -162,9 +172,8 @@ def extract(
         if debris:  # taking the lock removed what killed writers left
             log(f"removed {debris.describe()}")
         action = _decide(out, plan.identity, resume, overwrite)
-        if action == "unchanged":
-            log(f"{out}: already complete with the same recipe, teacher, data and options; nothing to do.")
-            return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
+        if action == "unchanged":  # complete, and the lock removed its debris
+            return _unchanged(out, plan, t_start, log)
         client = None
         if distributed:  # connected before the store is touched: an unreachable scheduler changes nothing
             client = cluster.enter_context(dask_client(workers, scheduler))

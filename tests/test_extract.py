@@ -277,6 +277,7 @@ def test_same_extraction_is_unchanged(tiny_recipe, teacher_ckpt, tiny_store):
     store = open_store(tiny_store)
     assert store.complete and store.rows == 96
     before, manifest = _mtimes(tiny_store), manifest_of(tiny_store)
+    directory_mtime = tiny_store.stat().st_mtime_ns
     for resume in (False, True):
         result = extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt,
                          resume=resume, progress=False, log=quiet)
@@ -287,6 +288,9 @@ def test_same_extraction_is_unchanged(tiny_recipe, teacher_ckpt, tiny_store):
     assert result.status == "unchanged"
     assert _mtimes(tiny_store) == before
     assert manifest_of(tiny_store) == manifest
+    # Not even the lock was taken (making and deleting it changes the directory): jobs that share
+    # one complete store can all start at once.
+    assert tiny_store.stat().st_mtime_ns == directory_mtime
 
 
 @pytest.mark.parametrize("change,key", [
