@@ -15,6 +15,8 @@ picks another student, e.g. gpt2 under a 4-block teacher):
   lit          LIT from the store (student sections start from every other teacher block), then
   lit+ft       fine-tune from it: E epochs in all
   lit-cosine   the same with --ir-loss cosine (then fine-tuned), against MSE
+  --student-init scratch: the kd and lit rows start from random sections instead (rows kd-from-scratch,
+               lit-from-scratch, ...), the paper's setting: what LIT adds where the start gives nothing
   GPT only: the store keeps the top-k logits for each --topk value (one store each) and the
   full logits (k = vocabulary, the reference); lit+ft is run from each store.
 
@@ -63,6 +65,8 @@ def main() -> None:
     p.add_argument("--student", help="the student variant (default: vit4 / gpt4; gpt2 for a 4-block teacher)")
     p.add_argument("--only", nargs="*", help="rows to run (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student-init", choices=("scratch", "teacher-blocks"),
+                   help="where the kd and lit rows' sections start (default: the recipe's; another start names its rows)")
     p.add_argument("--work", default="runs/transformers")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the table only")
@@ -116,6 +120,9 @@ def main() -> None:
         record("teacher", _score(result["history"]), t)
 
     budget = args.lit_epochs + args.ft_epochs
+    student_init = args.student_init or recipe.student_init
+    init_tag = "" if student_init == recipe.student_init else f"-from-{student_init}"
+    kd_row = f"kd{init_tag}"
     if wanted("scratch") and not done("scratch"):
         t = time.perf_counter()
         out = work / f"scratch-seed{args.seed}" / "student.pt"
@@ -131,29 +138,32 @@ def main() -> None:
         t = time.perf_counter()
         extract(recipe, path, options, teacher_checkpoint=teacher, resume=True, progress=False, log=log)
         info = store_info(path)
-        if name == "full" and wanted("kd") and not done("kd"):
+        if name == "full" and wanted(kd_row) and not done(kd_row):
             t = time.perf_counter()
-            [kd] = train_blocks(recipe, path, [student], work / f"kd-seed{args.seed}",
-                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False), resume=True, log=log)
-            record("kd", {**_score(kd["history"]), "store_bytes": info["stored_bytes"]}, t)
+            [kd] = train_blocks(recipe, path, [student], work / f"{kd_row}-seed{args.seed}",
+                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False,
+                                                  student_init=student_init), resume=True, log=log)
+            record(kd_row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
         suffix = "" if name == "full" else f"-{name}"
         variants = [("", "mse")] + ([("-cosine", "cosine")] if name == "full" else [])
         for tag, ir in variants:
-            row = f"lit{tag}{suffix}"
+            row = f"lit{tag}{suffix}{init_tag}"
             if not wanted(row) or (done(row) and done(row + "+ft")):
                 continue
             t = time.perf_counter()
             common = dict(seed=args.seed, verify=False, ir_loss=ir)
             [lit] = train_blocks(recipe, path, [student], work / f"{row}-seed{args.seed}",
-                                 BlockTrainOptions(mode="lit", epochs=args.lit_epochs, **common), resume=True, log=log)
+                                 BlockTrainOptions(mode="lit", epochs=args.lit_epochs, student_init=student_init, **common),
+                                 resume=True, log=log)
             if not done(row):
-                record(row, {**_score(lit["history"]), "store_bytes": info["stored_bytes"], "ir_loss": ir}, t)
+                record(row, {**_score(lit["history"]), "store_bytes": info["stored_bytes"], "ir_loss": ir,
+                             "student_init": student_init}, t)
             [ft] = train_blocks(recipe, path, [student], work / f"{row}+ft-seed{args.seed}",
                                 BlockTrainOptions(mode="finetune", epochs=args.ft_epochs, init=lit["checkpoint"], **common),
                                 resume=True, log=log)
             values = _score(ft["history"])
             values["train_seconds"] += _score(lit["history"])["train_seconds"]
-            record(row + "+ft", {**values, "store_bytes": info["stored_bytes"], "ir_loss": ir}, t)
+            record(row + "+ft", {**values, "store_bytes": info["stored_bytes"], "ir_loss": ir, "student_init": student_init}, t)
     print(report(results))
 
 

@@ -194,3 +194,12 @@ def test_transformer_bench_saves_each_run(tmp_path):
     runs = json.loads(results.read_text())["runs"]
     assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 10
     assert "| gpt/t1/e1+1/gpt2/scratch | test_perplexity | 0,1 |" in out
+    # Another start for the sections is a row of its own, beside the recipe's (teacher blocks).
+    out = _run_env("transformer_bench.py", env, *args, "--student-init", "scratch", "--only", "kd-from-scratch",
+                   "lit-from-scratch")
+    runs = json.loads(results.read_text())["runs"]
+    assert out.count("=== ") == 3 and len(runs) == 13
+    assert {runs[f"gpt/t1/e1+1/gpt2/{row}/seed0"]["student_init"]
+            for row in ("kd-from-scratch", "lit-from-scratch", "lit-from-scratch+ft")} == {"scratch"}
+    assert runs["gpt/t1/e1+1/gpt2/kd/seed0"]["student_init"] == "teacher-blocks"
+    assert runs["gpt/t1/e1+1/gpt2/kd-from-scratch/seed0"]["score"] != runs["gpt/t1/e1+1/gpt2/kd/seed0"]["score"]
