@@ -12,6 +12,8 @@ picks another student, e.g. gpt2 under a 4-block teacher):
   scratch      the student from scratch with cross-entropy for E = --lit-epochs + --ft-epochs
   kd           KD from the full store for E epochs (train-blocks --mode kd), starting as LIT does, from
                every other teacher block: what the IR losses add beyond that start and the logits
+  kd-frozen-head  the same KD with the teacher's head frozen (--freeze-head), as LIT and its fine-tune
+               keep it: what training the head adds
   lit          LIT from the store (student sections start from every other teacher block), then
   lit+ft       fine-tune from it: E epochs in all
   lit-cosine   the same with --ir-loss cosine (then fine-tuned), against MSE
@@ -144,6 +146,13 @@ def main() -> None:
                                 BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False,
                                                   student_init=student_init), resume=True, log=log)
             record(kd_row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
+        frozen_row = f"kd-frozen-head{init_tag}"
+        if name == "full" and wanted(frozen_row) and not done(frozen_row):
+            t = time.perf_counter()
+            [kd] = train_blocks(recipe, path, [student], work / f"{frozen_row}-seed{args.seed}",
+                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False, student_init=student_init,
+                                                  train_head=False), resume=True, log=log)
+            record(frozen_row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
         suffix = "" if name == "full" else f"-{name}"
         variants = [("", "mse")] + ([("-cosine", "cosine")] if name == "full" else [])
         for tag, ir in variants:

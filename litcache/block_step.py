@@ -13,7 +13,7 @@ from .losses import ir_loss, kd_loss, lit_loss, token_mask
 from .precision import Compute
 from .sections import SplitModel
 
-__all__ = ["MODES", "TOPK_FIELDS", "fields_read", "store_fields", "step_losses", "train_step", "trainable_parameters",
+__all__ = ["MODES", "TOPK_FIELDS", "fields_read", "head_trains_by_default", "store_fields", "step_losses", "train_step", "trainable_parameters",
            "set_train_mode", "check_finite_loss"]
 
 MODES = ("lit", "ir", "finetune", "kd", "hints")
@@ -113,27 +113,32 @@ def train_step(split: SplitModel, batch: dict[str, torch.Tensor], mode: str, con
     return parts
 
 
-def trained_modules(split: SplitModel, mode: str, block: int | None) -> list[nn.Module]:
-    if mode in ("lit", "ir"):
+def head_trains_by_default(mode: str) -> bool:
+    """kd and hints train the (adopted) head; lit, ir and finetune keep the teacher's frozen, as the
+    released LIT code does. ``--train-head``/``--freeze-head`` override it."""
+    return mode in ("kd", "hints")
+
+
+def trained_modules(split: SplitModel, mode: str, block: int | None, train_head: bool | None = None) -> list[nn.Module]:
+    if mode == "ir" or block is not None:
         return [split.sections[block - 1]] if block is not None else list(split.sections)
-    if mode == "finetune":  # the teacher's head stays frozen, as in the released LIT code
-        return list(split.sections)
-    return [*split.sections, split.head]
+    head = head_trains_by_default(mode) if train_head is None else train_head
+    return [*split.sections, split.head] if head else list(split.sections)
 
 
-def trainable_parameters(split: SplitModel, mode: str, block: int | None) -> list[nn.Parameter]:
+def trainable_parameters(split: SplitModel, mode: str, block: int | None, train_head: bool | None = None) -> list[nn.Parameter]:
     """Freeze the split, then unfreeze (and return) the parameters ``mode`` trains."""
     for p in split.parameters():
         p.requires_grad_(False)
-    params = [p for m in trained_modules(split, mode, block) for p in m.parameters()]
+    params = [p for m in trained_modules(split, mode, block, train_head) for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     return params
 
 
-def set_train_mode(split: SplitModel, mode: str, block: int | None) -> None:
-    split.eval()  # frozen parts (stem, and the head outside kd/hints) keep their BatchNorm statistics
-    for module in trained_modules(split, mode, block):
+def set_train_mode(split: SplitModel, mode: str, block: int | None, train_head: bool | None = None) -> None:
+    split.eval()  # frozen parts (the stem, and a frozen head) keep their BatchNorm statistics
+    for module in trained_modules(split, mode, block, train_head):
         module.train()
 
 

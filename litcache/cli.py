@@ -219,6 +219,9 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--student-init", type=click.Choice(STUDENT_INITS),
               help="Sections start from scratch, or from evenly spaced teacher blocks kept in the store (teacher-blocks; "
                    "sections must be runs of blocks). --init replaces either. [default: the recipe's]")
+@click.option("--train-head/--freeze-head", "train_head", default=None,
+              help="Train the (teacher's) head with the sections, or keep it frozen. [default: kd and hints train it; "
+                   "lit and finetune keep it frozen, as the released LIT code]")
 @click.option("--hint-boundary", type=click.IntRange(min=1), help="--mode hints: the boundary to regress (default: middle).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(min=1),

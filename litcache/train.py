@@ -10,6 +10,7 @@ Every mode starts from the stored stem output T_0 (the stem is the teacher's, fr
 
 (s is ``DistillConfig.loss_scale``: the released CIFAR code halves the LIT loss.) The fine-tune
 keeps the teacher's head frozen, as the released code does: it never turns requires_grad back on.
+``train_head`` (--train-head/--freeze-head) overrides the head of lit, finetune, kd and hints.
 
 ``online_teacher`` is the baseline for comparisons: the same run with the teacher's boundaries
 computed on every batch (``litcache.online``) instead of read from the store; with
@@ -33,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from .audit import require_intact
-from .block_step import MODES, check_finite_loss, fields_read, set_train_mode, store_fields, train_step, trainable_parameters
+from .block_step import (MODES, check_finite_loss, fields_read, head_trains_by_default, set_train_mode, store_fields, train_step,
+                         trainable_parameters)
 # Re-exported: train-blocks' step and losses were this module's before block_step.py held them.
 from .block_step import step_losses  # noqa: F401
 from .losses import ir_loss, kd_loss, lit_loss  # noqa: F401
@@ -57,7 +59,8 @@ __all__ = ["MODES", "BlockTrainOptions", "train_blocks", "resolve_config", "chec
 #: and a cached run are different runs, even with the same teacher.
 RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
                "schedule", "warmup", "nesterov", "alpha", "tau", "beta", "loss_scale", "block", "hint_boundary", "init",
-               "seed", "views", "buffer_chunks", "online", "fresh_views", "precision", "ir_loss", "ir_feature_axis", "student_init")
+               "seed", "views", "buffer_chunks", "online", "fresh_views", "precision", "ir_loss", "ir_feature_axis", "student_init",
+               "train_head")
 #: What a checkpoint written before a resume key existed had instead.
 _RESUME_DEFAULTS = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep", "warmup": 0.0,
                     "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None,
@@ -96,6 +99,8 @@ class BlockTrainOptions:
     ir_loss: str | None = None
     #: --student-init: "scratch" or "teacher-blocks" (None: the recipe's student_init); --init replaces either.
     student_init: str | None = None
+    #: --train-head/--freeze-head: train the head too, or keep it frozen (None: the mode's default, see above).
+    train_head: bool | None = None
     block: int | None = None
     hint_boundary: int | None = None
     init: str | None = None
@@ -151,6 +156,8 @@ class BlockTrainOptions:
                               "use it with --mode finetune.")
         if self.ir_loss is not None and self.ir_loss not in IR_LOSSES:
             raise OptionError(f"Expected --ir-loss in {IR_LOSSES}, got {self.ir_loss!r} instead.")
+        if self.train_head and self.mode == "ir":
+            raise OptionError("--mode ir trains each section on its boundaries alone and never runs the head: drop --train-head.")
         if self.student_init is not None and self.student_init not in STUDENT_INITS:
             raise OptionError(f"Expected --student-init in {STUDENT_INITS}, got {self.student_init!r} instead.")
         if self.online_teacher is not None and self.in_memory:
@@ -173,7 +180,8 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
               if lit_phase else 1.0,
               "ir_loss": options.ir_loss or recipe.distill.ir_loss,
               "ir_feature_axis": recipe.distill.ir_feature_axis,
-              "student_init": options.student_init or recipe.student_init}
+              "student_init": options.student_init or recipe.student_init,
+              "train_head": head_trains_by_default(options.mode) if options.train_head is None else options.train_head}
     config.update({k: v for k, v in asdict(options).items() if k not in config})
     config["milestones"] = list(config["milestones"])
     config["online"] = options.online_teacher is not None
@@ -194,8 +202,15 @@ def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()
     ``resolve_config`` with its precision resolved) trains differently; run-only keys and ``ignore``
     are left out."""
     skip = {*RUN_ONLY_KEYS, *_RETIRED_KEYS, *ignore}
+    saved = _saved_config(saved)
     keys = [k for k in dict.fromkeys([*expected, *saved]) if k not in skip]
     return changed_settings(saved, expected, keys, _RESUME_DEFAULTS)
+
+
+def _saved_config(saved: dict) -> dict:
+    """A checkpoint's config with the keys its mode implied before they were recorded: a checkpoint
+    from before --train-head trained the head exactly where its mode does by default."""
+    return {"train_head": head_trains_by_default(saved.get("mode", "lit")), **saved}
 
 
 def _hint_boundary(options: BlockTrainOptions, sections: int) -> int:
@@ -321,7 +336,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     compute = resolve_compute(config["precision"], device, model)
     config["precision"], config["channels_last"] = compute.precision, compute.channels_last
     compute.model(model)
-    params = trainable_parameters(split, options.mode, options.block)
+    params = trainable_parameters(split, options.mode, options.block, config["train_head"])
     schedule = TrainConfig(**{k: config[k] for k in _TRAIN_CONFIG_FIELDS})
     optimizer = schedule.make_optimizer(params)
     scaler = compute.grad_scaler()
@@ -334,7 +349,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         state = read_student(last)
         if state["store"]["identity"] != store.manifest.identity:
             raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
-        changed = changed_settings(state["config"], config, RESUME_KEYS, _RESUME_DEFAULTS)
+        changed = changed_settings(_saved_config(state["config"]), config, RESUME_KEYS, _RESUME_DEFAULTS)
         if changed:
             raise CheckpointError(f"Cannot resume {str(last)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
@@ -383,7 +398,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if hasattr(dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
             dataset.set_epoch(epoch)
         torch.manual_seed(options.seed * 100_003 + epoch)
-        set_train_mode(split, options.mode, options.block)
+        set_train_mode(split, options.mode, options.block, config["train_head"])
         sums: dict[str, torch.Tensor] = {}
         rows, t0, lr = 0, time.perf_counter(), config["lr"]
         for step, batch in enumerate(loader):

@@ -184,7 +184,8 @@ def test_transformer_bench_saves_each_run(tmp_path):
     out = _run_env("transformer_bench.py", env, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = sorted(r["row"] for r in runs.values())
-    assert rows == ["kd", "lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch", "teacher"]
+    assert rows == ["kd", "kd-frozen-head", "lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch",
+                    "teacher"]
     assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
     assert runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"]
     assert "| gpt/t1/e1+1/gpt2/lit-top4+ft | test_perplexity | 0 |" in out
@@ -192,14 +193,15 @@ def test_transformer_bench_saves_each_run(tmp_path):
     # Another student seed reuses the teacher and its stores: the teacher is recorded once.
     out = _run_env("transformer_bench.py", env, *args, "--seed", "1", "--only", "scratch")
     runs = json.loads(results.read_text())["runs"]
-    assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 10
+    assert out.count("=== ") == 1 and "gpt/t1/e1+1/gpt2/scratch/seed1" in runs and len(runs) == 11
     assert "| gpt/t1/e1+1/gpt2/scratch | test_perplexity | 0,1 |" in out
     # Another start for the sections is a row of its own, beside the recipe's (teacher blocks).
     out = _run_env("transformer_bench.py", env, *args, "--student-init", "scratch", "--only", "kd-from-scratch",
                    "lit-from-scratch")
     runs = json.loads(results.read_text())["runs"]
-    assert out.count("=== ") == 3 and len(runs) == 13
+    assert out.count("=== ") == 3 and len(runs) == 14
     assert {runs[f"gpt/t1/e1+1/gpt2/{row}/seed0"]["student_init"]
             for row in ("kd-from-scratch", "lit-from-scratch", "lit-from-scratch+ft")} == {"scratch"}
     assert runs["gpt/t1/e1+1/gpt2/kd/seed0"]["student_init"] == "teacher-blocks"
     assert runs["gpt/t1/e1+1/gpt2/kd-from-scratch/seed0"]["score"] != runs["gpt/t1/e1+1/gpt2/kd/seed0"]["score"]
+    assert runs["gpt/t1/e1+1/gpt2/kd-frozen-head/seed0"]["score"] != runs["gpt/t1/e1+1/gpt2/kd/seed0"]["score"]

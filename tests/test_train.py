@@ -92,6 +92,43 @@ def test_finetune_continues_a_lit_student_and_needs_init(tiny_recipe, tiny_store
     assert ft["config"]["lr"] == 0.05 and ft["config"]["mode"] == "finetune"
 
 
+def _head_is_the_teachers(checkpoint, recipe, store) -> bool:
+    head = split_model(load_student(checkpoint), recipe).head.state_dict()
+    return all(torch.equal(head[k], v) for k, v in store.module_state("head").items())
+
+
+def test_the_head_trains_where_its_mode_does_unless_told(tiny_recipe, tiny_store, tmp_path):
+    """lit and finetune keep the teacher's head (as the released LIT code), kd trains it; --train-head
+    and --freeze-head say otherwise, and the choice is recorded, so a resume cannot change it."""
+    store = open_store(tiny_store)
+    [lit] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "lit", _options(epochs=1), **QUIET)
+    assert lit["config"]["train_head"] is False and _head_is_the_teachers(lit["checkpoint"], tiny_recipe, store)
+    [ft] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
+                        _options(mode="finetune", epochs=1, init=lit["checkpoint"], train_head=True), **QUIET)
+    assert ft["config"]["train_head"] is True and not _head_is_the_teachers(ft["checkpoint"], tiny_recipe, store)
+    [kd] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "kd", _options(mode="kd", epochs=1), **QUIET)
+    assert kd["config"]["train_head"] is True and not _head_is_the_teachers(kd["checkpoint"], tiny_recipe, store)
+    [frozen] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "kd-frozen",
+                            _options(mode="kd", epochs=1, train_head=False), **QUIET)
+    assert _head_is_the_teachers(frozen["checkpoint"], tiny_recipe, store)
+    with pytest.raises(CheckpointError, match=r"train_head False -> True"):
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "kd-frozen", _options(mode="kd", epochs=2), resume=True,
+                     **QUIET)
+    with pytest.raises(OptionError, match="never runs the head"):
+        _options(mode="ir", train_head=True)
+
+
+def test_a_checkpoint_from_before_train_head_resumes(tiny_recipe, tiny_store, tmp_path):
+    """Its mode's default is what it did: a kd run trained the head, and resumes as such."""
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="kd", epochs=1), **QUIET)
+    last = tmp_path / "resnet8" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["config"]["train_head"]
+    torch.save(state, last)
+    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="kd", epochs=2), resume=True, **QUIET)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+
+
 def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
     parts = []
     for block in (1, 2, 3):
