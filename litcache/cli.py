@@ -106,7 +106,8 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @click.option("--out", required=True, type=click.Path(), help="Store directory to create, resume or check.")
 @click.option("--teacher", "teacher_checkpoint", type=click.Path(), help="Teacher checkpoint (default: the recipe's).")
 @click.option("--split", default="train", show_default=True)
-@click.option("--views", type=click.IntRange(min=1), default=1, show_default=True, help="Augmented views per sample.")
+@click.option("--views", type=click.IntRange(min=1),
+              help="Augmented views per sample. [default: the recipe's views, 1 unless it sets more]")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -139,6 +140,7 @@ def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, sch
     Example: litcache extract pipelines/mnist_resnet.py --teacher runs/mnist/teacher.pt --out runs/mnist/train.zarr --views 4
     """
     r = load_recipe(recipe)
+    options["views"] = options["views"] or r.views
     result = extract(r, out, ExtractOptions(**options), teacher_checkpoint=teacher_checkpoint, resume=resume,
                      overwrite=overwrite, progress=not quiet, log=logger(quiet), workers=workers, scheduler=scheduler)
     if verbose:

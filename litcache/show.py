@@ -73,7 +73,7 @@ def show_recipe(recipe: Recipe, build: bool = True) -> dict:
         "students": [_student(recipe, n) if build else {"name": n} for n in recipe.students],
         "precision": recipe.precision,
         "student_init": recipe.student_init,
-        "extract_defaults": {k: getattr(ExtractOptions(), k) for k in _EXTRACT_FIELDS},
+        "extract_defaults": {**{k: getattr(ExtractOptions(), k) for k in _EXTRACT_FIELDS}, "views": recipe.views},
         "teacher_training": _train_config(recipe.teacher_training),
         "distill": {"lit": _train_config(d.lit), "finetune": _train_config(d.finetune),
                     **{k: v for k, v in asdict(d).items() if k not in ("lit", "finetune")}},

@@ -59,6 +59,10 @@ recipe = Recipe(
     num_classes=10,
     # Padded with black pixels, as the uint8 crops of the shared teacher's training script are.
     augment=CropFlip(padding=4, flip=True, fill=_data.CIFAR10_BLACK),
+    # extract's default views. LIT from one stored view per image did no better than scratch on
+    # CIFAR-10; 8 views came within 0.3 points of a fresh view every epoch (benchmarks/README.md,
+    # fidelity). A 50k store of 8 views is about 25 GB in float16 + zstd: pass --views to trade.
+    views=8,
     teacher_checkpoint="runs/cifar10_resnet/teacher.pt",
     # He et al. 2016: lr 0.1, /10 at 32k and 48k iterations of batch 128, stop at 64k
     # (= epochs 82, 123, 164 of 50k images). They warm ResNet-110 up at lr 0.01 for about

@@ -63,6 +63,10 @@ recipe = Recipe(
     num_classes=10,
     # Padded with black pixels, as the uint8 crops of the shared teacher's training script are.
     augment=CropFlip(padding=4, flip=True, fill=_data.CIFAR10_BLACK),
+    # extract's default views. LIT from one stored view per image did no better than scratch on
+    # CIFAR-10; 8 views came within 0.3 points of a fresh view every epoch (benchmarks/README.md,
+    # fidelity). A 50k store of 8 views is about 25 GB in float16 + zstd: pass --views to trade.
+    views=8,
     teacher_checkpoint="runs/cifar10_resnext/teacher.pt",
     # Xie et al. 2017 (CIFAR): batch 128, lr 0.1, /10 at 50% and 75% of 300 epochs, weight decay 5e-4.
     teacher_training=TrainConfig(epochs=300, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,

@@ -76,6 +76,29 @@ def test_extract_created_then_unchanged(teacher_ckpt, tmp_path):
     assert run_cli(*args, "-q").output == ""
 
 
+def test_extract_views_default_to_the_recipes(teacher_ckpt, tmp_path):
+    """A recipe's ``views`` is extract's default --views (the CIFAR recipes keep 8); --views overrides it."""
+    from dataclasses import replace
+
+    from litcache.errors import RecipeError
+    from litcache.recipe import load_recipe
+
+    recipe_file = tmp_path / "tiny_views.py"
+    recipe_file.write_text("import runpy\nfrom dataclasses import replace\n"
+                           f"recipe = replace(runpy.run_path({str(Path(TINY).resolve())!r})['recipe'], views=2)\n")
+    args = ["extract", recipe_file, "--teacher", teacher_ckpt, "--limit", "20", "--chunk-rows", "8", "--shard-rows", "16",
+            "--batch-size", "8", "--device", "cpu"]
+    result = run_cli(*args, "--out", tmp_path / "a.zarr")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"created: {tmp_path / 'a.zarr'} (40 rows)"  # 20 samples x 2 views
+    result = run_cli(*args, "--out", tmp_path / "b.zarr", "--views", "1")
+    assert result.output.splitlines()[-1] == f"created: {tmp_path / 'b.zarr'} (20 rows)"
+    assert "views 2," in run_cli("show", recipe_file).output
+    assert "views 1," in run_cli("show", TINY).output
+    with pytest.raises(RecipeError, match="Recipe.views"):
+        replace(load_recipe(TINY), views=0)
+
+
 # --- bad input ----------------------------------------------------------------------------------------
 
 
