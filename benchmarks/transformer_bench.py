@@ -124,7 +124,6 @@ def main() -> None:
     budget = args.lit_epochs + args.ft_epochs
     student_init = args.student_init or recipe.student_init
     init_tag = "" if student_init == recipe.student_init else f"-from-{student_init}"
-    kd_row = f"kd{init_tag}"
     if wanted("scratch") and not done("scratch"):
         t = time.perf_counter()
         out = work / f"scratch-seed{args.seed}" / "student.pt"
@@ -140,19 +139,15 @@ def main() -> None:
         t = time.perf_counter()
         extract(recipe, path, options, teacher_checkpoint=teacher, resume=True, progress=False, log=log)
         info = store_info(path)
-        if name == "full" and wanted(kd_row) and not done(kd_row):
+        # KD with the head trained (the mode's default), and frozen as LIT keeps it.
+        for row, train_head in ((f"kd{init_tag}", None), (f"kd-frozen-head{init_tag}", False)):
+            if name != "full" or not wanted(row) or done(row):
+                continue
             t = time.perf_counter()
-            [kd] = train_blocks(recipe, path, [student], work / f"{kd_row}-seed{args.seed}",
-                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False,
-                                                  student_init=student_init), resume=True, log=log)
-            record(kd_row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
-        frozen_row = f"kd-frozen-head{init_tag}"
-        if name == "full" and wanted(frozen_row) and not done(frozen_row):
-            t = time.perf_counter()
-            [kd] = train_blocks(recipe, path, [student], work / f"{frozen_row}-seed{args.seed}",
+            [kd] = train_blocks(recipe, path, [student], work / f"{row}-seed{args.seed}",
                                 BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False, student_init=student_init,
-                                                  train_head=False), resume=True, log=log)
-            record(frozen_row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
+                                                  train_head=train_head), resume=True, log=log)
+            record(row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
         suffix = "" if name == "full" else f"-{name}"
         variants = [("", "mse")] + ([("-cosine", "cosine")] if name == "full" else [])
         for tag, ir in variants:

@@ -120,8 +120,10 @@ def head_trains_by_default(mode: str) -> bool:
 
 
 def trained_modules(split: SplitModel, mode: str, block: int | None, train_head: bool | None = None) -> list[nn.Module]:
-    if mode == "ir" or block is not None:
-        return [split.sections[block - 1]] if block is not None else list(split.sections)
+    if block is not None:  # --mode ir --block I
+        return [split.sections[block - 1]]
+    if mode == "ir":
+        return list(split.sections)
     head = head_trains_by_default(mode) if train_head is None else train_head
     return [*split.sections, split.head] if head else list(split.sections)
 
