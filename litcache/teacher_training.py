@@ -123,7 +123,9 @@ def train_teacher(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0, seen, loss_sum, lr = time.perf_counter(), 0, torch.zeros((), device=dev), config.lr
-        for step, (x, y) in enumerate(_batches(train_set, recipe.augment, config.batch_size, seed + epoch)):
+        # seed * 100_003 + epoch, not seed + epoch: seed 1's epochs must not be seed 0's shifted by one.
+        epoch_seed = seed * 100_003 + epoch
+        for step, (x, y) in enumerate(_batches(train_set, recipe.augment, config.batch_size, epoch_seed)):
             x, y = compute.input(x), y.to(dev, non_blocking=True)
             lr = config.apply_schedule(optimizer, epoch, step, steps_per_epoch)
             with compute.autocast():

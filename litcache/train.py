@@ -186,6 +186,7 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> dict:
     config["milestones"] = list(config["milestones"])
     config["online"] = options.online_teacher is not None
     config["precision"] = requested_precision(recipe, options)
+    config["data_epoch_offset"] = 0  # an --init student's epochs of data, set when it is read
     del config["amp"]
     return config
 
@@ -209,8 +210,9 @@ def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()
 
 def _saved_config(saved: dict) -> dict:
     """A checkpoint's config with the keys its mode implied before they were recorded: a checkpoint
-    from before --train-head trained the head exactly where its mode does by default."""
-    return {"train_head": head_trains_by_default(saved.get("mode", "lit")), **saved}
+    from before --train-head trained the head exactly where its mode does by default, and one from
+    before data_epoch_offset drew its data from epoch 0."""
+    return {"train_head": head_trains_by_default(saved.get("mode", "lit")), "data_epoch_offset": 0, **saved}
 
 
 def _hint_boundary(options: BlockTrainOptions, sections: int) -> int:
@@ -333,6 +335,9 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if init["recipe"] != recipe.name or init["student"] != student:
             raise CheckpointError(f"--init {options.init!r} is a {init['recipe']}/{init['student']} student, not {recipe.name}/{student}.")
         model.load_state_dict(init["state_dict"])
+        # The epochs of data the --init student has drawn: a fine-tune continues that stream of row
+        # orders and fresh views instead of replaying the LIT phase's first epochs.
+        config["data_epoch_offset"] = init["epoch"] + init["config"].get("data_epoch_offset", 0)
     compute = resolve_compute(config["precision"], device, model)
     config["precision"], config["channels_last"] = compute.precision, compute.channels_last
     compute.model(model)
@@ -353,6 +358,8 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
         if changed:
             raise CheckpointError(f"Cannot resume {str(last)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
+        # A run resumes its own data stream (a checkpoint from before the offset existed had none).
+        config["data_epoch_offset"] = _saved_config(state["config"])["data_epoch_offset"]
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if "grad_scaler" in state:
@@ -390,14 +397,14 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
             f"{config['epochs'] / views:.0f} times, where the original LIT code draws a fresh crop every epoch. Fixed views "
             "cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
 
+    offset = config["data_epoch_offset"]
     if options.recalibrate_bn and start_epoch == 0:
+        _set_data_epoch(sampler, dataset, offset)
         _recalibrate(split, dataset, sampler, compute, options, eval_set, model, log, student, recipe.task)
     steps_per_epoch = len(sampler)
     for epoch in range(start_epoch, config["epochs"]):
-        sampler.set_epoch(epoch)
-        if hasattr(dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
-            dataset.set_epoch(epoch)
-        torch.manual_seed(options.seed * 100_003 + epoch)
+        _set_data_epoch(sampler, dataset, offset + epoch)
+        torch.manual_seed(options.seed * 100_003 + offset + epoch)
         set_train_mode(split, options.mode, options.block, config["train_head"])
         sums: dict[str, torch.Tensor] = {}
         rows, t0, lr = 0, time.perf_counter(), config["lr"]
@@ -431,11 +438,16 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
     return {"student": student, "checkpoint": str(final), "history": history, "config": config}
 
 
+def _set_data_epoch(sampler: ChunkShuffleSampler, dataset, epoch: int) -> None:
+    sampler.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
+        dataset.set_epoch(epoch)
+
+
 def _recalibrate(split: SplitModel, dataset, sampler, compute: Compute, options: BlockTrainOptions,
                  eval_set, model: nn.Module, log: Callable[[str], None], student: str, task: str) -> None:
     """BatchNorm recalibration before fine-tuning, logged with the test accuracy (or perplexity) before and after."""
     before = test_score(model, eval_set, compute, task) if eval_set is not None else None
-    sampler.set_epoch(0)
     loader = make_loader(dataset, sampler, num_workers=options.loader_workers)
     t = time.perf_counter()
     rows = recalibrate_batchnorm(split, loader, compute)

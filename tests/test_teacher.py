@@ -116,3 +116,25 @@ def test_weights_hash():
     assert weights_hash(a) != weights_hash(b)
     h = weights_hash(a)
     assert h != weights_hash(a.double())  # dtype is part of the hash
+
+
+def test_each_seed_draws_its_own_epochs_of_data(tiny_recipe, tmp_path, monkeypatch):
+    """Seeds are independent runs: seed 1's first epoch is not seed 0's second epoch shifted by one."""
+    import litcache.teacher_training as tt
+
+    orders: dict[int, list[list[int]]] = {}
+    real = tt._batches
+
+    def recording(dataset, augment, batch_size, seed):
+        for x, y in real(dataset, augment, batch_size, seed):
+            orders.setdefault(current, []).append(y.tolist())
+            yield x, y
+
+    monkeypatch.setattr(tt, "_batches", recording)
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    epochs = {}
+    for current in (0, 1):
+        train_teacher(tiny_recipe, tmp_path / f"s{current}.pt", config=config, seed=current, device="cpu", log=quiet)
+        steps = len(orders[current]) // 2
+        epochs[current] = [orders[current][:steps], orders[current][steps:]]
+    assert epochs[1][0] != epochs[0][1] and epochs[1][0] != epochs[0][0]

@@ -271,6 +271,32 @@ def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store
     assert json.loads((tmp_path / "cached" / "resnet8" / "metrics.json").read_text())["online"] is False
 
 
+def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teacher_ckpt, tiny_store, tmp_path, monkeypatch):
+    """LIT then fine-tune with fresh views is one stream of distinct views: the fine-tune's epochs
+    continue after the LIT phase's (views and row orders) instead of replaying its first ones, and a
+    resumed fine-tune continues its own stream."""
+    from litcache.dataset import ChunkShuffleSampler
+
+    views, orders = [], []
+    make_view = ViewRows.make_view
+    monkeypatch.setattr(ViewRows, "make_view", lambda self, index, view: (views.append(view), make_view(self, index, view))[1])
+    monkeypatch.setattr(ChunkShuffleSampler, "__iter__", lambda self: iter(orders.append(b := self._batches()) or b))
+    fresh = dict(online_teacher=str(teacher_ckpt), fresh_views=True, batch_size=48)
+    [lit] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "lit", _options(epochs=2, **fresh), **QUIET)
+    lit_views, lit_orders = set(views), list(orders)
+    views.clear(), orders.clear()
+    [ft] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
+                        _options(mode="finetune", epochs=2, init=lit["checkpoint"], **fresh), **QUIET)
+    assert len(lit_views) == 2 and len(set(views)) == 2 and not set(views) & lit_views, (lit_views, set(views))
+    assert orders[0] != lit_orders[0]
+    assert ft["config"]["data_epoch_offset"] == 2
+    ft_views = set(views)
+    views.clear()
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
+                 _options(mode="finetune", epochs=3, init=lit["checkpoint"], **fresh), resume=True, **QUIET)
+    assert set(views) == {max(ft_views) + 1}
+
+
 def test_online_teacher_of_other_weights_is_refused(tiny_recipe, tiny_store, other_teacher_ckpt, tmp_path):
     store_hash = open_store(tiny_store).manifest.identity.teacher_hash
     other_hash = load_teacher(tiny_recipe, other_teacher_ckpt)[1]
