@@ -42,6 +42,8 @@ from _common import load_results, save_results  # beside this script
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
 #: The fine-tune's default lr; a LIT row fine-tuned otherwise is a row of its own (see ft_variant).
 FT_LR = 0.02
+#: Every row's default weight decay; another --weight-decay makes rows of their own (see wd_variant).
+WEIGHT_DECAY = 5e-4
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
 
 
@@ -97,6 +99,13 @@ def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args
     loader = make_loader(StoreDataset(s, ["boundaries/0"]), ChunkShuffleSampler.for_store(s, 256, views=views))
     recalibrate_batchnorm(split_model(recalibrated, recipe), loader, compute)
     return {"after_lit_accuracy": before, "after_lit_recalibrated_accuracy": accuracy(recalibrated, test, compute)}
+
+
+def wd_variant(args) -> str:
+    """"+wd0.001" for a --weight-decay other than the default. SGD decays by lr * weight_decay per step,
+    so the LIT phase (lr 0.2 before its loss_scale 0.5) decays twice as fast as scratch, kd and hints
+    at lr 0.1: their +wd0.001 rows match its decay."""
+    return f"+wd{args.weight_decay:g}" if args.weight_decay != WEIGHT_DECAY else ""
 
 
 def ft_variant(args) -> str:
@@ -210,7 +219,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.1, help="scratch, kd, hints")
     p.add_argument("--lit-lr", type=float, default=0.2, help="before loss_scale 0.5: 0.1 effective, as --lr")
     p.add_argument("--ft-lr", type=float, default=FT_LR)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--precision", default=None)
@@ -252,14 +261,14 @@ def main() -> None:
 
     for seed in args.seeds:
         for row in args.only or ROWS:
-            name = row + ft_variant(args) if row.startswith(("lit-", "online")) else row
+            name = row + wd_variant(args) + (ft_variant(args) if row.startswith(("lit-", "online")) else "")
             key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
                 continue
             views = int(row.split("k")[1]) if row.startswith("lit-") else (None if row == "online" else args.max_views)
             print(f"=== {key}", flush=True)
             t = time.perf_counter()
-            run_dir = work / row / f"seed{seed}"
+            run_dir = work / (row + wd_variant(args)) / f"seed{seed}"
             if row == "scratch":
                 record = run_scratch(args, recipe, seed, run_dir)
             elif row in ("kd", "hints"):

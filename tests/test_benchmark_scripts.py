@@ -145,6 +145,11 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert "resnet20 lit epoch" not in out and "| lit-k1+recal | 1 | 1 + 1 | 0 |" in out
     out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--recalibrate-bn", "--ft-lr", "0.01")
     assert "=== subset50000/e1+1/lit-k1+recal+ft-lr0.01/seed0:" in out and "resnet20 lit epoch" not in out
+    # Another weight decay is a row of its own, trained in a folder of its own.
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--weight-decay", "0.001")
+    scratch = json.loads(results.read_text())["runs"]["subset50000/e1+1/scratch+wd0.001/seed0"]
+    assert scratch["row"] == "scratch+wd0.001" and scratch["hyperparameters"]["weight_decay"] == 0.001
+    assert "| scratch+wd0.001 | fresh | 2 | 0 |" in out and (tmp_path / "work" / "subset50000-e1+1" / "scratch+wd0.001").is_dir()
 
 
 def test_speed_bench(fake_cifar, tmp_path):
