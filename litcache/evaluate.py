@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import resolve_device
 from .errors import OptionError
+from .eval_mode import evaluating
 from .metrics import accuracy, cpu_latency, model_stats, perplexity
 from .precision import Compute, as_compute, resolve_compute
 from .recipe import Recipe
@@ -98,11 +99,8 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
     """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
     first ``keep`` (input, teacher output, student output) triples for a picture."""
     compute = as_compute(compute)
-    was = student.training, teacher.training
-    student.eval()
-    teacher.eval()
     total, count, kept = 0.0, 0, []
-    try:
+    with evaluating(student, teacher):
         for x, _ in DataLoader(dataset, batch_size=batch_size):
             x = compute.input(x)
             with compute.autocast():
@@ -114,9 +112,6 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
             count += t.numel()
             for i in range(min(len(x), keep - len(kept))):
                 kept.append((x[i].cpu().contiguous(), t[i].cpu().contiguous(), s[i].cpu().contiguous()))
-    finally:
-        student.train(was[0])
-        teacher.train(was[1])
     return total / max(count, 1), kept
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchvision.models.vision_transformer import EncoderBlock
 
+from .eval_mode import evaluating
 from .losses import IGNORE_INDEX
 from .precision import Compute, as_compute
 
@@ -28,17 +29,13 @@ def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device
     """Top-1 accuracy of ``model`` (already on the device) over ``dataset``, computed as ``compute``
     says (a plain device: fp32)."""
     compute = as_compute(compute)
-    was = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with evaluating(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             with compute.autocast():
                 pred = model(compute.input(x)).argmax(1).cpu()
             correct += (pred == torch.as_tensor(y)).sum().item()
             total += len(y)
-    finally:
-        model.train(was)
     return correct / max(total, 1)
 
 
@@ -56,18 +53,14 @@ def perplexity(model: nn.Module, dataset: Dataset, compute: Compute | torch.devi
     """exp(mean next-token negative log-likelihood) of a language model over the valid positions of
     ``dataset`` (targets padded with IGNORE_INDEX); lower is better, the vocabulary size is chance."""
     compute = as_compute(compute)
-    was = model.training
-    model.eval()
     nll, count = 0.0, 0
-    try:
+    with evaluating(model):
         for x, y in DataLoader(dataset, batch_size=batch_size):
             with compute.autocast():
                 logits = model(compute.input(x)).float()
             y = y.to(logits.device)
             nll += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
             count += int((y != IGNORE_INDEX).sum())
-    finally:
-        model.train(was)
     return math.exp(nll / max(count, 1))
 
 
@@ -110,12 +103,10 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
     counted = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MultiheadAttention)
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, counted) or callable(getattr(m, "attention_macs", None))]
-    was = model.training
-    model.eval()
     try:
-        model(sample[:1])
+        with evaluating(model):
+            model(sample[:1])
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return {"params": sum(p.numel() for p in model.parameters()), "macs_per_sample": macs, "depth": depth(model)}

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .errors import NonFiniteOutputError, RecipeError, SplitMismatchError
+from .eval_mode import evaluating
 from .recipe import ModuleRef, Recipe
 
 __all__ = ["SplitModel", "split_model", "check_split"]
@@ -80,9 +81,7 @@ def split_model(model: nn.Module, recipe: Recipe) -> SplitModel:
 @torch.inference_mode()
 def check_split(model: nn.Module, split: SplitModel, probe: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> float:
     """Refuse a split whose stem -> sections -> head differs from ``model(probe)``; return the max difference."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         expected = model(probe)
         bad = ~torch.isfinite(expected.float()).flatten(1).all(1)
         if bad.any():
@@ -97,8 +96,6 @@ def check_split(model: nn.Module, split: SplitModel, probe: torch.Tensor, rtol: 
                 f"stem -> sections -> head cannot run on a probe batch: {str(exc).splitlines()[0]}. "
                 "Check the order and names of the recipe's stem, sections and head."
             ) from None
-    finally:
-        model.train(was_training)
     if got.shape != expected.shape:
         raise SplitMismatchError(
             f"Expected stem -> sections -> head to give the model's output shape {tuple(expected.shape)}, "

@@ -43,6 +43,7 @@ from .checkpoint import changed_settings
 from .data import resolve_device
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import CheckpointError, OptionError, RecipeError, StoreMismatchError
+from .eval_mode import evaluating
 from .metrics import test_score
 from .online import OnlineTeacherDataset
 from .precision import Compute, resolve_compute
@@ -237,21 +238,16 @@ def check_student_fits(split: SplitModel, store: Store, student: str) -> None:
             f"{len(shapes) - 1} sections, but it has {len(split.sections)}: the recipe's sections changed since "
             f"store {str(store.path)!r} was extracted. Extract a new store with this recipe, or train with the recipe "
             "the store was made with.")
-    with torch.no_grad():
-        was = split.training
-        split.eval()
-        try:
-            for i, section in enumerate(split.sections, start=1):
-                try:
-                    got = tuple(section(torch.zeros(1, *shapes[i - 1])).shape[1:])
-                except RuntimeError as exc:
-                    raise StoreMismatchError(f"Student {student!r} section {i} cannot take the store's boundary {i - 1} "
-                                             f"of shape {shapes[i - 1]}: {str(exc).splitlines()[0]}") from None
-                if got != shapes[i]:
-                    raise StoreMismatchError(f"Student {student!r} section {i} maps {shapes[i - 1]} to {got}, "
-                                             f"but the store's boundary {i} is {shapes[i]}.")
-        finally:
-            split.train(was)
+    with torch.no_grad(), evaluating(split):
+        for i, section in enumerate(split.sections, start=1):
+            try:
+                got = tuple(section(torch.zeros(1, *shapes[i - 1])).shape[1:])
+            except RuntimeError as exc:
+                raise StoreMismatchError(f"Student {student!r} section {i} cannot take the store's boundary {i - 1} "
+                                         f"of shape {shapes[i - 1]}: {str(exc).splitlines()[0]}") from None
+            if got != shapes[i]:
+                raise StoreMismatchError(f"Student {student!r} section {i} maps {shapes[i - 1]} to {got}, "
+                                         f"but the store's boundary {i} is {shapes[i]}.")
 
 
 @torch.no_grad()

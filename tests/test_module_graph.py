@@ -73,8 +73,9 @@ def test_extraction_does_not_depend_on_training():
 def test_teacher_student_and_evaluation_are_layered():
     graph = import_graph()
     assert graph["checkpoint"] <= {"errors", "location"}  # checkpoint I/O needs no model code
-    assert graph["metrics"] <= {"precision", "losses"}  # losses: IGNORE_INDEX, from a module of torch only
-    assert graph["losses"] == set()
+    # losses: IGNORE_INDEX; eval_mode: the evaluating() context. Both are modules of torch only.
+    assert graph["metrics"] <= {"precision", "losses", "eval_mode"}
+    assert graph["losses"] == set() and graph["eval_mode"] == set()
     assert not {"evaluate", "teacher_training", "train"} & (reachable(graph, "student") | reachable(graph, "teacher"))
 
 

@@ -129,6 +129,19 @@ def test_a_checkpoint_from_before_train_head_resumes(tiny_recipe, tiny_store, tm
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
 
 
+def test_a_test_score_between_epochs_leaves_the_frozen_parts_in_eval(tiny_recipe):
+    """Per-epoch test accuracy runs in eval mode, then every module gets its own mode back: the
+    frozen stem and head keep the teacher's BatchNorm statistics while the sections train on."""
+    from litcache.metrics import accuracy
+
+    model, split = build_student(tiny_recipe, "resnet8")
+    split.eval()
+    split.sections.train()
+    accuracy(model, tiny_recipe.load_split("test"))
+    assert all(m.training for m in split.sections.modules())
+    assert not any(m.training for part in (split.stem, split.head) for m in part.modules())
+
+
 def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
     parts = []
     for block in (1, 2, 3):
