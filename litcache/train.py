@@ -203,7 +203,8 @@ def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()
     """"key saved -> expected" for every setting of a finished run's config that ``expected`` (a
     ``resolve_config`` with its precision resolved) trains differently; run-only keys and ``ignore``
     are left out."""
-    skip = {*RUN_ONLY_KEYS, *_RETIRED_KEYS, *ignore}
+    # data_epoch_offset follows from the --init checkpoint, which "init" compares already.
+    skip = {*RUN_ONLY_KEYS, *_RETIRED_KEYS, "data_epoch_offset", *ignore}
     saved = _saved_config(saved)
     keys = [k for k in dict.fromkeys([*expected, *saved]) if k not in skip]
     return changed_settings(saved, expected, keys, _RESUME_DEFAULTS)
