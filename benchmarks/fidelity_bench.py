@@ -44,6 +44,9 @@ ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "onlin
 FT_LR = 0.02
 #: Every row's default weight decay; another --weight-decay makes rows of their own (see wd_variant).
 WEIGHT_DECAY = 5e-4
+#: The table's compute (what `auto` chose on the AVX2 CPU that ran it); a row computed otherwise is a
+#: row of its own, on a store of its own (see precision_variant).
+TABLE_PRECISION = "fp32"
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
 
 
@@ -106,6 +109,12 @@ def wd_variant(args) -> str:
     so the LIT phase (lr 0.2 before its loss_scale 0.5) decays twice as fast as scratch, kd and hints
     at lr 0.1: their +wd0.001 rows match its decay."""
     return f"+wd{args.weight_decay:g}" if args.weight_decay != WEIGHT_DECAY else ""
+
+
+def precision_variant(precision: str) -> str:
+    """"+bf16" for a run computed other than in TABLE_PRECISION: a bf16 teacher stores other
+    activations and a bf16 student trains otherwise, so such rows never mix with the table's."""
+    return f"+{precision}" if precision != TABLE_PRECISION else ""
 
 
 def ft_variant(args) -> str:
@@ -251,7 +260,7 @@ def main() -> None:
     recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
     precision = resolve_compute(args.precision or recipe.precision, "cpu").precision
     work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"
-    store = str(work / f"train_k{args.max_views}.zarr")
+    store = str(work / f"train_k{args.max_views}{precision_variant(precision).replace('+', '-')}.zarr")
     t = time.perf_counter()
     extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision), teacher_checkpoint=args.teacher,
             resume=True, progress=False)
@@ -261,14 +270,15 @@ def main() -> None:
 
     for seed in args.seeds:
         for row in args.only or ROWS:
-            name = row + wd_variant(args) + (ft_variant(args) if row.startswith(("lit-", "online")) else "")
+            variant = wd_variant(args) + precision_variant(precision)
+            name = row + variant + (ft_variant(args) if row.startswith(("lit-", "online")) else "")
             key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
                 continue
             views = int(row.split("k")[1]) if row.startswith("lit-") else (None if row == "online" else args.max_views)
             print(f"=== {key}", flush=True)
             t = time.perf_counter()
-            run_dir = work / (row + wd_variant(args)) / f"seed{seed}"
+            run_dir = work / (row + variant) / f"seed{seed}"
             if row == "scratch":
                 record = run_scratch(args, recipe, seed, run_dir)
             elif row in ("kd", "hints"):
