@@ -255,10 +255,12 @@ def main() -> None:
     os.environ["LITCACHE_CIFAR_TEACHER"] = str(args.teacher_depth)
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.subset)
     from litcache import ExtractOptions, extract, load_recipe
+    from litcache.data import resolve_device
     from litcache.precision import resolve_compute
 
     recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
-    precision = resolve_compute(args.precision or recipe.precision, "cpu").precision
+    # The compute the runs get: they train on the device train-blocks picks (CUDA when present).
+    precision = resolve_compute(args.precision or recipe.precision, resolve_device("auto")).precision
     work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"
     store = str(work / f"train_k{args.max_views}{precision_variant(precision).replace('+', '-')}.zarr")
     t = time.perf_counter()

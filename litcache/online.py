@@ -10,9 +10,12 @@ their precision: online ones are the teacher's outputs in float32, not rounded t
 ``--dtype``; the teacher computes in the run's ``--precision``).
 
 With ``fresh_views`` the store's K views are not replayed: each epoch (``set_epoch``) every
-sample gets a new view, as the original LIT code trains. Epoch e's view of a sample is view
-number ``K + e`` of the store's view seeds, so it is deterministic, differs from every stored
-view, and differs from epoch to epoch.
+sample gets a new view, as the original LIT code trains. Data epoch d's view of a sample (d = the
+run's epoch plus its ``data_epoch_offset``, so a fine-tune continues after its LIT phase) is view
+number ``K + d`` of the store's view seeds, so it is deterministic, differs from every stored view,
+and differs from epoch to epoch. It does not depend on the training seed: runs of other seeds see
+the same fresh views, as cached runs of other seeds read the same stored ones, and differ in their
+initial weights and row orders.
 """
 
 from __future__ import annotations

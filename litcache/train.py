@@ -203,7 +203,8 @@ def training_differences(saved: dict, expected: dict, ignore: Sequence[str] = ()
     """"key saved -> expected" for every setting of a finished run's config that ``expected`` (a
     ``resolve_config`` with its precision resolved) trains differently; run-only keys and ``ignore``
     are left out."""
-    # data_epoch_offset follows from the --init checkpoint, which "init" compares already.
+    # data_epoch_offset follows from the --init checkpoint, compared as "init" (its path): a freshly
+    # resolved config always says 0, so comparing the key would flag every fine-tune.
     skip = {*RUN_ONLY_KEYS, *_RETIRED_KEYS, "data_epoch_offset", *ignore}
     saved = _saved_config(saved)
     keys = [k for k in dict.fromkeys([*expected, *saved]) if k not in skip]
@@ -357,6 +358,10 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, options: B
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
         # A run resumes its own data stream (a checkpoint from before the offset existed had none).
         config["data_epoch_offset"] = _saved_config(state["config"])["data_epoch_offset"]
+        if options.init and "data_epoch_offset" not in state["config"]:
+            log(f"warning: {str(last)!r} was started before litcache recorded data_epoch_offset: it replays the "
+                "--init run's first epochs of data (row orders, fresh views) and resumes on that stream. "
+                "Delete its folder to fine-tune on the continued stream.")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         if "grad_scaler" in state:

@@ -129,7 +129,7 @@ def test_a_checkpoint_from_before_train_head_resumes(tiny_recipe, tiny_store, tm
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
 
 
-def test_a_test_score_between_epochs_leaves_the_frozen_parts_in_eval(tiny_recipe):
+def test_accuracy_gives_each_module_its_own_mode_back(tiny_recipe):
     """Per-epoch test accuracy runs in eval mode, then every module gets its own mode back: the
     frozen stem and head keep the teacher's BatchNorm statistics while the sections train on."""
     from litcache.metrics import accuracy
@@ -308,6 +308,18 @@ def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teache
     train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
                  _options(mode="finetune", epochs=3, init=lit["checkpoint"], **fresh), resume=True, **QUIET)
     assert set(views) == {max(ft_views) + 1}
+    # A fine-tune from before data_epoch_offset replayed the LIT phase's stream: it resumes on that
+    # stream (offset 0, not one recomputed from --init) and says so.
+    last = tmp_path / "ft" / "resnet8" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["config"]["data_epoch_offset"]
+    torch.save(state, last)
+    views.clear()
+    said = []
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ft",
+                 _options(mode="finetune", epochs=4, init=lit["checkpoint"], **fresh), resume=True, log=said.append)
+    assert set(views) == {min(ft_views) + 1}  # data epoch 3, where the offset 2 would give 5
+    assert any("before litcache recorded data_epoch_offset" in line for line in said), said
 
 
 def test_online_teacher_of_other_weights_is_refused(tiny_recipe, tiny_store, other_teacher_ckpt, tmp_path):
