@@ -97,6 +97,7 @@ def train_teacher(
     scaler = compute.grad_scaler()
     config_record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
     config_record["precision"] = compute.precision
+    config_record["epoch_seeds"] = EPOCH_SEEDS
     start_epoch, history = 0, []
     if out.exists():
         if not resume:
@@ -108,6 +109,7 @@ def train_teacher(
         if changed:
             raise CheckpointError(f"Cannot resume {str(out)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
+        _check_resumed_seed(state, seed, out)
         fit_state(model, state["state_dict"], f"Checkpoint {str(out)!r}")
         optimizer.load_state_dict(state["optimizer"])
         if "grad_scaler" in state:
@@ -123,8 +125,7 @@ def train_teacher(
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0, seen, loss_sum, lr = time.perf_counter(), 0, torch.zeros((), device=dev), config.lr
-        # seed * 100_003 + epoch, not seed + epoch: seed 1's epochs must not be seed 0's shifted by one.
-        epoch_seed = seed * 100_003 + epoch
+        epoch_seed = seed * 100_003 + epoch  # EPOCH_SEEDS
         for step, (x, y) in enumerate(_batches(train_set, recipe.augment, config.batch_size, epoch_seed)):
             x, y = compute.input(x), y.to(dev, non_blocking=True)
             lr = config.apply_schedule(optimizer, epoch, step, steps_per_epoch)
@@ -169,6 +170,24 @@ def train_teacher(
     model.eval()
     model.to(memory_format=torch.contiguous_format)
     return {"checkpoint": str(out), "weights_hash": weights_hash(model), "history": history}
+
+
+#: How epoch e of seed s is seeded: s * 100003 + e. Until 2 December 2026 it was s + e, so seed 1's
+#: epochs were seed 0's shifted by one; seed 0 is the same under both. Recorded in the checkpoint.
+EPOCH_SEEDS = "seed*100003+epoch"
+
+
+def _check_resumed_seed(state: dict, seed: int, out: Path) -> None:
+    """A resumed run draws the rest of its own stream: the same --seed, seeded the same way."""
+    saved = state.get("config", {})
+    saved_seed = saved.get("seed", state.get("seed", seed))
+    if saved_seed != seed:
+        raise CheckpointError(f"Cannot resume {str(out)!r} with --seed {seed}: it was trained with --seed {saved_seed}. "
+                              "Resume with that seed, or choose another --out.")
+    if saved.get("epoch_seeds", "seed+epoch") != EPOCH_SEEDS and seed != 0:
+        raise CheckpointError(f"Cannot resume {str(out)!r}: it was started before litcache seeded each --seed's epochs "
+                              f"on a stream of their own (seed + epoch, now {EPOCH_SEEDS}), so its remaining epochs would "
+                              "draw another seed's data. Train it again in another --out (seed 0 runs resume: it is unchanged).")
 
 
 #: Settings a resumed train-teacher run must share with the run it continues (--epochs may grow).

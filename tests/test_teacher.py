@@ -138,3 +138,21 @@ def test_each_seed_draws_its_own_epochs_of_data(tiny_recipe, tmp_path, monkeypat
         steps = len(orders[current]) // 2
         epochs[current] = [orders[current][:steps], orders[current][steps:]]
     assert epochs[1][0] != epochs[0][1] and epochs[1][0] != epochs[0][0]
+
+
+def test_a_resume_draws_the_rest_of_its_own_seeds_stream(tiny_recipe, tmp_path):
+    """Resuming with another --seed, or a seed >= 1 run from before per-seed streams, is refused:
+    either would finish the run on another seed's data. Seed 0 was seeded the same way before."""
+    config, longer = TrainConfig(epochs=1, batch_size=16, lr=0.05), TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    for seed in (0, 1):
+        train_teacher(tiny_recipe, tmp_path / f"s{seed}.pt", config=config, seed=seed, device="cpu", log=quiet)
+    with pytest.raises(CheckpointError, match="trained with --seed 1"):
+        train_teacher(tiny_recipe, tmp_path / "s1.pt", config=longer, seed=2, resume=True, device="cpu", log=quiet)
+    for seed in (0, 1):
+        state = load_checkpoint(tmp_path / f"s{seed}.pt")
+        del state["config"]["epoch_seeds"]
+        save_atomic(state, tmp_path / f"s{seed}.pt")
+    with pytest.raises(CheckpointError, match="started before litcache seeded each --seed's epochs"):
+        train_teacher(tiny_recipe, tmp_path / "s1.pt", config=longer, seed=1, resume=True, device="cpu", log=quiet)
+    resumed = train_teacher(tiny_recipe, tmp_path / "s0.pt", config=longer, seed=0, resume=True, device="cpu", log=quiet)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
