@@ -109,7 +109,8 @@ def train_teacher(
         if changed:
             raise CheckpointError(f"Cannot resume {str(out)!r} with other settings ({'; '.join(changed)}). "
                                   "Resume with the same options (only --epochs may grow), or choose another --out.")
-        _check_resumed_seed(state, seed, out)
+        if state["epoch"] < config.epochs:  # a finished run trains nothing more, so no stream can mix
+            _check_resumed_seed(state, seed, out)
         fit_state(model, state["state_dict"], f"Checkpoint {str(out)!r}")
         optimizer.load_state_dict(state["optimizer"])
         if "grad_scaler" in state:

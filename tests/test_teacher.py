@@ -148,6 +148,10 @@ def test_a_resume_draws_the_rest_of_its_own_seeds_stream(tiny_recipe, tmp_path):
         train_teacher(tiny_recipe, tmp_path / f"s{seed}.pt", config=config, seed=seed, device="cpu", log=quiet)
     with pytest.raises(CheckpointError, match="trained with --seed 1"):
         train_teacher(tiny_recipe, tmp_path / "s1.pt", config=longer, seed=2, resume=True, device="cpu", log=quiet)
+    # A finished run trains nothing more: asking for it again under another seed just returns it
+    # (a bench's one teacher serves every student seed).
+    done = train_teacher(tiny_recipe, tmp_path / "s1.pt", config=config, seed=2, resume=True, device="cpu", log=quiet)
+    assert [h["epoch"] for h in done["history"]] == [1]
     for seed in (0, 1):
         state = load_checkpoint(tmp_path / f"s{seed}.pt")
         del state["config"]["epoch_seeds"]
