@@ -129,7 +129,9 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert sorted(r["row"] for r in runs.values()) == ["lit-k1", "lit-k2", "online", "scratch"]
     for r in runs.values():
         assert 0 <= r["test_accuracy"] <= 1 and r["test_samples"] == 10000 and r["precision"] == "fp32"
-    assert runs["subset50000/e1+1/lit-k2/seed0"]["store_bytes"] == 2 * runs["subset50000/e1+1/lit-k1/seed0"]["store_bytes"]
+    # A K-view row is charged K / max-views of the one store's bytes, rounded down (so within a byte of double).
+    k1, k2 = (runs[f"subset50000/e1+1/lit-k{k}/seed0"]["store_bytes"] for k in (1, 2))
+    assert k1 > 0 and 0 <= k2 - 2 * k1 <= 1
     assert {"after_lit_accuracy", "after_lit_recalibrated_accuracy"} <= set(runs["subset50000/e1+1/online/seed0"])
     assert "| lit-k2 | 2 | 1 + 1 | 0 |" in out and (tmp_path / "fidelity.png").exists()
     # A second sitting trains only what is missing.
