@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from litcache import ExtractOptions
-from litcache.data import resolve_device
-from litcache.extract import plan_extraction
+from litcache.runtime.devices import resolve_device
+from litcache.extraction.plan import plan_extraction
 
 __all__ = ["bare_forward_seconds", "peak_rss_mb", "load_results", "save_results"]
 

@@ -65,7 +65,7 @@ def _schedule(args, lr: float, epochs: int, batch_size: int) -> dict:
 
 def run_scratch(args, recipe, seed: int, work: Path) -> dict:
     from litcache import TrainConfig
-    from litcache.teacher_training import train_teacher
+    from litcache.training.teacher import train_teacher
 
     config = TrainConfig(**_schedule(args, args.lr, args.lit_epochs + args.ft_epochs, args.batch_size))
     result = train_teacher(recipe, work / "student.pt", config=config, seed=seed, resume=True, student=args.student,
@@ -74,7 +74,7 @@ def run_scratch(args, recipe, seed: int, work: Path) -> dict:
 
 
 def _blocks(args, recipe, store, out: Path, seed: int, **options) -> dict:
-    from litcache.train import BlockTrainOptions, train_blocks
+    from litcache.training.blocks import BlockTrainOptions, train_blocks
 
     base = dict(seed=seed, batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup,
                 weight_decay=args.weight_decay, precision=args.precision, verify=False)
@@ -85,12 +85,12 @@ def _blocks(args, recipe, store, out: Path, seed: int, **options) -> dict:
 def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args) -> dict:
     """Test accuracy of the LIT student as trained, and after a BatchNorm recalibration along its own path."""
     from litcache import ChunkShuffleSampler, StoreDataset, open_store
-    from litcache.dataset import make_loader
-    from litcache.metrics import accuracy
-    from litcache.precision import resolve_compute
-    from litcache.sections import split_model
-    from litcache.student import load_student
-    from litcache.train import recalibrate_batchnorm
+    from litcache.training.dataset import make_loader
+    from litcache.training.metrics import accuracy
+    from litcache.runtime.precision import resolve_compute
+    from litcache.sections import cut_sections
+    from litcache.training.student import load_student
+    from litcache.training.blocks import recalibrate_batchnorm
 
     model = load_student(checkpoint, recipe)
     compute = resolve_compute(args.precision or recipe.precision, "cpu", model)
@@ -100,7 +100,7 @@ def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args
     s = open_store(store)
     recalibrated = copy.deepcopy(model)
     loader = make_loader(StoreDataset(s, ["boundaries/0"]), ChunkShuffleSampler.for_store(s, 256, views=views))
-    recalibrate_batchnorm(split_model(recalibrated, recipe), loader, compute)
+    recalibrate_batchnorm(cut_sections(recalibrated, recipe), loader, compute)
     return {"after_lit_accuracy": before, "after_lit_recalibrated_accuracy": accuracy(recalibrated, test, compute)}
 
 
@@ -146,7 +146,7 @@ def run_store_baseline(args, recipe, store, seed: int, work: Path, mode: str) ->
 
 
 def store_bytes(store: str) -> int:
-    from litcache.audit import store_info
+    from litcache.store.verify import store_info
 
     return store_info(store)["stored_bytes"]
 
@@ -255,8 +255,8 @@ def main() -> None:
     os.environ["LITCACHE_CIFAR_TEACHER"] = str(args.teacher_depth)
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.subset)
     from litcache import ExtractOptions, extract, load_recipe
-    from litcache.data import resolve_device
-    from litcache.precision import resolve_compute
+    from litcache.runtime.devices import resolve_device
+    from litcache.runtime.precision import resolve_compute
 
     recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
     # The compute the runs get: they train on the device train-blocks picks (CUDA when present).

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, load_student, open_store, train_blocks
-from litcache.data import resolve_device
-from litcache.metrics import accuracy
+from litcache.runtime.devices import resolve_device
+from litcache.training.metrics import accuracy
 
 from _common import bare_forward_seconds  # beside this script
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from litcache import ExtractOptions, extract, load_recipe
-from litcache.precision import resolve_compute
+from litcache.runtime.precision import resolve_compute
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def _inputs(rows_dataset, count: int, batch: int, compute) -> list[torch.Tensor]
 
 
 def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
-    from litcache.extract import plan_extraction
+    from litcache.extraction.plan import plan_extraction
 
     options = ExtractOptions(limit=samples, batch_size=batch, precision=precision)
     plan = plan_extraction(recipe, options, teacher)
@@ -90,22 +90,22 @@ def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, prec
 
 
 def _lit_parts(recipe, store, student: str, compute, seed: int = 0):
-    from litcache.student import build_student
+    from litcache.training.student import build_student
 
     torch.manual_seed(seed)
-    model, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
+    model, sectioned = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
     compute.model(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = [p for s in split.sections for p in s.parameters()]
+    params = [p for s in sectioned.sections for p in s.parameters()]
     for p in params:
         p.requires_grad_(True)
-    split.eval()
-    split.sections.train()
-    return model, split, torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sectioned.eval()
+    sectioned.sections.train()
+    return model, sectioned, torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
-def bare_lit_epoch(split, optimizer, tensors: dict, batch: int, compute, beta=0.75, alpha=0.95, tau=6.0, scale=0.5) -> None:
+def bare_lit_epoch(sectioned, optimizer, tensors: dict, batch: int, compute, beta=0.75, alpha=0.95, tau=6.0, scale=0.5) -> None:
     """The LIT step with plain torch ops over tensors already in memory (float32, the model's layout)."""
     n = len(tensors["labels"])
     order = torch.randperm(n)
@@ -115,11 +115,11 @@ def bare_lit_epoch(split, optimizer, tensors: dict, batch: int, compute, beta=0.
         if compute.channels_last:
             t = [z.contiguous(memory_format=torch.channels_last) for z in t]
         with compute.autocast():
-            irs = sum(F.mse_loss(s(t[k]).float(), t[k + 1]) for k, s in enumerate(split.sections))
+            irs = sum(F.mse_loss(s(t[k]).float(), t[k + 1]) for k, s in enumerate(sectioned.sections))
             z = t[0]
-            for s in split.sections:
+            for s in sectioned.sections:
                 z = s(z)
-            logits = split.head(z).float()
+            logits = sectioned.head(z).float()
         soft = F.softmax(tensors["logits"][idx] / tau, 1)
         kd = alpha * F.cross_entropy(logits, tensors["labels"][idx]) + (1 - alpha) * tau * tau * \
             -(soft * F.log_softmax(logits / tau, 1)).sum(1).mean()
@@ -129,19 +129,19 @@ def bare_lit_epoch(split, optimizer, tensors: dict, batch: int, compute, beta=0.
         optimizer.step()
 
 
-def peer_online_epoch(teacher_split, split, optimizer, inputs: list[torch.Tensor], labels: list[torch.Tensor], compute,
+def peer_online_epoch(teacher_sectioned, sectioned, optimizer, inputs: list[torch.Tensor], labels: list[torch.Tensor], compute,
                       beta=0.75, alpha=0.95, tau=6.0) -> None:
     """lit-code's lit_epoch body (cifar10/main.py): teacher features in the step, the student's full
     path for KD, each section on the teacher's input, (KD * beta + sum IR * (1 - beta)) / 2."""
     for x, y in zip(inputs, labels):
         with torch.no_grad(), compute.autocast():
-            features, soft_targets = teacher_split.boundaries(x)
+            features, soft_targets = teacher_sectioned.boundaries(x)
         with compute.autocast():
-            student_out = split(x).float()
+            student_out = sectioned(x).float()
             soft = F.softmax(soft_targets.float() / tau, 1)
             loss = beta * (alpha * F.cross_entropy(student_out, y) + (1 - alpha) * tau * tau *
                            -(soft * F.log_softmax(student_out / tau, 1)).sum(1).mean())
-            for k, s in enumerate(split.sections):
+            for k, s in enumerate(sectioned.sections):
                 loss = loss + (1 - beta) * F.mse_loss(s(features[k].float()).float(), features[k + 1].float())
         loss = loss / 2
         optimizer.zero_grad(set_to_none=True)
@@ -151,9 +151,9 @@ def peer_online_epoch(teacher_split, split, optimizer, inputs: list[torch.Tensor
 
 def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precision: str, repeats: int, tmp: Path) -> list[dict]:
     from litcache import StoreDataset, open_store
-    from litcache.sections import split_model
-    from litcache.teacher import load_teacher
-    from litcache.train import BlockTrainOptions, train_blocks
+    from litcache.sections import cut_sections
+    from litcache.extraction.teacher import load_teacher
+    from litcache.training.blocks import BlockTrainOptions, train_blocks
 
     store = open_store(store_path)
     fields = [*store.boundary_names, "logits", "labels"]
@@ -162,8 +162,8 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
     student = "resnet20"
     compute = resolve_compute(precision or recipe.precision, "cpu", recipe.students[student]())
     teacher_model, _, _ = load_teacher(recipe, teacher)
-    teacher_split = compute.model(split_model(teacher_model, recipe)).eval()
-    from litcache.data import ViewRows
+    teacher_sectioned = compute.model(cut_sections(teacher_model, recipe)).eval()
+    from litcache.extraction.rows import ViewRows
 
     views = ViewRows.from_identity(recipe.load_split("train"), store.manifest.identity, recipe.augment)
     xs = torch.stack([views[r][0] for r in range(rows)])
@@ -171,20 +171,20 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
     labels = [tensors["labels"][i:i + batch] for i in range(0, rows, batch)]
     # lit-code as released computes in fp32 with PyTorch's default (contiguous) layout.
     plain = resolve_compute("fp32", "cpu")
-    plain_teacher = split_model(load_teacher(recipe, teacher)[0], recipe).eval()
+    plain_teacher = cut_sections(load_teacher(recipe, teacher)[0], recipe).eval()
     plain_inputs = [x.contiguous() for x in inputs]
     runs = {"bare": [], "litcache": [], "peer": [], "peer_as_released": []}
     for i in range(repeats):
         for kind in (["bare", "litcache", "peer", "peer_as_released"] * 2)[i % 4:i % 4 + 4]:
             if kind == "peer_as_released":
-                _, split, opt = _lit_parts(recipe, store, student, plain)
-                runs[kind].append(_timed(lambda: peer_online_epoch(plain_teacher, split, opt, plain_inputs, labels, plain)))
+                _, sectioned, opt = _lit_parts(recipe, store, student, plain)
+                runs[kind].append(_timed(lambda: peer_online_epoch(plain_teacher, sectioned, opt, plain_inputs, labels, plain)))
             elif kind == "bare":
-                _, split, opt = _lit_parts(recipe, store, student, compute)
-                runs[kind].append(_timed(lambda: bare_lit_epoch(split, opt, tensors, batch, compute)))
+                _, sectioned, opt = _lit_parts(recipe, store, student, compute)
+                runs[kind].append(_timed(lambda: bare_lit_epoch(sectioned, opt, tensors, batch, compute)))
             elif kind == "peer":
-                _, split, opt = _lit_parts(recipe, store, student, compute)
-                runs[kind].append(_timed(lambda: peer_online_epoch(teacher_split, split, opt, inputs, labels, compute)))
+                _, sectioned, opt = _lit_parts(recipe, store, student, compute)
+                runs[kind].append(_timed(lambda: peer_online_epoch(teacher_sectioned, sectioned, opt, inputs, labels, compute)))
             else:
                 options = BlockTrainOptions(mode="lit", epochs=1, batch_size=batch, lr=0.05, evaluate=False, verify=False,
                                             precision=precision)
@@ -215,8 +215,8 @@ def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tenso
 
 def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
     from litcache import TrainConfig
-    from litcache.teacher_training import train_teacher
-    from litcache.zoo import cifar_resnet
+    from litcache.training.teacher import train_teacher
+    from litcache.models.resnet import cifar_resnet
 
     data = recipe.load_split("train")
     images, labels = data.get_batch(range(len(data)))

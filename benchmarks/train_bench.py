@@ -19,24 +19,25 @@ import time
 import torch
 
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, load_recipe, open_store
-from litcache.dataset import make_loader
-from litcache.online import OnlineTeacherDataset
-from litcache.student import build_student
-from litcache.precision import resolve_compute
-from litcache.block_step import set_train_mode, step_losses, trainable_parameters
+from litcache.training.dataset import make_loader
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.student import build_student
+from litcache.runtime.precision import resolve_compute
+from litcache.training.config import LossWeights, Phase
+from litcache.training.step import set_train_mode, step_losses, trainable_parameters
 
 
 def run(split, batches, epochs: int, sampler, config, compute) -> float:
     """Seconds for ``epochs`` epochs of LIT steps over the batches that ``batches(epoch)`` yields."""
-    optimizer = torch.optim.SGD(trainable_parameters(split, "lit", None), lr=0.01, momentum=0.9)
-    set_train_mode(split, "lit", None)
+    optimizer = torch.optim.SGD(trainable_parameters(split, Phase("lit")), lr=0.01, momentum=0.9)
+    set_train_mode(split, Phase("lit"))
     start = time.perf_counter()
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for batch in batches():
             batch = {k: compute.input(v) for k, v in batch.items()}
             with compute.autocast():
-                loss, _ = step_losses(split, batch, "lit", config)
+                loss, _ = step_losses(split, batch, Phase("lit"), LossWeights.from_record(config))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -89,8 +89,8 @@ def main() -> None:
         os.environ["LITCACHE_TEXT_CORPUS"] = str(Path(args.corpus).resolve())
         os.environ["LITCACHE_TEXT_TRAIN_ROWS"] = str(args.subset)
     from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, train_blocks
-    from litcache.audit import store_info
-    from litcache.teacher_training import train_teacher
+    from litcache.store.verify import store_info
+    from litcache.training.teacher import train_teacher
 
     recipe_file, student = PAIRS[args.pair]
     student = args.student or student

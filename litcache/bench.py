@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,17 +17,18 @@ import zarr
 import zarr.storage
 from torch.utils.data import DataLoader
 
-from .block_step import set_train_mode, store_fields, train_step, trainable_parameters
-from .data import resolve_device
-from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
 from .errors import OptionError
-from .extract import ExtractOptions, extract, plan_extraction
-from .precision import resolve_compute
-from .recipe import Recipe, TrainConfig
-from .encoding import CODECS, DTYPES, codec_pipeline, to_storage
+from .extraction.plan import ExtractOptions, plan_extraction
+from .extraction.run import extract
+from .recipe import Recipe
+from .runtime.devices import resolve_device
+from .runtime.precision import resolve_compute
 from .store import open_store
-from .student import build_student
-from .train import BlockTrainOptions, resolve_config
+from .store.encoding import CODECS, DTYPES, codec_pipeline, to_storage
+from .training.blocks import prepare_student
+from .training.config import BlockTrainOptions, resolve_config
+from .training.dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
+from .training.step import set_train_mode, store_fields, train_step
 
 __all__ = ["bench", "format_bench", "teacher_forward_rate", "store_read_rate", "lit_step_rate", "storage_table"]
 
@@ -40,13 +40,13 @@ def teacher_forward_rate(recipe: Recipe, teacher: str | None, samples: int, batc
                                                   precision=precision), teacher)
     batches = [x for x, *_ in DataLoader(plan.rows_dataset, batch_size=batch_size)]
     compute = plan.compute
-    split = compute.model(plan.split).eval()
+    sectioned = compute.model(plan.sectioned).eval()
     with torch.inference_mode(), compute.autocast():
-        split.boundaries(compute.input(batches[0]))  # warm-up
+        sectioned.boundaries(compute.input(batches[0]))  # warm-up
         _sync(device)
         start = time.perf_counter()
         for x in batches:
-            split.boundaries(compute.input(x))
+            sectioned.boundaries(compute.input(x))
         _sync(device)
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
@@ -73,20 +73,14 @@ def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -
 def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_size: int, device: torch.device,
                   in_memory: bool, max_steps: int = 50, precision: str | None = None) -> float:
     """Rows/s of LIT training steps (both losses, backward, optimizer step) fed from the store or
-    from memory: train-blocks' own step (``litcache.block_step.train_step``) with its modes,
-    autocast, gradient scaler, the recipe's optimizer and lr schedule."""
+    from memory: train-blocks' own set-up and step (``prepare_student``, ``litcache.training.step.train_step``):
+    its autocast, gradient scaler, the recipe's optimizer and lr schedule."""
     store = open_store(store_path)
     dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays), cache_chunks=10)
     source = MemoryDataset.from_store(dataset) if in_memory else dataset
-    config = resolve_config(recipe, BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision))
-    torch.manual_seed(0)
-    model, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
-    compute = resolve_compute(config["precision"], device, model)
-    compute.model(model)
-    schedule = TrainConfig(**{f.name: config[f.name] for f in fields(TrainConfig)})
-    optimizer = schedule.make_optimizer(trainable_parameters(split, "lit", None))
-    scaler = compute.grad_scaler()
-    set_train_mode(split, "lit", None)
+    options = BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision, device=str(device), student_init="scratch")
+    run = prepare_student(recipe, store, student, resolve_config(recipe, options), log=lambda _: None)
+    set_train_mode(run.sectioned, run.config.phase)
     sampler = ChunkShuffleSampler.for_store(store, batch_size)
     loader = make_loader(source, sampler, pin_memory=device.type == "cuda")
     rows, start = 0, None
@@ -96,9 +90,9 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
             rows, start = 0, time.perf_counter()
         if step > max_steps:
             break
-        batch = {k: compute.input(v) for k, v in batch.items()}
-        schedule.apply_schedule(optimizer, 0, step, len(sampler))
-        train_step(split, batch, "lit", config, optimizer, scaler, compute)
+        batch = {k: run.compute.input(v) for k, v in batch.items()}
+        run.config.optim.apply_schedule(run.optimizer, 0, step, len(sampler))
+        train_step(run.sectioned, batch, run.config.phase, run.config.losses, run.optimizer, run.scaler, run.compute)
         rows += len(batch["labels"])
     _sync(device)
     if start is None:

@@ -13,18 +13,17 @@ from dataclasses import asdict
 import click
 
 from . import __version__
-from .audit import format_store_info, store_info, verify_store
-from .cli_options import (
-    device_option, distill_options, echo_json, emit_report, logger, one_store, parse_milestones, precision_option,
-    report_options, store_and_recipe, store_flag, training_options, worker_device_option,
-)
-from .data import resolve_device
+from .extraction.replay import verify_store
+from .store.verify import format_store_info, store_info
+from .cli_options import device_option, distill_options, echo_json, emit_report, logger, one_store, parse_milestones, precision_option, report_options, store_and_recipe, store_flag, training_options, worker_device_option
+from .runtime.devices import resolve_device
 from .errors import LitcacheError, OptionError
-from .extract import ExtractOptions, extract
+from .extraction.plan import ExtractOptions
+from .extraction.run import extract
 from .recipe import IR_LOSSES, STUDENT_INITS, load_recipe
-from .encoding import CODECS, DTYPES
-from .sweep import SWEEP_MODES
-from .train import MODES
+from .store.encoding import CODECS, DTYPES
+from .sweeps import SWEEP_MODES
+from .training.config import MODES
 
 
 def _friendly_errors(fn):
@@ -84,7 +83,7 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 
     Example: litcache train-teacher pipelines/mnist_resnet.py --out runs/mnist/teacher.pt
     """
-    from .teacher_training import train_teacher
+    from .training.teacher import train_teacher
 
     r = load_recipe(recipe)
     if student:
@@ -187,7 +186,7 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
     store, recipe = store_and_recipe(store, recipe, store_option, recipe_option)
     r = None
     if replay:
-        from .manifest import read_manifest
+        from .store.manifest import read_manifest
 
         r = load_recipe(recipe or read_manifest(store).recipe.source)
     report = verify_store(store, replay=replay, recipe=r, teacher_checkpoint=teacher_checkpoint, seed=seed)
@@ -212,7 +211,7 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to train several.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; each student gets OUT/STUDENT/.")
 @click.option("--mode", type=click.Choice(MODES), default="lit", show_default=True)
-@click.option("--block", type=click.IntRange(min=1), help="--mode ir: train only section I.")
+@click.option("--block", "section", type=click.IntRange(min=1), help="--mode ir: train only section I.")
 @click.option("--init", type=click.Path(dir_okay=False), help="Start from this student checkpoint (required by finetune).")
 @training_options(epochs_note=" (of the lit phase, or of finetune with --mode finetune)")
 @distill_options()
@@ -252,7 +251,7 @@ def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, as_json, 
 
     Example: litcache train-blocks pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --out runs/mnist/lit
     """
-    from .train import BlockTrainOptions, train_blocks
+    from .training.blocks import BlockTrainOptions, train_blocks
 
     options["milestones"] = parse_milestones(milestones)
     r = load_recipe(recipe)
@@ -277,7 +276,7 @@ def assemble_cmd(parts, out):
 
     Example: litcache assemble runs/b1/resnet8/student.pt runs/b2/resnet8/student.pt runs/b3/resnet8/student.pt --out student.pt
     """
-    from .student import assemble
+    from .training.student import assemble
 
     result = assemble(parts, out)
     click.echo(f"assembled {out} from " + ", ".join(f"section {i}: {p}" for i, p in result["sections"].items()))
@@ -310,7 +309,7 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 
     Example: litcache sweep pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --student resnet14 --lr 0.05 --lr 0.1 --out runs/mnist/sweep
     """
-    from .sweep import sweep
+    from .sweeps import sweep
 
     if scheduler is None:  # the tasks run on this machine: its device must exist
         resolve_device(device)
@@ -355,7 +354,7 @@ def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batc
 
     Example: litcache evaluate pipelines/mnist_resnet.py --student-checkpoint runs/mnist/lit/resnet8/student.pt --teacher runs/mnist/teacher.pt
     """
-    from .evaluate import evaluate, format_evaluation
+    from .evaluation import evaluate, format_evaluation
 
     if student_checkpoint and student_alias and student_checkpoint != student_alias:
         raise OptionError(f"Expected one student checkpoint, got {student_checkpoint!r} (--student-checkpoint) and "

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from .data import parse_device, resolve_device
+from .runtime.devices import parse_device, resolve_device
 from .errors import LitcacheError, OptionError
-from .precision import PRECISIONS
+from .runtime.precision import PRECISIONS
 from .recipe import SCHEDULES
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "LitcacheError",
     "RecipeError",
+    "SectionsMismatchError",
     "SplitMismatchError",
     "CheckpointError",
     "StoreNotFoundError",
@@ -25,6 +26,8 @@ __all__ = [
     "NotAClassifierError",
     "DiskFullError",
     "DamagedStoreError",
+    "ManifestError",
+    "damaged_message",
 ]
 
 
@@ -36,7 +39,7 @@ class RecipeError(LitcacheError, ValueError):
     """A recipe does not load, or is not internally consistent."""
 
 
-class SplitMismatchError(LitcacheError, ValueError):
+class SectionsMismatchError(LitcacheError, ValueError):
     """stem -> sections -> head does not reproduce the teacher's output."""
 
 
@@ -99,3 +102,26 @@ class DiskFullError(DiskSpaceError):
 class DamagedStoreError(StoreFormatError):
     """A litcache store whose manifest (zarr.json) is missing or damaged: readable by no one,
     but recognisably litcache's (its own files and layout), so --overwrite may replace it."""
+
+
+def damaged_message(where: str | None, problem: str) -> str:
+    """The error for the manifest of the store at ``where`` (None: a manifest read on its own)."""
+    store = f"Store {where!r} is a litcache store whose manifest (zarr.json)" if where else "A litcache store manifest"
+    return (f"{store} {problem}: the store is damaged and can be neither read nor resumed. Extract it again with "
+            f"`litcache extract RECIPE --out {where or 'STORE'} --overwrite` and the same options.")
+
+
+class ManifestError(DamagedStoreError):
+    """A manifest of litcache's format with a key missing or of the wrong type; ``problem`` says which."""
+
+    problem: str = ""
+
+    @classmethod
+    def at(cls, where: str | None, problem: str) -> "ManifestError":
+        error = cls(damaged_message(where, problem))
+        error.problem = problem  # an attribute, not an argument: the error pickles (dask workers raise it too)
+        return error
+
+
+#: The name of SectionsMismatchError before "split" came to mean only a dataset split.
+SplitMismatchError = SectionsMismatchError

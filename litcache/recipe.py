@@ -20,7 +20,7 @@ import xxhash
 from torch.utils.data import Dataset
 
 from .errors import OptionError, RecipeError
-from .precision import PRECISIONS
+from .runtime.precision import PRECISIONS
 from .views import Augmentation
 
 __all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHEDULES", "IR_LOSSES", "STUDENT_INITS",

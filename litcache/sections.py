@@ -1,4 +1,4 @@
-"""Split a model into stem -> sections -> head, and check the split is faithful.
+"""Cut a model into stem -> sections -> head, and check the cut is faithful.
 
 The teacher is run section by section rather than with forward hooks: hooks miss
 functional code between modules (an inline ReLU, a flatten before the head).
@@ -11,14 +11,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .errors import NonFiniteOutputError, RecipeError, SplitMismatchError
-from .eval_mode import evaluating
+from .errors import NonFiniteOutputError, RecipeError, SectionsMismatchError
+from .runtime.eval_mode import evaluating
 from .recipe import ModuleRef, Recipe
 
-__all__ = ["SplitModel", "split_model", "check_split"]
+__all__ = ["SectionedModel", "cut_sections", "check_sections", "SplitModel", "split_model", "check_split"]
 
 
-class SplitModel(nn.Module):
+class SectionedModel(nn.Module):
     """A model as stem, sections and head; ``forward`` runs them in order."""
 
     def __init__(self, stem: nn.Module, sections: Sequence[nn.Module], head: nn.Module) -> None:
@@ -70,42 +70,49 @@ def _resolve(model: nn.Module, ref: ModuleRef, role: str) -> nn.Module:
     raise RecipeError(f"Expected the recipe's {role} to be a module name, a list of names or a callable, got {ref!r} instead.")
 
 
-def split_model(model: nn.Module, recipe: Recipe) -> SplitModel:
+def cut_sections(model: nn.Module, recipe: Recipe) -> SectionedModel:
     """Cut ``model`` (teacher or student) where the recipe says. Shares parameters with ``model``."""
     stem = _resolve(model, recipe.stem, "stem")
     sections = [_resolve(model, ref, f"section {i + 1}") for i, ref in enumerate(recipe.sections)]
     head = _resolve(model, recipe.head, "head")
-    return SplitModel(stem, sections, head)
+    return SectionedModel(stem, sections, head)
 
 
 @torch.inference_mode()
-def check_split(model: nn.Module, split: SplitModel, probe: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> float:
-    """Refuse a split whose stem -> sections -> head differs from ``model(probe)``; return the max difference."""
+def check_sections(model: nn.Module, sectioned: SectionedModel, probe: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> float:
+    """Refuse sections whose stem -> sections -> head differs from ``model(probe)``; return the max difference."""
     with evaluating(model):
         expected = model(probe)
         bad = ~torch.isfinite(expected.float()).flatten(1).all(1)
         if bad.any():
             raise NonFiniteOutputError(
-                f"The teacher's own output holds NaN or Inf at row {bad.nonzero().flatten().tolist()[:5]} of the split-check "
-                "probe (the first rows of the split); nothing was extracted. Check the teacher checkpoint and the data."
+                f"The teacher's own output holds NaN or Inf at row {bad.nonzero().flatten().tolist()[:5]} of the section-check "
+                "probe (the first rows of the dataset split); nothing was extracted. Check the teacher checkpoint and the data."
             )
         try:
-            got = split(probe)
+            got = sectioned(probe)
         except RuntimeError as exc:
-            raise SplitMismatchError(
+            raise SectionsMismatchError(
                 f"stem -> sections -> head cannot run on a probe batch: {str(exc).splitlines()[0]}. "
                 "Check the order and names of the recipe's stem, sections and head."
             ) from None
     if got.shape != expected.shape:
-        raise SplitMismatchError(
+        raise SectionsMismatchError(
             f"Expected stem -> sections -> head to give the model's output shape {tuple(expected.shape)}, "
             f"got {tuple(got.shape)} instead. Check the recipe's stem, sections and head."
         )
     diff = (got.float() - expected.float()).abs().max().item()
     if not torch.allclose(got.float(), expected.float(), rtol=rtol, atol=atol):
-        raise SplitMismatchError(
+        raise SectionsMismatchError(
             f"stem -> sections -> head does not reproduce the model's output on a probe batch: "
             f"max abs difference {diff:.3g} (allowed rtol={rtol}, atol={atol}). "
-            "The split probably skips code the model runs between modules; use a callable for that piece."
+            "The cut probably skips code the model runs between modules; use a callable for that piece."
         )
     return diff
+
+
+# The names of earlier releases, before "split" came to mean only a dataset split (still exported by
+# ``litcache``; see CHANGELOG.md).
+SplitModel = SectionedModel
+split_model = cut_sections
+check_split = check_sections

@@ -8,9 +8,9 @@ from dataclasses import asdict, fields
 import torch.nn as nn
 
 from .errors import RecipeError
-from .extract_plan import ExtractOptions
+from .extraction.plan import ExtractOptions
 from .recipe import ModuleRef, Recipe, TrainConfig
-from .sections import split_model
+from .sections import cut_sections
 
 __all__ = ["show_recipe", "format_recipe"]
 
@@ -35,11 +35,11 @@ def _student(recipe: Recipe, name: str) -> dict:
 
     model = recipe.student_builder(name)()
     try:
-        split = split_model(model, recipe)  # also checks that the recipe's module names fit this student
+        sectioned = cut_sections(model, recipe)  # also checks that the recipe's module names fit this student
     except RecipeError as exc:  # e.g. a transformer student too shallow for the recipe's section count
         return {"name": name, "params": sum(p.numel() for p in model.parameters()), "unsplittable": str(exc)}
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
-            "blocks_per_section": [_blocks(s) for s in split.sections]}
+            "blocks_per_section": [_blocks(s) for s in sectioned.sections]}
 
 
 def _train_config(config: TrainConfig) -> dict:
@@ -55,7 +55,7 @@ def show_recipe(recipe: Recipe, build: bool = True) -> dict:
 
         model = recipe.build_teacher()
         teacher = {"params": sum(p.numel() for p in model.parameters()),
-                   "blocks_per_section": [_blocks(s) for s in split_model(model, recipe).sections]}
+                   "blocks_per_section": [_blocks(s) for s in cut_sections(model, recipe).sections]}
     return {
         "name": recipe.name,
         "source": recipe.source,

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .evaluate import evaluate
-from .metrics import model_stats
+from .evaluation import evaluate
+from .training.metrics import model_stats
 from .recipe import Recipe
 
 __all__ = ["SweepResult", "pareto_front", "teacher_point", "write_results"]

@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.errors import RecipeError
-from litcache.zoo import convert_stargan_state, stargan_generator
+from litcache.models.stargan import convert_stargan_state, stargan_generator
 
 ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
@@ -183,7 +183,7 @@ recipe = Recipe(
 
 
 def _convert(source: str, out: str) -> None:
-    from litcache.checkpoint import save_atomic
+    from litcache.runtime.checkpoint import save_atomic
 
     state = torch.load(source, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)

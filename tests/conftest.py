@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from litcache import ExtractOptions, extract, load_recipe
-from litcache.checkpoint import save_atomic
+from litcache.runtime.checkpoint import save_atomic
 
 # The models are tiny: one thread is fastest, and OpenMP threads spinning on a busy 2-core machine
 # make every extraction many times slower.
@@ -103,7 +103,7 @@ def tiny_store_f16(tiny_recipe, teacher_ckpt, tmp_path) -> Path:
 
 def make_incomplete_store(recipe, out, ckpt, options, committed: int) -> Path:
     """Extract until ``committed`` shards are in the ledger, then fail as a full disk would."""
-    from litcache.store import StoreWriter
+    from litcache.store.arrays import StoreWriter
 
     original = StoreWriter.write_shard
 

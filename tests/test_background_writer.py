@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY_STORE_OPTIONS, quiet, shard_checksums
 from litcache import extract
-from litcache.extract_loop import ShardWriter
+from litcache.extraction.loop import ShardWriter
 
 
 @pytest.mark.parametrize("background", [True, False, None])

@@ -92,7 +92,7 @@ def fake_cifar(tmp_path):
     import torch
     from PIL import Image
 
-    from litcache.zoo import cifar_resnet
+    from litcache.models.resnet import cifar_resnet
 
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     rng = np.random.default_rng(0)

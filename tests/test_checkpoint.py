@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-import litcache.location
-from litcache.checkpoint import load_checkpoint, save_atomic
+import litcache.runtime.files
+from litcache.runtime.checkpoint import load_checkpoint, save_atomic
 
 
 def test_save_atomic_fsyncs_the_file_and_its_directory(tmp_path, monkeypatch):
@@ -19,7 +19,7 @@ def test_save_atomic_fsyncs_the_file_and_its_directory(tmp_path, monkeypatch):
         synced.append(os.fstat(fd).st_ino)
         return real(fd)
 
-    monkeypatch.setattr(litcache.location.os, "fsync", recording_fsync)
+    monkeypatch.setattr(litcache.runtime.files.os, "fsync", recording_fsync)
     path = tmp_path / "runs" / "ckpt.pt"
     save_atomic({"epoch": 3, "w": torch.arange(4)}, path)
     # The data (the temporary file, renamed since: same inode), then the directory holding the rename.

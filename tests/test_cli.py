@@ -20,8 +20,8 @@ from conftest import (
     run_cli,
 )
 from litcache import __version__
-from litcache.checkpoint import save_atomic
-from litcache.store import checksum
+from litcache.runtime.checkpoint import save_atomic
+from litcache.store.arrays import checksum
 
 
 def _set_manifest(store: Path, **changes) -> None:
@@ -234,7 +234,7 @@ def test_checkpoint_of_other_architecture(tiny_recipe, tmp_path):
 
 
 def test_checkpoint_of_other_shapes(tmp_path):
-    from litcache.zoo import cifar_resnet
+    from litcache.models.resnet import cifar_resnet
 
     wide = tmp_path / "wide.pt"
     save_atomic(cifar_resnet(14, widths=(4, 8, 16), num_classes=4).state_dict(), wide)  # a bare state dict

@@ -12,16 +12,16 @@ import torch
 
 from conftest import TINY, assert_clean_error, run_cli
 from litcache import cli
-from litcache.data import resolve_device
+from litcache.runtime.devices import resolve_device
 from litcache.errors import OptionError
-from litcache.progress import PlainProgress, progress_bar
+from litcache.runtime.progress import PlainProgress, progress_bar
 
 TRAINING_FLAGS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "schedule", "warmup", "nesterov"}
 DISTILL_FLAGS = {"alpha", "tau", "beta", "loss_scale"}
 REPORTING = ["info", "verify", "evaluate", "bench", "train-blocks", "train-teacher", "extract", "sweep", "show"]
 RUNS_A_NETWORK = ["train-teacher", "extract", "train-blocks", "sweep", "evaluate", "bench"]
 #: The module (``litcache.evaluate`` is also the name of the function the package exports).
-EVALUATE = importlib.import_module("litcache.evaluate")
+EVALUATE = importlib.import_module("litcache.evaluation")
 
 
 def _params(command: str) -> dict:
@@ -101,7 +101,7 @@ def test_cuda_device_that_is_not_here(command, tmp_path):
 def test_sweep_on_a_scheduler_leaves_the_device_to_its_workers(tmp_path, monkeypatch):
     # The workers of a --scheduler may have the GPU this machine lacks: only the string is checked.
     seen = {}
-    monkeypatch.setattr(importlib.import_module("litcache.sweep"), "sweep", lambda *args, **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(
+    monkeypatch.setattr(importlib.import_module("litcache.sweeps"), "sweep", lambda *args, **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(
         OptionError("stop here")))
     result = run_cli("sweep", TINY, "--store", tmp_path / "s.zarr", "--student", "resnet8", "--scheduler", "tcp://gpus:8786",
                      "--device", "cuda:1", "--out", tmp_path / "out")

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from conftest import check_row_layout
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, open_store
-from litcache.data import RowLayout
-from litcache.dataset import make_loader
-from litcache.sections import split_model
-from litcache.teacher import load_teacher
+from litcache.store.layout import RowLayout
+from litcache.training.dataset import make_loader
+from litcache.sections import cut_sections
+from litcache.extraction.teacher import load_teacher
 from litcache.views import view_generator
 
 
@@ -84,7 +84,7 @@ def _teacher_outputs(recipe, ckpt, seed: int, sources: torch.Tensor, views: torc
         inputs.append(augment.apply(x, params[-1]))
     teacher, _, _ = load_teacher(recipe, ckpt)
     with torch.no_grad():
-        outs, logits = split_model(teacher, recipe).eval().boundaries(torch.stack(inputs))
+        outs, logits = cut_sections(teacher, recipe).eval().boundaries(torch.stack(inputs))
     return {"boundaries/2": outs[2], "logits": logits, "labels": torch.tensor([int(dataset[i][1]) for i in sources]),
             "view_params": torch.tensor(params, dtype=torch.float32)}
 

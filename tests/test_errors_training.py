@@ -11,10 +11,10 @@ import torch.nn as nn
 from conftest import assert_clean_error, run_cli, write_variant
 from litcache import open_store
 from litcache.errors import CheckpointError, NotAClassifierError, StoreMismatchError
-from litcache.sections import SplitModel
-from litcache.student import build_student
-from litcache.teacher_training import train_teacher
-from litcache.train import check_student_fits
+from litcache.sections import SectionedModel
+from litcache.training.student import build_student
+from litcache.training.teacher import train_teacher
+from litcache.training.blocks import check_student_fits
 
 
 def test_student_with_more_sections_than_the_store_is_refused(tiny_store, tmp_path):
@@ -28,11 +28,11 @@ def test_student_with_more_sections_than_the_store_is_refused(tiny_store, tmp_pa
 
 
 def test_student_with_fewer_sections_is_refused_before_any_shape_check(tiny_recipe, tiny_store):
-    _, split = build_student(tiny_recipe, "resnet8")
-    fewer = SplitModel(split.stem, list(split.sections)[:2], split.head)
+    _, sectioned = build_student(tiny_recipe, "resnet8")
+    fewer = SectionedModel(sectioned.stem, list(sectioned.sections)[:2], sectioned.head)
     with pytest.raises(StoreMismatchError, match="the store's 3 sections, but it has 2"):
         check_student_fits(fewer, open_store(tiny_store), "resnet8")
-    more = SplitModel(split.stem, [*split.sections, nn.Identity()], split.head)
+    more = SectionedModel(sectioned.stem, [*sectioned.sections, nn.Identity()], sectioned.head)
     with pytest.raises(StoreMismatchError, match="the store's 3 sections, but it has 4"):  # was an IndexError
         check_student_fits(more, open_store(tiny_store), "resnet8")
 

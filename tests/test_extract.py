@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import platform
 import sys
 import tempfile
@@ -31,22 +32,17 @@ from conftest import (
 )
 import litcache
 from litcache import ExtractOptions, extract, load_recipe
-from litcache.data import data_fingerprint
-from litcache.errors import (
-    DiskSpaceError,
-    IncompleteStoreError,
-    NonFiniteOutputError,
-    OptionError,
-    StoreLockedError,
-    StoreMismatchError,
-)
-from litcache.extract import plan_extraction
-from litcache.extract_loop import shard_batches
-from litcache.sections import split_model
-from litcache.audit import verify_store
-from litcache.checkpoint import weights_hash
-from litcache.store import open_store, read_ledger, round_mantissa, shard_ranges, store_lock, store_sizes, verify_checksums
-from litcache.teacher import load_teacher
+from litcache.extraction.rows import data_fingerprint
+from litcache.errors import DiskSpaceError, IncompleteStoreError, NonFiniteOutputError, OptionError, StoreLockedError, StoreMismatchError
+from litcache.extraction.plan import plan_extraction
+from litcache.extraction.loop import shard_batches
+from litcache.sections import cut_sections
+from litcache.extraction.replay import verify_store
+from litcache.runtime.checkpoint import weights_hash
+from litcache.store.arrays import open_store, read_ledger, shard_ranges, store_sizes, verify_checksums
+from litcache.store.encoding import round_mantissa
+from litcache.store.lock import store_lock
+from litcache.extraction.teacher import load_teacher
 from litcache.views import view_generator
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -77,7 +73,7 @@ def _direct(recipe, ckpt, split="train", views=1, seed=0):
             params.append(torch.tensor(p, dtype=torch.float32))
     teacher, _, _ = load_teacher(recipe, ckpt)
     with torch.inference_mode():
-        outs, logits = split_model(teacher, recipe).eval().boundaries(torch.stack(inputs))
+        outs, logits = cut_sections(teacher, recipe).eval().boundaries(torch.stack(inputs))
     return _Outputs(
         keys={k: r for r, k in enumerate(keys)},
         arrays={
@@ -160,7 +156,7 @@ def test_trailing_row_joins_the_batch_before(tiny_recipe, teacher_ckpt, tmp_path
 
 
 def test_resume_uses_the_batch_size_the_store_was_started_with(tiny_recipe, teacher_ckpt, tmp_path, monkeypatch):
-    from litcache.store import StoreWriter
+    from litcache.store.arrays import StoreWriter
 
     reference = tmp_path / "reference"
     _run(tiny_recipe, reference, teacher_ckpt, limit=32, dtype="float32", chunk_rows=8, shard_rows=8, batch_size=1)
@@ -362,7 +358,7 @@ def test_incomplete_store_needs_resume_and_same_options(tiny_recipe, teacher_ckp
 
 
 def test_disk_space_refused_before_writing(tiny_recipe, teacher_ckpt, tmp_path, monkeypatch):
-    extract_module = sys.modules["litcache.extract"]  # litcache.extract is also the function's name
+    extract_module = importlib.import_module("litcache.extraction.run")
     out = tmp_path / "s"
     with monkeypatch.context() as m:
         m.setattr(extract_module, "_free_bytes", lambda path: 1000)
@@ -511,7 +507,7 @@ def test_manifest_on_disk_holds_what_the_run_used(tiny_recipe, teacher_ckpt, tmp
 
     # Array shapes from the teacher's own boundaries; bfloat16 is stored as its uint16 bits.
     with torch.no_grad():
-        outs, logits = split_model(teacher, tiny_recipe).eval().boundaries(torch.randn(2, 3, 8, 8))
+        outs, logits = cut_sections(teacher, tiny_recipe).eval().boundaries(torch.randn(2, 3, 8, 8))
     assert m["boundaries"] == [f"boundaries/{i}" for i in range(len(outs))] == [f"boundaries/{i}" for i in range(4)]
     boundary = {"dtype": "bfloat16", "storage_dtype": "uint16", "codec": "lz4"}
     assert m["arrays"] == {

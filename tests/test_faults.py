@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from litcache import BlockTrainOptions, ExtractOptions, extract, load_student, open_store, train_blocks, verify_store
 from litcache.cli import main
 from litcache.errors import DiskSpaceError
-from litcache.store import StoreWriter, read_ledger
+from litcache.store.arrays import StoreWriter, read_ledger
 
 from conftest import TINY
 
@@ -78,7 +78,7 @@ def test_second_extraction_into_a_locked_store_is_refused(teacher_ckpt, tmp_path
 
 KILL_DURING_EPOCH_2 = textwrap.dedent("""
     import os, signal, sys
-    import litcache.block_step as train  # train_step calls step_losses from there
+    import litcache.training.step as train  # train_step calls step_losses from there
 
     real = train.step_losses
     calls = {"n": 0}

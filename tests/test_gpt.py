@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from conftest import REPO
 from litcache.errors import RecipeError
-from litcache.gpt import CausalTransformer, block_sections, gpt, init_from_blocks
+from litcache.models.gpt import CausalTransformer, block_sections, gpt, init_from_blocks
 from litcache.recipe import import_beside
-from litcache.sections import check_split, split_model
+from litcache.sections import check_sections, cut_sections
 
 _text = import_beside(REPO / "pipelines" / "_text.py", "_text")
 
@@ -97,7 +97,7 @@ def test_block_sections_cover_all_blocks_and_reproduce_the_model(depth):
     # As a recipe names them: one callable per section, resolved by litcache for any depth.
     recipe = SimpleNamespace(stem="stem", sections=tuple(lambda m, i=i: block_sections(m, i, 4) for i in range(4)),
                              head="head")
-    assert check_split(model, split_model(model, recipe), x) == 0.0
+    assert check_sections(model, cut_sections(model, recipe), x) == 0.0
 
 
 def test_block_sections_refuse_a_depth_the_count_does_not_divide():

@@ -16,8 +16,9 @@ import pytest
 from conftest import TINY_STORE_OPTIONS, assert_clean_error, manifest_of, quiet, run_cli
 from litcache import extract
 from litcache.errors import DamagedStoreError, NotAStoreError, StoreFormatError
-from litcache.manifest import Manifest, ManifestError, read_manifest
-from litcache.store import open_store
+from litcache.errors import ManifestError
+from litcache.store.manifest import Manifest, read_manifest
+from litcache.store.arrays import open_store
 
 
 @pytest.fixture(scope="module")

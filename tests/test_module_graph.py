@@ -1,30 +1,97 @@
-"""The package's module graph: data flows one way (recipe -> extract -> store -> dataset -> train ->
-student, the CLI on top), with no import cycle, function-local imports included."""
+"""The package's shape: subpackages import only downward (recipe -> extraction -> store -> training,
+the commands on top), no module imports itself round a cycle, the README's package map lists every
+module, and the import paths of earlier releases still work, with a DeprecationWarning.
+
+Imports are read from the source, all of them: relative and absolute, function-local ones, and
+``importlib.import_module``/``__import__`` of a literal module name."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import re
+import sys
+import warnings
 from pathlib import Path
 
+import pytest
+
 import litcache
+from litcache import _compat
 
 PACKAGE = Path(litcache.__file__).parent
-#: Modules that train or evaluate students: stage 1 (extraction) must never need them.
-TRAINING = {"train", "block_step", "teacher_training", "sweep", "sweep_report", "student", "evaluate", "metrics", "bench"}
+README = PACKAGE.parent / "README.md"
+
+#: Each unit (a subpackage, or a module beside them) and its layer, bottom up. A unit may import
+#: only units of lower layers. ``_compat`` is at the bottom: it imports nothing of the package
+#: itself (it finds old names by their module's name, when they are asked for).
+LAYERS = {
+    "_compat": 0, "errors": 0,
+    "runtime": 1,
+    "views": 2, "models": 2,
+    "recipe": 3,
+    "sections": 4,
+    "store": 5,
+    "extraction": 6,
+    "training": 7,
+    "evaluation": 8, "show": 8, "cli_options": 8,
+    "sweep_report": 9, "bench": 9,
+    "sweeps": 10,
+    "cli": 11,
+}
+
+
+def module_names() -> dict[str, Path]:
+    """'litcache.x.y' -> its file, for every module of the package (packages by their __init__)."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _imported(node: ast.AST, package: str) -> list[str]:
+    """The dotted names one import statement or call imports (each possibly a module or a name in one)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        return [module] + [f"{module}.{a.name}" for a in node.names]
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and \
+            isinstance(node.args[0].value, str):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name in ("import_module", "__import__"):
+            target = node.args[0].value
+            if target.startswith("."):  # import_module(".x", __package__)
+                return [package + target]
+            return [target]
+    return []
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports with ``from .x import`` anywhere in its source."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    """module -> the package modules it imports, anywhere in its source."""
+    modules = module_names()
     graph = {}
-    for name in sorted(modules):
+    for name, path in sorted(modules.items()):
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
-                deps.update(t for t in targets if t in modules)
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in _imported(node, package):
+                while target and target not in modules:  # litcache.x.Name -> litcache.x
+                    target = target.rpartition(".")[0]
+                if target and target != name and target != "litcache":
+                    deps.add(target)
         graph[name] = deps
     return graph
+
+
+def unit(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "__init__"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -46,13 +113,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for dep in graph[todo.pop()] - seen:
-            seen.add(dep)
-            todo.append(dep)
-    return seen
+def test_the_graph_sees_every_kind_of_import():
+    code = ("from .x import a\nfrom ..store import layout\nimport litcache.training.step\n"
+            "def f():\n    from litcache.models import gpt\n    importlib.import_module('litcache.sweeps')\n")
+    found = {t for node in ast.walk(ast.parse(code)) for t in _imported(node, "litcache.extraction")}
+    assert {"litcache.extraction.x", "litcache.store", "litcache.store.layout", "litcache.training.step",
+            "litcache.models.gpt", "litcache.sweeps"} <= found
+    graph = import_graph()
+    assert "litcache.errors" in graph["litcache.models.gpt"]  # an absolute import
+    assert "litcache.training.online" in graph["litcache.training.blocks"]
 
 
 def test_find_cycle_finds_one():
@@ -60,31 +129,116 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_import_cycle_among_litcache_modules():
+def test_no_import_cycle_among_modules():
     assert find_cycle(import_graph()) is None
 
 
-def test_extraction_does_not_depend_on_training():
+def test_every_unit_has_a_layer():
+    units = {unit(m) for m in module_names()} - {"__init__"}
+    assert units == set(LAYERS), units ^ set(LAYERS)
+
+
+def test_subpackages_import_only_downward():
+    upward = [f"{m} -> {d}" for m, deps in import_graph().items() for d in deps
+              if unit(m) != "__init__" and unit(d) != unit(m) and LAYERS[unit(d)] >= LAYERS[unit(m)]]
+    assert not upward, upward
+
+
+def test_store_knows_nothing_of_the_stages_and_extraction_nothing_of_training():
     graph = import_graph()
-    for stage1 in ("extract", "extract_plan", "extract_loop", "cluster", "teacher", "audit", "store"):
-        assert not reachable(graph, stage1) & TRAINING, stage1
+    for module, deps in graph.items():
+        if unit(module) == "store":
+            assert not {unit(d) for d in deps} & {"extraction", "training"}, module
+        if unit(module) == "extraction":
+            assert "training" not in {unit(d) for d in deps}, module
 
 
-def test_teacher_student_and_evaluation_are_layered():
+def test_foundations_stay_small():
     graph = import_graph()
-    assert graph["checkpoint"] <= {"errors", "location"}  # checkpoint I/O needs no model code
-    # losses: IGNORE_INDEX; eval_mode: the evaluating() context. Both are modules of torch only.
-    assert graph["metrics"] <= {"precision", "losses", "eval_mode"}
-    assert graph["losses"] == set() and graph["eval_mode"] == set()
-    assert not {"evaluate", "teacher_training", "train"} & (reachable(graph, "student") | reachable(graph, "teacher"))
+    # checkpoint I/O needs no model or store code; the metrics are torch and the padding convention.
+    assert graph["litcache.runtime.checkpoint"] <= {"litcache.errors", "litcache.runtime.files"}
+    assert graph["litcache.training.metrics"] <= {"litcache.runtime.precision", "litcache.store.layout",
+                                                  "litcache.runtime.eval_mode"}
+    assert graph["litcache.store.layout"] == set() and graph["litcache.runtime.eval_mode"] == set()
 
 
-def test_names_of_earlier_releases_still_import():
-    # User code written against earlier releases imported these from their old modules.
-    from litcache import checkpoint, teacher_training
-    from litcache.teacher import changed_settings, load_checkpoint, save_atomic, train_teacher, weights_hash
-    from litcache.train import kd_loss, step_losses  # noqa: F401
+def test_readme_package_map_lists_every_module():
+    text = README.read_text()
+    section = text[text.index("## Package map"):]
+    section = section[:section.index("\n## ", 1)]
+    listed = set(re.findall(r"^\| `(litcache/[\w/]+\.py)`", section, re.M))
+    on_disk = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")}
+    assert listed == on_disk, {"missing from the map": sorted(on_disk - listed), "not on disk": sorted(listed - on_disk)}
 
-    assert train_teacher is teacher_training.train_teacher and save_atomic is checkpoint.save_atomic
+
+def test_no_public_function_shadows_a_module():
+    for name in litcache.__all__:
+        value = getattr(litcache, name)
+        assert not (PACKAGE / f"{name}.py").exists() and not (PACKAGE / name).is_dir(), name
+        assert not isinstance(value, type(litcache)), name
+
+
+@pytest.mark.parametrize("old", sorted(_compat.MOVED))
+def test_old_module_paths_import_with_a_deprecation_warning(old):
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to litcache"):
+        module = importlib.import_module(old)
+    targets = _compat.MOVED[old]
+    assert module.__name__ in targets or isinstance(module, _compat._MovedModule)
+    # importing an old path never rebinds the public function of the same name
+    for name in ("extract", "sweep", "evaluate"):
+        assert callable(getattr(litcache, name)) and not isinstance(getattr(litcache, name), type(litcache))
+
+
+def test_old_names_resolve_to_the_same_objects():
+    from litcache.runtime import checkpoint
+    from litcache.training import losses, step, teacher
+
+    sys.modules.pop("litcache.train", None)
+    with pytest.warns(DeprecationWarning, match="litcache.train moved to"):
+        importlib.import_module("litcache.train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from litcache.data import RowLayout, resolve_device
+        from litcache.extract import extract as old_extract
+        from litcache.teacher import changed_settings, load_checkpoint, save_atomic, train_teacher, weights_hash
+        from litcache.train import kd_loss, step_losses
+    from litcache.runtime.devices import resolve_device as new_resolve_device
+    from litcache.store.layout import RowLayout as NewRowLayout
+
+    assert train_teacher is teacher.train_teacher and save_atomic is checkpoint.save_atomic
     assert (weights_hash, load_checkpoint, changed_settings) == (checkpoint.weights_hash, checkpoint.load_checkpoint,
                                                                  checkpoint.changed_settings)
+    assert step_losses is step.step_losses and kd_loss is losses.kd_loss
+    assert RowLayout is NewRowLayout and resolve_device is new_resolve_device
+    assert old_extract is litcache.extract and callable(litcache.extract)
+
+
+def test_old_store_module_names_warn_and_resolve():
+    from litcache.store import encoding, lock
+
+    with pytest.warns(DeprecationWarning, match="litcache.store.DTYPES moved"):
+        from litcache.store import DTYPES
+    with pytest.warns(DeprecationWarning):
+        from litcache.store import store_lock
+    assert DTYPES is encoding.DTYPES and store_lock is lock.store_lock
+
+
+def test_recipe_paths_are_stable_and_quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        from litcache.gpt import gpt
+        from litcache.zoo import BasicBlock, cifar_resnet
+    from litcache.models import cifar_resnet as new_cifar_resnet
+    from litcache.models.gpt import gpt as new_gpt
+    from litcache.models.resnet import BasicBlock as NewBasicBlock
+
+    assert (cifar_resnet, gpt, BasicBlock) == (new_cifar_resnet, new_gpt, NewBasicBlock)
+
+
+def test_an_unknown_old_name_is_an_attribute_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = importlib.import_module("litcache.audit")
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        old.nothing_here

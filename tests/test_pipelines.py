@@ -2,7 +2,7 @@
 
 Every recipe reads its data locations and model sizes from environment variables when a split is
 loaded or a model is built, so each test writes a small offline dataset into tmp_path, shrinks the
-models with the documented variables, and runs check_split -> extract -> train-blocks -> evaluate
+models with the documented variables, and runs check_sections -> extract -> train-blocks -> evaluate
 through the library calls.
 """
 
@@ -23,7 +23,7 @@ import litcache
 from conftest import REPO, quiet
 from litcache import BlockTrainOptions, ExtractOptions, load_recipe
 from litcache.errors import OptionError, RecipeError
-from litcache.checkpoint import save_atomic
+from litcache.runtime.checkpoint import save_atomic
 
 PIPELINES = REPO / "pipelines"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -93,13 +93,13 @@ def make_teacher(recipe, path: Path, seed: int = 0) -> Path:
 
 
 def run_pipeline(recipe, student: str, tmp_path: Path, *, views: int, finetune: bool) -> dict:
-    """check_split -> extract -> train-blocks (lit, then finetune) -> evaluate; returns the report."""
+    """check_sections -> extract -> train-blocks (lit, then finetune) -> evaluate; returns the report."""
     assert recipe.description
     ckpt = make_teacher(recipe, tmp_path / "teacher.pt")
     teacher, _, _ = litcache.load_teacher(recipe, ckpt)
     dataset = recipe.load_split("train")
     probe = torch.stack([dataset[i][0] for i in range(4)])
-    litcache.check_split(teacher, litcache.split_model(teacher, recipe), probe)
+    litcache.check_sections(teacher, litcache.cut_sections(teacher, recipe), probe)
 
     store = tmp_path / "train.zarr"
     options = ExtractOptions(views=views, dtype="float32", chunk_rows=8, batch_size=8, device="cpu")
@@ -213,8 +213,8 @@ def test_cifar10_resnext_pipeline(cifar_dir, tmp_path, monkeypatch):
 
 
 def test_resnext_grouped_bottlenecks():
-    from litcache.metrics import depth
-    from litcache.zoo import cifar_resnext
+    from litcache.training.metrics import depth
+    from litcache.models.resnext import cifar_resnext
 
     model = cifar_resnext(110, base_width=4, widths=(16, 32, 64))  # the default cardinality 8, narrower
     assert model.depth == 110 and depth(model) == 110  # projection shortcuts are not counted
@@ -392,7 +392,7 @@ def _original_stargan(conv_dim: int, c_dim: int, blocks: int) -> nn.Sequential:
 
 
 def test_stargan_checkpoint_conversion_reproduces_the_original():
-    from litcache.zoo import convert_stargan_state, stargan_generator
+    from litcache.models.stargan import convert_stargan_state, stargan_generator
 
     torch.manual_seed(0)
     original = nn.Module()

@@ -16,11 +16,12 @@ import torch
 
 from conftest import TINY, TINY_STORE_OPTIONS, quiet, run_cli
 from litcache import BlockTrainOptions, extract, load_student, open_store, train_blocks
-from litcache.audit import store_info, verify_store
-from litcache.location import STORAGE_OPTIONS_ENV
-from litcache.sections import split_model
-from litcache.store import StoreWriter
-from litcache.student import build_student, read_student
+from litcache.extraction.replay import verify_store
+from litcache.store.verify import store_info
+from litcache.store.location import STORAGE_OPTIONS_ENV
+from litcache.sections import cut_sections
+from litcache.store.arrays import StoreWriter
+from litcache.training.student import build_student, read_student
 
 BUCKET = "litcache-test"
 TRAIN = BlockTrainOptions(epochs=1, batch_size=16, lr=0.05, evaluate=False)
@@ -108,7 +109,7 @@ def _assert_trained_from(store_url, result: dict, recipe) -> None:
     assert read_student(result["checkpoint"])["store"]["identity"] == store.manifest.identity
     [epoch] = result["history"]
     assert math.isfinite(epoch["loss"]) and epoch["loss"] > 0
-    trained = split_model(load_student(result["checkpoint"], recipe), recipe)
+    trained = cut_sections(load_student(result["checkpoint"], recipe), recipe)
     for part, module in (("stem", trained.stem), ("head", trained.head)):
         stored = store.module_state(part)
         assert stored and all(torch.equal(module.state_dict()[k], v) for k, v in stored.items()), part

@@ -19,7 +19,8 @@ import pytest
 from conftest import PYTHON, TINY, load_tiny, quiet, run_cli, shard_checksums, subprocess_env
 from litcache import ExtractOptions, extract
 from litcache.errors import IncompleteStoreError
-from litcache.store import open_store, read_ledger, read_manifest, verify_checksums
+from litcache.store.arrays import open_store, read_ledger, verify_checksums
+from litcache.store.manifest import read_manifest
 
 SAMPLES = 256  # with 16-row shards: 16 shards
 OPTIONS = dict(chunk_rows=8, shard_rows=16, batch_size=8)
@@ -154,7 +155,7 @@ def test_resume_after_ctrl_c(teacher_ckpt, reference, tmp_path):
 def _wrapper(tmp_path: Path, patch: str) -> Path:
     """A script that patches litcache, then runs the CLI: a process killed at an exact point."""
     path = tmp_path / "killer.py"
-    path.write_text("import os, signal, sys\nimport numpy as np\nfrom litcache.store import StoreWriter\n"
+    path.write_text("import os, signal, sys\nimport numpy as np\nfrom litcache.store.arrays import StoreWriter\n"
                     + textwrap.dedent(patch)
                     + "\nfrom litcache.cli import main\nmain(prog_name='litcache')\n")
     return path
@@ -199,7 +200,7 @@ def test_resume_after_kill_during_a_ledger_write(teacher_ckpt, reference, tmp_pa
     # Shard 3's arrays are written and its ledger entry sits in a temporary file: killed before the
     # rename that commits it, so shard 3 is not committed and is extracted again.
     wrapper = _wrapper(tmp_path, """
-        import litcache.store as store
+        import litcache.store.arrays as store
 
         def write_atomic(path, data):
             if path.name == "shard-000003.json":
@@ -208,8 +209,8 @@ def test_resume_after_kill_during_a_ledger_write(teacher_ckpt, reference, tmp_pa
                 os.kill(os.getpid(), signal.SIGKILL)
             return _write_atomic(path, data)
 
-        _write_atomic = store._write_atomic
-        store._write_atomic = write_atomic
+        _write_atomic = store.write_atomic
+        store.write_atomic = write_atomic
     """)
     out = tmp_path / "ledger.zarr"
     pid = _run_killed(wrapper, out, teacher_ckpt)

@@ -9,14 +9,15 @@ import torch
 
 from conftest import quiet
 from litcache import ChunkShuffleSampler, CropFlip, StoreDataset, TrainConfig, open_store
-from litcache.data import RowLayout
-from litcache.dataset import make_loader
+from litcache.store.layout import RowLayout
+from litcache.training.dataset import make_loader
 from litcache.errors import OptionError, RecipeError
-from litcache.online import OnlineTeacherDataset
-from litcache.precision import resolve_compute
-from litcache.student import build_student, load_student
-from litcache.block_step import step_losses
-from litcache.train import BlockTrainOptions, recalibrate_batchnorm, train_blocks
+from litcache.training.online import OnlineTeacherDataset
+from litcache.runtime.precision import resolve_compute
+from litcache.training.student import build_student, load_student
+from litcache.training.config import LossWeights, Phase
+from litcache.training.step import step_losses
+from litcache.training.blocks import BlockTrainOptions, recalibrate_batchnorm, train_blocks
 
 
 def _torch_schedule(make, epochs: int, steps: int, lr: float, momentum: float = 0.9):
@@ -70,8 +71,8 @@ def test_the_lit_loss_scale_scales_the_whole_lit_loss(tiny_recipe, tiny_store):
     _, split = build_student(tiny_recipe, "resnet8", store.module_state("stem"), store.module_state("head"))
     split.eval()
     config = {"alpha": 0.95, "tau": 6.0, "beta": 0.75}
-    full, parts = step_losses(split, batch, "lit", {**config, "loss_scale": 1.0})
-    half, _ = step_losses(split, batch, "lit", {**config, "loss_scale": 0.5})
+    full, parts = step_losses(split, batch, Phase("lit"), LossWeights.from_record({**config, "loss_scale": 1.0}))
+    half, _ = step_losses(split, batch, Phase("lit"), LossWeights.from_record({**config, "loss_scale": 0.5}))
     assert float(half.detach()) == pytest.approx(float(full.detach()) / 2)
     assert float(full.detach()) == pytest.approx(0.75 * float(parts["kd"]) + 0.25 * sum(float(parts[f"ir{i}"]) for i in (1, 2, 3)))
 
@@ -149,7 +150,7 @@ def test_fresh_views_need_an_online_teacher(tiny_recipe, tiny_store, tmp_path):
 
 def test_batched_rows_equal_rows_one_by_one(tiny_recipe):
     """Extraction reads rows a batch at a time (ViewRows.get_batch): the same views, bit for bit."""
-    from litcache.data import ViewRows
+    from litcache.extraction.rows import ViewRows
 
     rows = ViewRows(tiny_recipe.load_split("train"), RowLayout(48, 3, 8), seed=5, augment=tiny_recipe.augment)
     picks = [0, 7, 8, 50, 100, 143, 120]

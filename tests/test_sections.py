@@ -1,4 +1,4 @@
-"""The split check: stem -> sections -> head must reproduce the teacher, or the recipe is refused."""
+"""The section check: stem -> sections -> head must reproduce the teacher, or the recipe is refused."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from conftest import assert_clean_error, quiet, run_cli, write_variant
 from litcache import ExtractOptions, extract
-from litcache.errors import LitcacheError, RecipeError, SplitMismatchError
-from litcache.sections import SplitModel, check_split, split_model
-from litcache.teacher import load_teacher
-from litcache.zoo import cifar_resnet
+from litcache.errors import LitcacheError, RecipeError, SectionsMismatchError
+from litcache.sections import SectionedModel, check_sections, cut_sections
+from litcache.extraction.teacher import load_teacher
+from litcache.models.resnet import cifar_resnet
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +28,22 @@ def probe():
 
 
 def test_check_split_passes_on_tiny_teacher(tiny_recipe, teacher, probe):
-    split = split_model(teacher, tiny_recipe)
-    assert isinstance(split, SplitModel) and len(split.sections) == 3
-    diff = check_split(teacher, split, probe)
+    sectioned = cut_sections(teacher, tiny_recipe)
+    assert isinstance(sectioned, SectionedModel) and len(sectioned.sections) == 3
+    diff = check_sections(teacher, sectioned, probe)
     assert 0.0 <= diff <= 1e-5
     with torch.inference_mode():
-        outs, logits = split.boundaries(probe)
+        outs, logits = sectioned.boundaries(probe)
         expected = teacher(probe)
     assert [tuple(o.shape[1:]) for o in outs] == [(4, 8, 8), (4, 8, 8), (8, 4, 4), (8, 2, 2)]
     torch.testing.assert_close(logits, expected)
-    # The split shares the teacher's parameters: it is a view of the model, not a copy.
-    assert split.stem is teacher.stem and split.head is teacher.head
+    # The sectioned model shares the teacher's parameters: it is a view of the model, not a copy.
+    assert sectioned.stem is teacher.stem and sectioned.head is teacher.head
 
 
 def test_check_split_restores_training_mode(tiny_recipe, probe):
     model = tiny_recipe.build_teacher().train()
-    check_split(model, split_model(model, tiny_recipe), probe)
+    check_sections(model, cut_sections(model, tiny_recipe), probe)
     assert model.training
 
 
@@ -53,9 +53,9 @@ def _message_diff(message: str) -> float:
     return float(m.group(1))
 
 
-def _true_diff(teacher, split, probe) -> float:
+def _true_diff(teacher, sectioned, probe) -> float:
     with torch.inference_mode():
-        return (split(probe) - teacher(probe)).abs().max().item()
+        return (sectioned(probe) - teacher(probe)).abs().max().item()
 
 
 @pytest.mark.parametrize("change", [
@@ -64,18 +64,18 @@ def _true_diff(teacher, split, probe) -> float:
     {"stem": ("stem.0", "stem.1")},                           # skips the stem's ReLU
 ], ids=["missing-section", "stem-skips-bn-relu", "stem-skips-relu"])
 def test_split_that_skips_code_refused(tiny_recipe, teacher, probe, change):
-    split = split_model(teacher, replace(tiny_recipe, **change))
-    with pytest.raises(SplitMismatchError) as info:
-        check_split(teacher, split, probe)
+    sectioned = cut_sections(teacher, replace(tiny_recipe, **change))
+    with pytest.raises(SectionsMismatchError) as info:
+        check_sections(teacher, sectioned, probe)
     message = str(info.value)
-    assert _message_diff(message) == pytest.approx(_true_diff(teacher, split, probe), rel=1e-2)
+    assert _message_diff(message) == pytest.approx(_true_diff(teacher, sectioned, probe), rel=1e-2)
     assert _message_diff(message) > 1e-3
 
 
 def test_head_without_final_linear_refused(tiny_recipe, teacher, probe):
-    split = split_model(teacher, replace(tiny_recipe, head=lambda m: nn.Sequential(m.head[0], m.head[1])))
-    with pytest.raises(SplitMismatchError, match=r"output shape \(8, 4\), got \(8, 8\)"):
-        check_split(teacher, split, probe)
+    sectioned = cut_sections(teacher, replace(tiny_recipe, head=lambda m: nn.Sequential(m.head[0], m.head[1])))
+    with pytest.raises(SectionsMismatchError, match=r"output shape \(8, 4\), got \(8, 8\)"):
+        check_sections(teacher, sectioned, probe)
 
 
 def test_sections_in_wrong_order_refused_with_difference():
@@ -83,23 +83,23 @@ def test_sections_in_wrong_order_refused_with_difference():
     torch.manual_seed(0)
     model = cifar_resnet(14, widths=(4, 4, 4), num_classes=3).eval()
 
-    class R:  # the three fields split_model reads
+    class R:  # the three fields cut_sections reads
         stem, head = "stem", "head"
         sections = ("layer1", "layer3", "layer2")
 
     probe = torch.randn(4, 3, 8, 8)
-    split = split_model(model, R)
-    with pytest.raises(SplitMismatchError) as info:
-        check_split(model, split, probe)
-    assert _message_diff(str(info.value)) == pytest.approx(_true_diff(model, split, probe), rel=1e-2)
+    sectioned = cut_sections(model, R)
+    with pytest.raises(SectionsMismatchError) as info:
+        check_sections(model, sectioned, probe)
+    assert _message_diff(str(info.value)) == pytest.approx(_true_diff(model, sectioned, probe), rel=1e-2)
     R.sections = ("layer1", "layer2", "layer3")
-    check_split(model, split_model(model, R), probe)
+    check_sections(model, cut_sections(model, R), probe)
 
 
 def test_sections_in_wrong_order_that_cannot_run_refused(tiny_recipe, teacher, probe):
-    split = split_model(teacher, replace(tiny_recipe, sections=("layer1", "layer3", "layer2")))
-    with pytest.raises(SplitMismatchError):
-        check_split(teacher, split, probe)
+    sectioned = cut_sections(teacher, replace(tiny_recipe, sections=("layer1", "layer3", "layer2")))
+    with pytest.raises(SectionsMismatchError):
+        check_sections(teacher, sectioned, probe)
 
 
 def test_cli_sections_in_wrong_order_clean_error(tmp_path, teacher_ckpt):
@@ -132,41 +132,41 @@ def test_inline_functional_code_needs_callable():
     class R:
         stem, sections, head = "a", ("b",), "head"
 
-    with pytest.raises(SplitMismatchError, match="use a callable"):
-        check_split(model, split_model(model, R), probe)
+    with pytest.raises(SectionsMismatchError, match="use a callable"):
+        check_sections(model, cut_sections(model, R), probe)
 
     class Scale(nn.Module):
         def forward(self, x):
             return torch.tanh(x) * 3
 
     R.head = lambda m: nn.Sequential(Scale(), m.head)
-    assert check_split(model, split_model(model, R), probe) < 1e-6
+    assert check_sections(model, cut_sections(model, R), probe) < 1e-6
 
 
 def test_unknown_module_name_lists_existing(tiny_recipe, teacher):
     with pytest.raises(RecipeError) as info:
-        split_model(teacher, replace(tiny_recipe, sections=("layer1", "layer9", "layer3")))
+        cut_sections(teacher, replace(tiny_recipe, sections=("layer1", "layer9", "layer3")))
     message = str(info.value)
     assert "section 2" in message and "'layer9'" in message
     assert "Top-level modules: stem, layer1, layer2, layer3, head." in message
 
 
 def test_module_ref_forms(tiny_recipe, teacher, probe):
-    # A list of names runs them in order; a callable returns a module; both give the same split.
+    # A list of names runs them in order; a callable returns a module; both give the same sections.
     merged = replace(tiny_recipe, sections=(("layer1", "layer2"), lambda m: m.layer3))
-    split = split_model(teacher, merged)
-    assert len(split.sections) == 2
-    check_split(teacher, split, probe)
+    sectioned = cut_sections(teacher, merged)
+    assert len(sectioned.sections) == 2
+    check_sections(teacher, sectioned, probe)
     with pytest.raises(RecipeError, match="callable to return an nn.Module, got int"):
-        split_model(teacher, replace(tiny_recipe, head=lambda m: 3))
+        cut_sections(teacher, replace(tiny_recipe, head=lambda m: 3))
     with pytest.raises(RecipeError, match="module name, a list of names or a callable"):
-        split_model(teacher, replace(tiny_recipe, stem=3))
+        cut_sections(teacher, replace(tiny_recipe, stem=3))
     with pytest.raises(RecipeError, match="'nope'"):
-        split_model(teacher, replace(tiny_recipe, stem=["stem", "nope"]))
+        cut_sections(teacher, replace(tiny_recipe, stem=["stem", "nope"]))
 
 
 def test_extract_refuses_bad_split(tiny_recipe, teacher_ckpt, tmp_path):
-    with pytest.raises(SplitMismatchError, match="max abs difference"):
+    with pytest.raises(SectionsMismatchError, match="max abs difference"):
         extract(replace(tiny_recipe, sections=("layer1", "layer2")), tmp_path / "s", ExtractOptions(limit=8),
                 teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
     assert not (tmp_path / "s").exists()  # refused before anything is written
@@ -180,5 +180,5 @@ def test_cli_unknown_module_clean_error(tmp_path, teacher_ckpt):
 
 
 def test_litcache_errors_are_builtin_subclasses():
-    assert issubclass(SplitMismatchError, ValueError) and issubclass(SplitMismatchError, LitcacheError)
+    assert issubclass(SectionsMismatchError, ValueError) and issubclass(SectionsMismatchError, LitcacheError)
     assert issubclass(RecipeError, ValueError)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import PYTHON, TINY, quiet, run_cli, shard_checksums, subprocess_env, write_variant
 from litcache import BlockTrainOptions, ExtractOptions, evaluate, extract, load_recipe, train_blocks, train_teacher
-from litcache.store import open_store, verify_checksums
+from litcache.store.arrays import open_store, verify_checksums
 
 pytestmark = pytest.mark.slow
 

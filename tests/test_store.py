@@ -16,26 +16,12 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litcache.errors import (
-    IncompleteStoreError,
-    NotAStoreError,
-    StoreFormatError,
-    StoreLockedError,
-    StoreNotFoundError,
-)
-from litcache.manifest import Layout, Manifest, RecipeRecord, TeacherRecord
-from litcache.store import (
-    ArraySpec,
-    StoreWriter,
-    checksum,
-    from_storage,
-    open_store,
-    read_manifest,
-    shard_ranges,
-    store_lock,
-    to_storage,
-    verify_checksums,
-)
+from litcache.errors import IncompleteStoreError, NotAStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
+from litcache.store.manifest import Layout, Manifest, RecipeRecord, TeacherRecord
+from litcache.store.arrays import ArraySpec, StoreWriter, checksum, open_store, shard_ranges, verify_checksums
+from litcache.store.encoding import from_storage, to_storage
+from litcache.store.lock import store_lock
+from litcache.store.manifest import read_manifest
 
 LOGICAL = ("float32", "float16", "bfloat16")
 

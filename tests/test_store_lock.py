@@ -13,8 +13,8 @@ import time
 import pytest
 
 from litcache.errors import StoreLockedError
-from litcache.location import StoreLocation
-from litcache.store import store_lock
+from litcache.store.location import StoreLocation
+from litcache.store.lock import store_lock
 
 ROUNDS = 12
 #: A slow staleness check (a loaded machine, a slow file system) widens the window between judging

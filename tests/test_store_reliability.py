@@ -12,8 +12,9 @@ import zarr
 
 from conftest import TINY, assert_clean_error, run_cli, shard_checksums
 from litcache.errors import DamagedStoreError, NotAStoreError
-from litcache.location import StoreLocation
-from litcache.store import open_store, read_ledger, read_manifest, verify_checksums
+from litcache.store.location import StoreLocation
+from litcache.store.arrays import open_store, read_ledger, verify_checksums
+from litcache.store.manifest import read_manifest
 
 #: The options of conftest's ``tiny_store`` (48 samples x 2 views, 6 shards), as flags.
 TINY_FLAGS = ["--views", "2", "--dtype", "float32", "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8",
@@ -212,7 +213,7 @@ def test_a_failed_write_leaves_neither_temporary_file_nor_torn_target(tmp_path, 
     def replace(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("litcache.location.os.replace", replace)
+    monkeypatch.setattr("litcache.runtime.files.os.replace", replace)
     with pytest.raises(OSError):
         loc.write_bytes("a/key", b"new")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["key"]
@@ -236,7 +237,7 @@ def test_a_lock_whose_owner_could_not_be_written_is_removed(tmp_path, monkeypatc
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("litcache.location.os.fdopen", lambda fd, mode: Full(fd))
+    monkeypatch.setattr("litcache.store.location.os.fdopen", lambda fd, mode: Full(fd))
     with pytest.raises(OSError):
         StoreLocation(tmp_path).create_exclusive(".lock", b"{}")
     assert not (tmp_path / ".lock").exists()

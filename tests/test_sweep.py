@@ -14,9 +14,9 @@ import torch
 from conftest import RECIPES, TINY, TINY_STORE_OPTIONS, assert_clean_error, quiet, run_cli, shard_checksums
 from litcache import BlockTrainOptions, ExtractOptions, assemble, extract, load_recipe, load_student, open_store, train_blocks
 from litcache.errors import IncompleteStoreError, OptionError
-from litcache.store import read_ledger
-from litcache.cluster import dask_client
-from litcache.sweep import plan_variants, sweep, variant_name
+from litcache.store.arrays import read_ledger
+from litcache.extraction.distributed import dask_client
+from litcache.sweeps import plan_variants, sweep, variant_name
 from litcache.sweep_report import pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

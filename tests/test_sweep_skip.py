@@ -8,7 +8,7 @@ import pytest
 
 from conftest import quiet, write_variant
 from litcache import load_recipe
-from litcache.sweep import sweep
+from litcache.sweeps import sweep
 
 GRID = {"epochs": [1], "batch_size": [16]}
 
@@ -63,7 +63,7 @@ def test_variant_finished_by_an_earlier_release_is_still_skipped(tiny_recipe, ti
     # newer keys: the same training all the same, so a rerun skips it rather than failing it.
     import torch
 
-    from litcache.checkpoint import save_atomic
+    from litcache.runtime.checkpoint import save_atomic
 
     out = tmp_path / "sweep"
     [first] = sweep(tiny_recipe, tiny_store, ["resnet8"], out, grid=GRID, workers=1, log=quiet).rows

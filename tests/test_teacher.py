@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_clean_error, run_cli
 from litcache import TrainConfig, load_teacher, train_teacher
 from litcache.errors import CheckpointError
-from litcache.checkpoint import load_checkpoint, save_atomic, weights_hash
+from litcache.runtime.checkpoint import load_checkpoint, save_atomic, weights_hash
 
 
 def quiet(_msg):
@@ -36,7 +36,7 @@ def test_train_teacher_cli_then_resume(tiny_recipe, tmp_path):
     # Without --resume an existing checkpoint is never overwritten.
     before = ckpt.read_bytes()
     result = run_cli("train-teacher", TINY, "--out", ckpt, "--epochs", "2", "--device", "cpu")
-    assert_clean_error(result, f"'{ckpt}' exists. Pass --resume to continue that training", 1)
+    assert_clean_error(result, f"'{ckpt}' already holds a training run. Pass --resume to continue it", 1)
     assert ckpt.read_bytes() == before
 
     result = run_cli("train-teacher", TINY, "--out", ckpt, "--epochs", "3", "--device", "cpu", "--resume")
@@ -120,7 +120,7 @@ def test_weights_hash():
 
 def test_each_seed_draws_its_own_epochs_of_data(tiny_recipe, tmp_path, monkeypatch):
     """Seeds are independent runs: seed 1's first epoch is not seed 0's second epoch shifted by one."""
-    import litcache.teacher_training as tt
+    import litcache.training.teacher as tt
 
     orders: dict[int, list[list[int]]] = {}
     real = tt._batches

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 from conftest import REPO, run_cli
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.checkpoint import save_atomic
-from litcache.dataset import StoreDataset
-from litcache.losses import IGNORE_INDEX, ir_loss, kd_loss, token_mask
-from litcache.online import OnlineTeacherDataset
+from litcache.runtime.checkpoint import save_atomic
+from litcache.training.dataset import StoreDataset
+from litcache.store.layout import IGNORE_INDEX, token_mask
+from litcache.training.losses import ir_loss, kd_loss
+from litcache.training.online import OnlineTeacherDataset
 from litcache.recipe import import_beside
-from litcache.student import read_student
+from litcache.training.student import read_student
 from test_gpt import ALPHA, BETA, play
 from test_vit import assert_same_lit_step
 
@@ -196,7 +197,7 @@ def test_variable_length_rows_round_trip_exactly(gpt_recipe, tmp_path_factory, l
 
 def test_rows_padded_in_the_middle_are_refused():
     from litcache.errors import RecipeError
-    from litcache.teacher_rows import teacher_fields
+    from litcache.extraction.teacher_outputs import teacher_fields
 
     labels = torch.tensor([[5, 6, IGNORE_INDEX, 7]])  # -100 between valid targets
     outs, logits = [torch.randn(1, 4, 3)], torch.randn(1, 4, 9)
@@ -208,7 +209,7 @@ def test_rows_padded_in_the_middle_are_refused():
 
 def test_a_one_element_label_tensor_is_still_one_class():
     """A classifier's dataset may give torch.tensor([c]) as its label: one class, as int() always read it."""
-    from litcache.data import _sample_bytes, is_per_position
+    from litcache.extraction.rows import _sample_bytes, is_per_position
 
     assert not is_per_position(torch.tensor([3])) and not is_per_position(torch.tensor(3)) and not is_per_position(3)
     assert is_per_position(torch.tensor([3, 4]))

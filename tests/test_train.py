@@ -11,13 +11,14 @@ from click.testing import CliRunner
 
 from litcache import BlockTrainOptions, StoreDataset, assemble, load_student, open_store, train_blocks
 from litcache.cli import main
-from litcache.data import ViewRows
+from litcache.extraction.rows import ViewRows
 from litcache.errors import CheckpointError, CorruptStoreError, OptionError, StoreMismatchError
 from litcache.recipe import load_recipe
-from litcache.sections import split_model
-from litcache.student import build_student
-from litcache.teacher import load_teacher
-from litcache.block_step import step_losses
+from litcache.sections import cut_sections
+from litcache.training.student import build_student
+from litcache.extraction.teacher import load_teacher
+from litcache.training.config import LossWeights, Phase
+from litcache.training.step import step_losses
 
 from conftest import RECIPES
 
@@ -31,8 +32,8 @@ def _options(**kw) -> BlockTrainOptions:
 
 def _student_from_store(recipe, store, seed=0):
     torch.manual_seed(seed)
-    _, split = build_student(recipe, "resnet8", store.module_state("stem"), store.module_state("head"))
-    return split
+    _, sectioned = build_student(recipe, "resnet8", store.module_state("stem"), store.module_state("head"))
+    return sectioned
 
 
 def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckpt, tiny_store):
@@ -43,7 +44,7 @@ def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckp
     cached = StoreDataset(store, fields).__getitems__(rows)
 
     teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
-    teacher_split = split_model(teacher, tiny_recipe).eval()
+    teacher_split = cut_sections(teacher, tiny_recipe).eval()
     ident = store.manifest.identity
     views = ViewRows.from_identity(tiny_recipe.load_split("train"), ident, tiny_recipe.augment)
     x = torch.stack([views[r][0] for r in rows])
@@ -56,7 +57,7 @@ def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckp
     results = []
     for batch in (cached, online):
         student = _student_from_store(tiny_recipe, store).train()
-        loss, parts = step_losses(student, batch, "lit", config)
+        loss, parts = step_losses(student, batch, Phase("lit"), LossWeights.from_record(config))
         loss.backward()
         results.append((parts, {n: p.grad.clone() for n, p in student.sections.named_parameters()}))
     (parts_a, grads_a), (parts_b, grads_b) = results
@@ -93,7 +94,7 @@ def test_finetune_continues_a_lit_student_and_needs_init(tiny_recipe, tiny_store
 
 
 def _head_is_the_teachers(checkpoint, recipe, store) -> bool:
-    head = split_model(load_student(checkpoint), recipe).head.state_dict()
+    head = cut_sections(load_student(checkpoint), recipe).head.state_dict()
     return all(torch.equal(head[k], v) for k, v in store.module_state("head").items())
 
 
@@ -132,14 +133,14 @@ def test_a_checkpoint_from_before_train_head_resumes(tiny_recipe, tiny_store, tm
 def test_accuracy_gives_each_module_its_own_mode_back(tiny_recipe):
     """Per-epoch test accuracy runs in eval mode, then every module gets its own mode back: the
     frozen stem and head keep the teacher's BatchNorm statistics while the sections train on."""
-    from litcache.metrics import accuracy
+    from litcache.training.metrics import accuracy
 
-    model, split = build_student(tiny_recipe, "resnet8")
-    split.eval()
-    split.sections.train()
+    model, sectioned = build_student(tiny_recipe, "resnet8")
+    sectioned.eval()
+    sectioned.sections.train()
     accuracy(model, tiny_recipe.load_split("test"))
-    assert all(m.training for m in split.sections.modules())
-    assert not any(m.training for part in (split.stem, split.head) for m in part.modules())
+    assert all(m.training for m in sectioned.sections.modules())
+    assert not any(m.training for part in (sectioned.stem, sectioned.head) for m in part.modules())
 
 
 def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
@@ -151,23 +152,23 @@ def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, ti
         assemble(parts[:2], tmp_path / "partial.pt")
     assemble(parts, tmp_path / "student.pt")
     model = load_student(tmp_path / "student.pt")
-    split = split_model(model, tiny_recipe)
+    sectioned = cut_sections(model, tiny_recipe)
     for block, path in enumerate(parts, start=1):
-        donor = split_model(load_student(path), tiny_recipe)
-        for a, b in zip(split.sections[block - 1].parameters(), donor.sections[block - 1].parameters()):
+        donor = cut_sections(load_student(path), tiny_recipe)
+        for a, b in zip(sectioned.sections[block - 1].parameters(), donor.sections[block - 1].parameters()):
             assert torch.equal(a, b)
     store = open_store(tiny_store)
     # The assembled student carries the teacher's stem and head.
     for key, value in store.module_state("head").items():
-        assert torch.equal(split.head.state_dict()[key], value)
+        assert torch.equal(sectioned.head.state_dict()[key], value)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
 
 def test_block_training_leaves_other_sections_untouched(tiny_recipe, tiny_store, tmp_path):
     [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="ir", block=2), **QUIET)
     torch.manual_seed(0)
-    fresh = split_model(tiny_recipe.students["resnet8"](), tiny_recipe)
-    trained = split_model(load_student(r["checkpoint"]), tiny_recipe)
+    fresh = cut_sections(tiny_recipe.students["resnet8"](), tiny_recipe)
+    trained = cut_sections(load_student(r["checkpoint"]), tiny_recipe)
     assert all(torch.equal(a, b) for a, b in zip(fresh.sections[0].parameters(), trained.sections[0].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(fresh.sections[1].parameters(), trained.sections[1].parameters()))
 
@@ -256,7 +257,7 @@ def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store
     on batches of 16 online and of 8 in the extraction; CPU kernels may round a batch's rows by
     its size in the last bit (~1e-7 relative), which three SGD steps amplify little: 1e-5 allows
     that (the runs measured bit-identical here) and is far below what another row or order gives."""
-    from litcache.store import Store
+    from litcache.store.arrays import Store
 
     [cached] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "cached", _options(epochs=1), **QUIET)
     [memory] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "memory", _options(epochs=1, in_memory=True), **QUIET)
@@ -288,7 +289,7 @@ def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teache
     """LIT then fine-tune with fresh views is one stream of distinct views: the fine-tune's epochs
     continue after the LIT phase's (views and row orders) instead of replaying its first ones, and a
     resumed fine-tune continues its own stream."""
-    from litcache.dataset import ChunkShuffleSampler
+    from litcache.training.dataset import ChunkShuffleSampler
 
     views, orders = [], []
     make_view = ViewRows.make_view

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import check_row_layout, reference_layout
-from litcache.data import RowLayout, ViewRows
-from litcache.sections import split_model
-from litcache.store import open_store
-from litcache.teacher import load_teacher
+from litcache.extraction.rows import ViewRows
+from litcache.store.layout import RowLayout
+from litcache.sections import cut_sections
+from litcache.store.arrays import open_store
+from litcache.extraction.teacher import load_teacher
 from litcache.views import Augmentation, CropFlip, view_generator, view_seed
 
 
@@ -180,9 +181,9 @@ def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ck
     assert views == 2 and len({tuple(p) for p in params.tolist()}) > 1
 
     teacher, _, _ = load_teacher(tiny_recipe, teacher_ckpt)
-    split = split_model(teacher, tiny_recipe).eval()
+    sectioned = cut_sections(teacher, tiny_recipe).eval()
     with torch.inference_mode():
-        stem = split.stem(torch.stack(inputs))
+        stem = sectioned.stem(torch.stack(inputs))
     stored = store.read("boundaries/0", 0, store.rows)
     torch.testing.assert_close(stored, stem, rtol=1e-5, atol=1e-6)
     # Replaying with the other view's parameters would not match: the check can fail.
@@ -190,5 +191,5 @@ def test_stored_view_params_replay_boundary0(tiny_store, tiny_recipe, teacher_ck
     wrong = [aug.apply(dataset[int(i)][0], params[row_of[(int(i), 1 - int(v))]].tolist())
              for i, v in zip(source_index, view)]
     with torch.inference_mode():
-        swapped = split.stem(torch.stack(wrong))
+        swapped = sectioned.stem(torch.stack(wrong))
     assert not torch.allclose(stored, swapped, rtol=1e-3, atol=1e-3)

@@ -13,18 +13,19 @@ import torch
 
 from conftest import REPO, assert_clean_error, run_cli
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.block_step import step_losses
+from litcache.training.config import LossWeights, Phase
+from litcache.training.step import step_losses
 from litcache.errors import RecipeError, StoreMismatchError
-from litcache.losses import ir_loss
-from litcache.manifest import read_manifest, write_manifest
-from litcache.metrics import model_stats
-from litcache.online import OnlineTeacherDataset
-from litcache.dataset import StoreDataset
+from litcache.training.losses import ir_loss
+from litcache.store.manifest import read_manifest, write_manifest
+from litcache.training.metrics import model_stats
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.dataset import StoreDataset
 from litcache.recipe import TrainConfig
-from litcache.sections import split_model
-from litcache.student import block_picks, build_student, read_student
-from litcache.train import BlockTrainOptions, train_blocks
-from litcache.zoo import cifar_vit
+from litcache.sections import cut_sections
+from litcache.training.student import block_picks, build_student, read_student
+from litcache.training.blocks import BlockTrainOptions, train_blocks
+from litcache.models.vit import cifar_vit
 from test_pipelines import make_cifar_folder, make_teacher
 
 VIT = REPO / "pipelines" / "cifar10_vit.py"
@@ -61,20 +62,20 @@ def test_vit_defaults_and_split():
     recipe = load_recipe(VIT)
     teacher = recipe.build_teacher()
     assert len(teacher.encoder.layers) == 8 and teacher.hidden_dim == 192 and len(recipe.sections) == 4
-    split = split_model(teacher.eval(), recipe)
-    assert [len(s) for s in split.sections] == [2, 2, 2, 2]
+    sectioned = cut_sections(teacher.eval(), recipe)
+    assert [len(s) for s in sectioned.sections] == [2, 2, 2, 2]
     x = torch.randn(2, 3, 32, 32)
-    outs, logits = split.boundaries(x)
+    outs, logits = sectioned.boundaries(x)
     assert [tuple(z.shape) for z in outs] == [(2, 65, 192)] * 5  # the residual stream at every boundary
     assert torch.equal(logits, teacher(x))
-    assert [len(s) for s in split_model(recipe.students["vit4"](), recipe).sections] == [1, 1, 1, 1]
+    assert [len(s) for s in cut_sections(recipe.students["vit4"](), recipe).sections] == [1, 1, 1, 1]
     assert recipe.student_init == "teacher-blocks" and recipe.teacher_training.optimizer == "adamw"
 
 
 def test_a_student_too_shallow_for_the_sections_is_refused():
     recipe = load_recipe(VIT)  # 4 sections: a 2-block student cannot have one block per section
     with pytest.raises(RecipeError, match="Expected a transformer depth divisible by the recipe's 4 sections, got 2 blocks"):
-        split_model(recipe.students["vit2"](), recipe)
+        cut_sections(recipe.students["vit2"](), recipe)
 
 
 def test_vit_macs_count_attention_and_depth_counts_blocks():
@@ -199,11 +200,11 @@ def assert_same_lit_step(recipe, student: str, store, cached: dict, online: dict
     results = []
     for batch in (cached, online):
         torch.manual_seed(0)
-        _, split = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
-        split.train()
-        loss, parts = step_losses(split, batch, "lit", config)
+        _, sectioned = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
+        sectioned.train()
+        loss, parts = step_losses(sectioned, batch, Phase("lit"), LossWeights.from_record(config))
         loss.backward()
-        results.append((parts, {n: p.grad.clone() for n, p in split.sections.named_parameters()}))
+        results.append((parts, {n: p.grad.clone() for n, p in sectioned.sections.named_parameters()}))
     (parts_a, grads_a), (parts_b, grads_b) = results
     for key in parts_a:
         assert float(parts_a[key]) == pytest.approx(float(parts_b[key]), rel=1e-4, abs=1e-6), key

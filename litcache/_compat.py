@@ -1,0 +1,133 @@
+"""Import paths of earlier releases, mapped onto today's modules.
+
+Until 0.2 the package was 43 modules side by side (``litcache.train``, ``litcache.store``,
+``litcache.data``, ...). User code that imports those paths keeps working: importing one gives a
+module that finds each name in the modules that hold it now, with one DeprecationWarning naming
+them. ``litcache.zoo`` and ``litcache.gpt``, which recipe files import, are stable names of
+``litcache.models`` and ``litcache.models.gpt`` and do not warn. See CHANGELOG.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
+import warnings
+
+__all__ = ["MOVED", "STABLE", "install"]
+
+_FAMILIES = ("litcache.models.resnet", "litcache.models.resnext", "litcache.models.vdcnn", "litcache.models.stargan",
+             "litcache.models.vit")
+
+#: old module -> the modules that now hold its names, searched in order.
+MOVED: dict[str, tuple[str, ...]] = {
+    "litcache.audit": ("litcache.store.verify", "litcache.extraction.replay"),
+    "litcache.block_step": ("litcache.training.step",),
+    "litcache.checkpoint": ("litcache.runtime.checkpoint",),
+    "litcache.cluster": ("litcache.extraction.distributed",),
+    "litcache.data": ("litcache.store.layout", "litcache.extraction.rows", "litcache.runtime.devices"),
+    "litcache.dataset": ("litcache.training.dataset",),
+    "litcache.debris": ("litcache.store.debris", "litcache.store.layout"),
+    "litcache.encoding": ("litcache.store.encoding",),
+    "litcache.eval_mode": ("litcache.runtime.eval_mode",),
+    "litcache.evaluate": ("litcache.evaluation",),
+    "litcache.extract": ("litcache.extraction.run", "litcache.extraction.plan", "litcache.store.layout"),
+    "litcache.extract_loop": ("litcache.extraction.loop",),
+    "litcache.extract_plan": ("litcache.extraction.plan",),
+    "litcache.identity": ("litcache.store.identity",),
+    "litcache.json_fields": ("litcache.store.json_fields", "litcache.errors"),
+    "litcache.location": ("litcache.store.location", "litcache.runtime.files"),
+    "litcache.lock": ("litcache.store.lock", "litcache.store.layout"),
+    "litcache.losses": ("litcache.training.losses", "litcache.store.layout"),
+    "litcache.manifest": ("litcache.store.manifest", "litcache.store.layout", "litcache.errors"),
+    "litcache.metrics": ("litcache.training.metrics",),
+    "litcache.online": ("litcache.training.online",),
+    "litcache.precision": ("litcache.runtime.precision",),
+    "litcache.progress": ("litcache.runtime.progress",),
+    "litcache.shards": ("litcache.store.shards",),
+    "litcache.space": ("litcache.store.space",),
+    "litcache.student": ("litcache.training.student",),
+    "litcache.sweep": ("litcache.sweeps",),
+    "litcache.teacher": ("litcache.extraction.teacher", "litcache.runtime.checkpoint", "litcache.training.teacher"),
+    "litcache.teacher_rows": ("litcache.extraction.teacher_outputs",),
+    "litcache.teacher_training": ("litcache.training.teacher",),
+    "litcache.train": ("litcache.training.blocks", "litcache.training.config", "litcache.training.step",
+                       "litcache.training.losses"),
+}
+#: Names ``litcache.store`` held as a module that its package does not export.
+STORE_MODULE = ("litcache.store.arrays", "litcache.store.encoding", "litcache.store.lock", "litcache.store.manifest",
+                "litcache.store.layout")
+#: Paths recipe files import: kept without a warning.
+STABLE: dict[str, tuple[str, ...]] = {
+    "litcache.zoo": ("litcache.models", *_FAMILIES),
+    "litcache.gpt": ("litcache.models.gpt",),
+}
+
+
+def find(name: str, modules: tuple[str, ...], old: str):
+    """``name`` from the first of ``modules`` that has it."""
+    for target in modules:
+        module = importlib.import_module(target)
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module {old!r} has no attribute {name!r} (its names moved to {', '.join(modules)})")
+
+
+class _MovedModule(types.ModuleType):
+    """An old module path: every attribute is looked up in the modules that hold it now."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return find(name, self.__dict__["_targets"], self.__name__)
+
+
+def deprecated(old: str, modules: tuple[str, ...]) -> None:
+    warnings.warn(f"{old} moved to {' and '.join(modules)} in litcache 0.2; import from there (the old path will go "
+                  "in a later release).", DeprecationWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside the import machinery and this module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_globals.get("__name__") == __name__):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in MOVED or fullname in STABLE:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        module = _MovedModule(spec.name)
+        module.__dict__["_targets"] = MOVED.get(spec.name) or STABLE[spec.name]
+        return module
+
+    def exec_module(self, module) -> None:
+        targets = module.__dict__["_targets"]
+        if module.__name__ in MOVED:
+            deprecated(module.__name__, targets)
+        if len(targets) == 1:  # one home: the old path is that very module (monkeypatching it patches the real one)
+            sys.modules[module.__name__] = importlib.import_module(targets[0])
+
+
+class _Package(types.ModuleType):
+    """The ``litcache`` package: importing an old module path (``litcache.extract``) must not replace the
+    public function of the same name, as the import system would by binding the submodule on its parent."""
+
+    def __setattr__(self, name: str, value) -> None:
+        current = self.__dict__.get(name)
+        if isinstance(value, types.ModuleType) and callable(current) and not isinstance(current, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+def install(package: types.ModuleType) -> None:
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.append(_Finder())
+    package.__class__ = _Package

@@ -1,0 +1,209 @@
+"""`litcache evaluate`: accuracy on the recipe's real split, size, cost, depth and CPU latency.
+
+Generation recipes (``Recipe.task == "generation"``) have no labels to score: their students are
+measured against the teacher's outputs on the held-out split instead (MSE and PSNR), and a PNG
+of a few (input, teacher, student) rows is written next to the student checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .runtime.devices import resolve_device
+from .errors import OptionError
+from .runtime.eval_mode import evaluating
+from .training.metrics import accuracy, cpu_latency, model_stats, perplexity
+from .runtime.precision import Compute, as_compute, resolve_compute
+from .recipe import Recipe
+from .training.student import load_student
+from .extraction.teacher import load_teacher
+
+__all__ = ["evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr", "format_evaluation"]
+
+
+def _cpu_compute(precision: str, model: nn.Module) -> Compute:
+    """What CPU latency is measured in: the same request on the CPU (fp16 is CUDA-only: fp32 there)."""
+    return resolve_compute("fp32" if precision == "fp16" else precision, "cpu", model)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", batch_size: int = 256,
+                   precision: str = "auto", task: str = "classification") -> dict:
+    dev = resolve_device(device)
+    batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+    stats = model_stats(model.cpu(), batch)
+    latency_compute = _cpu_compute(precision, model)
+    latency = cpu_latency(model, batch, compute=latency_compute)
+    compute = resolve_compute(precision, dev, model)
+    compute.model(model)
+    score = ({"perplexity": round(perplexity(model, dataset, compute, batch_size), 4)} if task == "language_model"
+             else {"accuracy": accuracy(model, dataset, compute, batch_size)})
+    return {**stats, **score, "samples": len(dataset),
+            "compute": compute.describe(), "cpu_latency_compute": latency_compute.describe(),
+            "cpu_latency_ms_per_batch": round(latency * 1000, 3), "latency_batch_size": len(batch)}
+
+
+def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
+             split: str = "test", device: str = "auto", batch_size: int = 256, precision: str | None = None) -> dict:
+    """Evaluate a student checkpoint and/or the teacher on the recipe's real ``split`` (not a store)."""
+    recipe.check_split_name(split)
+    precision = precision or recipe.precision
+    if recipe.task == "generation":
+        return evaluate_generation(recipe, student, teacher, split=split, device=device, batch_size=batch_size,
+                                   precision=precision)
+    dataset = recipe.load_split(split)
+    report: dict = {"recipe": recipe.name, "split": split, "task": recipe.task}
+    sample = torch.stack([dataset[0][0]])
+    teacher_stats = model_stats(recipe.build_teacher(), sample)  # architecture only: no weights needed
+    if teacher is not None:
+        model, _, path = load_teacher(recipe, teacher)
+        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
+    if student is not None:
+        model = load_student(student, recipe)
+        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
+        result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
+        result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
+        result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
+        report["student"] = result
+    return report
+
+
+#: Generation outputs are assumed to lie in [-1, 1] (a tanh, as in StarGAN): PSNR uses this
+#: peak-to-peak range, which equals the usual PSNR of the images mapped to [0, 1].
+GENERATION_RANGE = 2.0
+#: Rows of the (input, teacher, student) PNG grid.
+GRID_ROWS = 4
+#: Latency batch of generation models: image-to-image models are far costlier per sample.
+GENERATION_LATENCY_BATCH = 8
+
+
+def _stats_and_latency(model: nn.Module, dataset: Dataset, batch_size: int) -> dict:
+    batch = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+    return {**model_stats(model.cpu(), batch), "cpu_latency_ms_per_batch": round(cpu_latency(model, batch) * 1000, 3),
+            "latency_batch_size": len(batch), "samples": len(dataset)}
+
+
+def psnr(mse: float, peak_to_peak: float = GENERATION_RANGE) -> float | None:
+    """PSNR in dB for outputs spanning ``peak_to_peak``; None when the outputs are identical."""
+    return round(10 * math.log10(peak_to_peak**2 / mse), 3) if mse > 0 else None
+
+
+@torch.inference_mode()
+def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu",
+                         batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
+    """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
+    first ``keep`` (input, teacher output, student output) triples for a picture."""
+    compute = as_compute(compute)
+    total, count, kept = 0.0, 0, []
+    with evaluating(student, teacher):
+        for x, _ in DataLoader(dataset, batch_size=batch_size):
+            x = compute.input(x)
+            with compute.autocast():
+                t, s = teacher(x).float(), student(x).float()
+            if t.shape != s.shape:
+                raise OptionError(f"Expected the student's output shape {tuple(t.shape[1:])} (the teacher's), "
+                                  f"got {tuple(s.shape[1:])} instead.")
+            total += F.mse_loss(s, t, reduction="sum").item()
+            count += t.numel()
+            for i in range(min(len(x), keep - len(kept))):
+                kept.append((x[i].cpu().contiguous(), t[i].cpu().contiguous(), s[i].cpu().contiguous()))
+    return total / max(count, 1), kept
+
+
+def _to_rgb(image: torch.Tensor):
+    """(C, H, W) in [-1, 1] -> (H, W, 3) uint8 from its first 3 channels; None if it is not an image."""
+    import numpy as np
+
+    if image.dim() != 3 or image.shape[0] < 3 or not image.is_floating_point():
+        return None
+    rgb = ((image[:3].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
+
+
+def save_grid(triples: list[tuple[torch.Tensor, ...]], path: str | Path, gap: int = 2) -> Path | None:
+    """A PNG with one row per sample: input image (its first 3 channels), teacher output, student output.
+    Tensors that are not images are left out; None (and no file) when nothing is an image."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for triple in triples:
+        tiles = [t for t in (_to_rgb(x) for x in triple) if t is not None]
+        if not tiles:
+            continue
+        h = max(t.shape[0] for t in tiles)
+        spacer = np.full((h, gap, 3), 255, np.uint8)
+        row = [piece for tile in tiles for piece in (tile, spacer)][:-1]
+        rows.append(np.concatenate(row, axis=1))
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path = Path(path)
+    Image.fromarray(np.concatenate(rows, axis=0)[:-gap]).save(path)
+    return path
+
+
+def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
+                        split: str = "test", device: str = "auto", batch_size: int = 64, precision: str = "auto") -> dict:
+    """Score a generation student against its teacher's outputs on ``split`` (the teacher is required)."""
+    recipe.check_split_name(split)
+    if teacher is None and recipe.teacher_checkpoint is None:
+        raise OptionError(f"Recipe {recipe.name!r} is a generation recipe: its students are scored against the teacher's "
+                          "outputs, so evaluate needs the teacher checkpoint. Give it with --teacher.")
+    dev = resolve_device(device)
+    dataset = recipe.load_split(split)
+    teacher_model, _, teacher_path = load_teacher(recipe, teacher)
+    latency_batch = min(batch_size, GENERATION_LATENCY_BATCH)
+    teacher_stats = _stats_and_latency(teacher_model, dataset, latency_batch)
+    report: dict = {"recipe": recipe.name, "split": split, "task": "generation",
+                    "teacher": {"checkpoint": teacher_path, **teacher_stats}}
+    if student is not None:
+        model = load_student(student, recipe)
+        result = {"checkpoint": str(student), **_stats_and_latency(model, dataset, latency_batch)}
+        compute = resolve_compute(precision, dev, model)
+        result["compute"] = compute.describe()
+        mse, triples = reconstruction_error(compute.model(model), compute.model(teacher_model), dataset, compute, batch_size)
+        result["mse_vs_teacher"] = mse
+        result["psnr_vs_teacher_db"] = psnr(mse)
+        grid = Path(student).with_name(f"{Path(student).stem}_{split}_samples.png")
+        written = save_grid(triples, grid)
+        result["samples_png"] = str(written) if written else None
+        result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
+        result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
+        result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
+        report["student"] = result
+    return report
+
+
+def format_evaluation(report: dict, split: str) -> list[str]:
+    """The lines `litcache evaluate` prints for an :func:`evaluate` report: one per model."""
+    lines = []
+    for role in ("teacher", "student"):
+        if role not in report:
+            continue
+        m = report[role]
+        if report.get("task") == "generation":
+            # evaluate gives no PSNR (None) for outputs identical to the teacher's: infinitely many dB.
+            psnr = "inf" if m.get("psnr_vs_teacher_db") is None else m["psnr_vs_teacher_db"]
+            quality = f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m else "the reference"
+        elif "perplexity" in m:
+            quality = f"perplexity {m['perplexity']:.3f}"
+        else:
+            quality = f"top-1 {m['accuracy']:.4f}"
+        line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "
+                f"MACs/sample {m['macs_per_sample'] / 1e6:.2f}M  depth {m['depth']}  "
+                f"CPU {m['cpu_latency_ms_per_batch']:.1f} ms/batch of {m['latency_batch_size']}"
+                + (f"  ({m['compute']})" if m.get("compute") else ""))
+        if role == "student":
+            line += (f"  compression x{m['compression_by_depth']} depth, x{m['compression_by_params']} params, "
+                     f"x{m['compression_by_macs']} MACs")
+            if m.get("samples_png"):
+                line += f"  samples: {m['samples_png']}"
+        lines.append(line)
+    return lines

@@ -1,0 +1,60 @@
+"""Files written whole or not at all, and the temporary files that make it so.
+
+A local write goes through a temporary file named ``.{name}.{pid}.tmp`` beside its target
+(``temp_name``), fsynced, then renamed over the target, and the directory is fsynced so the rename
+itself survives a power cut. Stores (``litcache.store.location``) and checkpoints
+(``litcache.runtime.checkpoint``) both write so; a temporary file left by a killed writer is debris
+that ``litcache.store.debris`` finds by its name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+__all__ = ["temp_name", "temp_writer_pid", "process_alive", "write_atomic"]
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
+
+
+def temp_name(name: str) -> str:
+    """The temporary file a local write of ``name`` goes through (hidden, and named by its writer)."""
+    return f".{name}.{os.getpid()}.tmp"
+
+
+def temp_writer_pid(name: str) -> int | None:
+    """The pid of the writer whose temporary file ``name`` is; None when it is no litcache temp file."""
+    match = _TEMP_NAME.match(name)
+    return int(match["pid"]) if match else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: tmp + fsync + rename, then fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also keep the half-written file
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,354 @@
+"""The row arrays of a store: ``Store`` (the reader), ``StoreWriter`` (whole shards, the ledger,
+the final manifest), and the checksums that prove them intact. The layout is in this package's
+docstring (``litcache.store``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from concurrent.futures import wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+import zarr
+
+from .encoding import DTYPES, codec_pipeline, from_storage
+from ..errors import CorruptStoreError, IncompleteStoreError
+from ..runtime.files import write_atomic
+from .location import StoreLocation
+from .layout import LOCK_FILE
+from .manifest import LEDGER_DIR, ArrayRecord, Manifest, ShardRecord, TensorRecord, Timing, read_manifest, utc_now, write_manifest
+from .shards import ShardFormat, shard_io_pool
+from .space import disk_full_error, human_bytes, is_disk_full
+
+__all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum", "verify_checksums",
+           "store_sizes"]
+
+
+def checksum(array: np.ndarray) -> str:
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array))  # hashes the buffer in place: no copy
+
+
+def _shard_format(location: StoreLocation, name: str) -> ShardFormat | None:
+    """How litcache encodes and reads array ``name`` itself, from its zarr.json; None: through zarr."""
+    return ShardFormat.from_metadata(json.loads(location.read_bytes(f"{name}/zarr.json")))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array to create (the manifest then records it as an ``ArrayRecord``)."""
+
+    name: str
+    row_shape: tuple[int, ...]
+    dtype: str  # logical dtype; storage dtype follows from it
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return np.dtype(DTYPES.get(self.dtype, self.dtype))
+
+
+class Store:
+    """Read access to a complete (or, for inspection, incomplete) store."""
+
+    def __init__(self, path: str | Path | StoreLocation, manifest: Manifest) -> None:
+        self.location = StoreLocation(path)
+        self.path = self.location.path  # a Path, or the URL string of a remote store
+        self.manifest = manifest  # checked when read (read_manifest): no reader checks it again
+        self._group: zarr.Group | None = None  # opened lazily: DataLoader workers open their own
+        self._formats: dict[str, ShardFormat | None] = {}
+        self._shard_indexes: dict[str, bytes] = {}  # a complete store's shards never change
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = self.location.open_group(mode="r")
+        return self._group
+
+    def __getstate__(self) -> dict:
+        return {"location": self.location, "path": self.path, "manifest": self.manifest, "_group": None,
+                "_formats": {}, "_shard_indexes": {}}
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.complete
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.layout.rows
+
+    @property
+    def boundary_names(self) -> list[str]:
+        return list(self.manifest.boundaries)
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        return shard_ranges(self.manifest.layout.rows, self.manifest.layout.shard_rows)
+
+    def array(self, name: str) -> zarr.Array:
+        return self.group[name]
+
+    def read(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of array ``name`` as a tensor of its logical dtype."""
+        data = self.array(name)[start:stop]
+        return from_storage(data, self.manifest.arrays[name].dtype)
+
+    def shard_format(self, name: str) -> ShardFormat | None:
+        """How litcache reads array ``name`` itself; None where zarr reads it."""
+        if name not in self._formats:
+            self._formats[name] = _shard_format(self.location, name)
+        return self._formats[name]
+
+    def read_chunk(self, name: str, chunk: int) -> np.ndarray:
+        """The rows of chunk ``chunk`` of array ``name`` in their storage dtype (the last one may be short)."""
+        chunk_rows = self.manifest.layout.chunk_rows
+        start = chunk * chunk_rows
+        stop = min(start + chunk_rows, self.rows)
+        fmt = self.shard_format(name)
+        if fmt is None:
+            return self.array(name)[start:stop]
+        shard, within = divmod(chunk, fmt.chunks_per_shard)
+        key = ShardFormat.shard_key(name, shard, 1 + len(fmt.row_shape))
+        try:
+            rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
+        except (CorruptStoreError, FileNotFoundError) as exc:
+            reason = "it is missing" if isinstance(exc, FileNotFoundError) else str(exc).rstrip(".")
+            raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
+                                    "`litcache verify` checks every shard; extract the store again to repair it.") from None
+        self._shard_indexes[key] = index
+        return rows[: stop - start]
+
+    def committed(self) -> dict[int, dict]:
+        """Ledger entries by shard index."""
+        return read_ledger(self.location)
+
+    def module_state(self, part: str) -> dict[str, torch.Tensor]:
+        """The teacher's stored ``stem``, ``head`` or ``sectionI`` state dict (empty if not stored)."""
+        keys = (self.manifest.teacher_modules or {}).get(part, {})
+        return {key: torch.from_numpy(np.array(self.group[f"teacher/{part}/{key}"][...])) for key in keys}
+
+
+def shard_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
+
+
+def read_ledger(path: str | Path | StoreLocation) -> dict[int, dict]:
+    loc = StoreLocation(path)
+    entries = {}
+    for name in loc.listdir(LEDGER_DIR):
+        if name.startswith("shard-") and name.endswith(".json"):
+            entry = json.loads(loc.read_bytes(f"{LEDGER_DIR}/{name}"))
+            entries[entry["index"]] = entry
+    return entries
+
+
+def open_store(path: str | Path, require_complete: bool = True) -> Store:
+    """Open a store for reading; an incomplete store is refused with how to resume it."""
+    manifest = read_manifest(path)
+    store = Store(path, manifest)
+    if require_complete and not store.complete:
+        done = len(store.committed())
+        raise IncompleteStoreError(
+            f"Store {str(path)!r} is incomplete ({done} of {len(store.shards)} shards committed): its extraction did not finish. "
+            f"Finish it with `litcache extract RECIPE --out {path} --resume` and the same options."
+        )
+    return store
+
+
+def _raw_bytes(manifest: Manifest, rows: int | None = None) -> int:
+    """Uncompressed bytes of ``rows`` rows (default: all) of the store's arrays."""
+    return sum(array.raw_bytes(rows) for array in manifest.arrays.values())
+
+
+class StoreWriter:
+    """Creates a store's arrays, commits whole shards with ledger entries, then the manifest.
+
+    A full disk (``DiskFullError``) at any step leaves a store that ``--resume`` finishes, or,
+    during creation, none: the manifest is only ever replaced whole, never torn."""
+
+    def __init__(self, path: str | Path | StoreLocation, manifest: Manifest) -> None:
+        self.location = StoreLocation(path)
+        self.path = self.location.path
+        self.manifest = manifest  # replaced, never changed: each version is a new frozen Manifest
+        self.group = self.location.open_group(mode="r+")
+        self._arrays = {name: self.group[name] for name in manifest.arrays}
+        # Row arrays litcache encodes itself (see shards.py); any other layout goes through zarr.
+        self._formats = {name: _shard_format(self.location, name) for name in manifest.arrays}
+
+    @classmethod
+    def create(cls, path: str | Path, manifest: Manifest, specs: list[ArraySpec], codec: str,
+               modules: dict[str, dict[str, torch.Tensor]] | None = None) -> "StoreWriter":
+        loc = StoreLocation(path)
+        try:
+            return cls._create(loc, manifest, specs, codec, modules or {})
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            with contextlib.suppress(OSError):
+                _clear_store_dir(loc)  # nothing is committed yet: give the space back
+            rows = manifest.layout.rows
+            raw = rows * sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
+            raise disk_full_error(loc, "creating store", f"up to {human_bytes(raw)} uncompressed (less once compressed)",
+                                  "Nothing was committed, and the half-made store was removed; free some space "
+                                  "(or choose another --out) and run the same command again.") from exc
+
+    @classmethod
+    def _create(cls, loc: StoreLocation, manifest: Manifest, specs: list[ArraySpec], codec: str,
+                modules: dict[str, dict[str, torch.Tensor]]) -> "StoreWriter":
+        rows, chunk_rows, shard_rows = manifest.layout.rows, manifest.layout.chunk_rows, manifest.layout.shard_rows
+        _clear_store_dir(loc)
+        # The group is born with its (incomplete) manifest, so a crash from here on leaves a store
+        # that readers refuse as incomplete and `--resume` recognises, never an anonymous group.
+        write_manifest(loc, replace(manifest, arrays={}, complete=False), new=True)
+        group = loc.open_group(mode="r+")
+        arrays = {}
+        for spec in specs:
+            group.create_array(
+                spec.name,
+                shape=(rows, *spec.row_shape),
+                chunks=(chunk_rows, *spec.row_shape),
+                shards=(shard_rows, *spec.row_shape),
+                dtype=spec.storage_dtype,
+                compressors=codec_pipeline(codec),
+                fill_value=0,
+            )
+            arrays[spec.name] = ArrayRecord((rows, *spec.row_shape), spec.dtype, spec.storage_dtype.name, codec)
+        teacher_modules = {}
+        for part, state in modules.items():
+            teacher_modules[part] = {}
+            for key, tensor in state.items():
+                value = tensor.detach().cpu().contiguous().numpy()
+                group.create_array(f"teacher/{part}/{key}", shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
+                teacher_modules[part][key] = TensorRecord(value.shape, value.dtype.name, checksum(value))
+        manifest = replace(manifest, arrays=arrays, teacher_modules=teacher_modules, complete=False)
+        loc.makedirs(LEDGER_DIR)
+        write_manifest(loc, manifest)
+        return cls(loc, manifest)
+
+    @classmethod
+    def reopen(cls, path: str | Path | StoreLocation) -> "StoreWriter":
+        loc = StoreLocation(path)
+        return cls(loc, read_manifest(loc))
+
+    def committed(self) -> dict[int, dict]:
+        return read_ledger(self.location)
+
+    def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
+        """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""
+        try:
+            return self._write_shard(index, start, data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            layout, ledger = self.manifest.layout, self.committed()
+            left = [(a, b) for i, (a, b) in enumerate(shard_ranges(layout.rows, layout.shard_rows)) if i not in ledger]
+            raise disk_full_error(
+                self.location, f"writing shard {index} of store",
+                f"up to {human_bytes(_raw_bytes(self.manifest, sum(b - a for a, b in left)))} uncompressed "
+                f"for the {len(left)} shards not committed yet",
+                f"The {len(ledger)} shards committed so far are kept; free some space and run the same command with --resume.",
+            ) from exc
+
+    def _write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
+        rows = next(iter(data.values())).shape[0]
+        # Every chunk of every array is queued for encoding at once, so all cores compress, and
+        # each array's shard file is written (and fsynced) as soon as its chunks are done.
+        writes = [shard_io_pool().submit(self._put_shard, name, index, start, fmt, fmt.submit(data[name]))
+                  for name, fmt in self._formats.items() if fmt is not None]
+        try:
+            for name, array in self._arrays.items():
+                if self._formats[name] is None:
+                    array[start : start + rows] = data[name]
+                    self._fsync_shard(name, index, array.ndim)
+        finally:
+            wait(writes)  # on a failure too: no shard file is still being written when the error leaves
+        for write in writes:
+            write.result()
+        entry = {
+            "index": index,
+            "rows": [start, start + rows],
+            "xxh3_64": {name: checksum(data[name]) for name in self._arrays},
+            "committed": time.time(),
+        }
+        key, data = f"{LEDGER_DIR}/shard-{index:06d}.json", json.dumps(entry).encode()
+        if self.location.remote:
+            self.location.write_bytes(key, data)  # one PUT: the entry is whole or absent
+        else:
+            write_atomic(self.path / key, data)
+        return entry
+
+    def _put_shard(self, name: str, index: int, start: int, fmt: ShardFormat, chunks: list) -> None:
+        if start != index * fmt.chunk_rows * fmt.chunks_per_shard:
+            raise ValueError(f"Shard {index} of {name!r} must start at row {index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
+        # Whole or absent: tmp + fsync + rename locally, one PUT remotely.
+        self.location.write_bytes(ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)), fmt.assemble(chunks))
+
+    def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
+        """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""
+        self.location.fsync(ShardFormat.shard_key(name, index, ndim))
+
+    def finalize(self, timing: Timing | None = None, completed: str | None = None) -> Manifest:
+        """Record every shard's checksums and mark the store complete (the last write); ``completed``
+        defaults to now."""
+        ledger = self.committed()
+        expected = shard_ranges(self.manifest.layout.rows, self.manifest.layout.shard_rows)
+        missing = [i for i in range(len(expected)) if i not in ledger]
+        if missing:
+            raise IncompleteStoreError(f"Cannot finalize store {str(self.path)!r}: shards {missing[:10]} are not committed.")
+        shards = [ShardRecord(i, ledger[i]["rows"], ledger[i]["xxh3_64"]) for i in range(len(expected))]
+        manifest = replace(self.manifest, completed=completed or utc_now(), timing=timing or self.manifest.timing,
+                           shards=shards, complete=True)
+        try:
+            write_manifest(self.location, manifest)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise disk_full_error(
+                self.location, "committing the manifest of store", f"{human_bytes(len(json.dumps(manifest.to_dict())))} for the manifest",
+                f"All {len(expected)} shards are committed and the store is as it was, incomplete; free some space "
+                "and run the same command with --resume to finish it.",
+            ) from exc
+        self.manifest = manifest
+        return manifest
+
+
+def _clear_store_dir(path: str | Path | StoreLocation) -> None:
+    """Empty a store directory except its lock (zarr's mode "w" would delete the lock too)."""
+    StoreLocation(path).clear(keep=LOCK_FILE)
+
+
+def verify_checksums(store: Store) -> list[str]:
+    """Recompute every shard's checksum; one message per array and shard that differs."""
+    problems = []
+    for part, params in (store.manifest.teacher_modules or {}).items():
+        for key, meta in params.items():
+            name = f"teacher/{part}/{key}"
+            try:
+                got = checksum(np.asarray(store.array(name)[...]))
+            except Exception as exc:
+                problems.append(f"array {name!r}: unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if got != meta.xxh3_64:
+                problems.append(f"array {name!r}: checksum {got} != recorded {meta.xxh3_64}")
+    for shard in store.manifest.shards or ():
+        start, stop = shard.rows
+        for name, expected in shard.xxh3_64.items():
+            try:
+                got = checksum(store.array(name)[start:stop])
+            except Exception as exc:  # a corrupt chunk can fail to decode at all
+                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): unreadable ({type(exc).__name__}: {exc})")
+                continue
+            if got != expected:
+                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): checksum {got} != recorded {expected}")
+    return problems
+
+
+def store_sizes(store: Store) -> dict[str, int]:
+    """Bytes on disk per array."""
+    sizes = {}
+    for name in store.manifest.arrays:
+        sizes[name] = store.location.tree_size(name)
+    return sizes
