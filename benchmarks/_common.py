@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from litcache import ExtractOptions
-from litcache.runtime.devices import resolve_device
 from litcache.extraction.plan import plan_extraction
+from litcache.runtime.devices import resolve_device
 
 __all__ = ["bare_forward_seconds", "peak_rss_mb", "load_results", "save_results"]
 
@@ -37,12 +37,12 @@ def bare_forward_seconds(recipe, teacher, options: ExtractOptions) -> tuple[floa
     views, DataLoader and device, output discarded. What an extraction cannot go below."""
     plan = plan_extraction(recipe, options, teacher)
     device = resolve_device(options.device)
-    split = plan.split.to(device).eval()
+    sectioned = plan.sectioned.to(device).eval()
     loader = DataLoader(plan.rows_dataset, batch_size=options.batch_size, num_workers=options.loader_workers)
     t = time.perf_counter()
     with torch.inference_mode():
         for x, *_ in loader:
-            split.boundaries(x.to(device, non_blocking=True))
+            sectioned.boundaries(x.to(device, non_blocking=True))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t, plan.rows

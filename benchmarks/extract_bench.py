@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import bare_forward_seconds  # beside this script
 
 from litcache import ExtractOptions, extract, load_recipe
-
-from _common import bare_forward_seconds  # beside this script
 
 
 def timed_extract(recipe, out: Path, options: ExtractOptions, teacher: str | None, background: bool) -> tuple[float, float]:

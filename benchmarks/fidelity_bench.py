@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import load_results, save_results  # beside this script
 
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
@@ -85,12 +84,12 @@ def _blocks(args, recipe, store, out: Path, seed: int, **options) -> dict:
 def _recalibration_probe(recipe, store, checkpoint: str, views: int | None, args) -> dict:
     """Test accuracy of the LIT student as trained, and after a BatchNorm recalibration along its own path."""
     from litcache import ChunkShuffleSampler, StoreDataset, open_store
-    from litcache.training.dataset import make_loader
-    from litcache.training.metrics import accuracy
     from litcache.runtime.precision import resolve_compute
     from litcache.sections import cut_sections
-    from litcache.training.student import load_student
     from litcache.training.blocks import recalibrate_batchnorm
+    from litcache.training.dataset import make_loader
+    from litcache.training.metrics import accuracy
+    from litcache.training.student import load_student
 
     model = load_student(checkpoint, recipe)
     compute = resolve_compute(args.precision or recipe.precision, "cpu", model)

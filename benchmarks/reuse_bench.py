@@ -38,12 +38,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from _common import bare_forward_seconds  # beside this script
 
 from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, load_student, open_store, train_blocks
 from litcache.runtime.devices import resolve_device
 from litcache.training.metrics import accuracy
-
-from _common import bare_forward_seconds  # beside this script
 
 
 def _ints(text: str) -> list[int]:

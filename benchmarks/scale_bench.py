@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import peak_rss_mb  # beside this script
 
 from litcache import load_recipe, open_store
-
-from _common import peak_rss_mb  # beside this script
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

@@ -151,8 +151,8 @@ def peer_online_epoch(teacher_sectioned, sectioned, optimizer, inputs: list[torc
 
 def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precision: str, repeats: int, tmp: Path) -> list[dict]:
     from litcache import StoreDataset, open_store
-    from litcache.sections import cut_sections
     from litcache.extraction.teacher import load_teacher
+    from litcache.sections import cut_sections
     from litcache.training.blocks import BlockTrainOptions, train_blocks
 
     store = open_store(store_path)
@@ -215,8 +215,8 @@ def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tenso
 
 def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
     from litcache import TrainConfig
-    from litcache.training.teacher import train_teacher
     from litcache.models.resnet import cifar_resnet
+    from litcache.training.teacher import train_teacher
 
     data = recipe.load_split("train")
     images, labels = data.get_batch(range(len(data)))

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.training.metrics import accuracy
 from litcache.store.arrays import store_sizes
-from litcache.training.student import load_student
 from litcache.training.blocks import BlockTrainOptions, train_blocks
+from litcache.training.metrics import accuracy
+from litcache.training.student import load_student
 
 DTYPES = ("float32", "float16", "bfloat16")
 CODECS = ("zstd", "lz4", "none")

@@ -4,7 +4,7 @@
         --teacher runs/mnist_resnet/teacher.pt --student resnet8 --epochs 1
 
 The three runs share the student initialisation, the sampler (same rows, same order), the loss
-code (`litcache.block_step.step_losses`) and the optimizer; only where the teacher's boundaries come
+code (`litcache.training.step.step_losses`) and the optimizer; only where the teacher's boundaries come
 from differs. Printed: rows/s of each, the loader ratio (store / memory time, median over --repeats
 rotated runs), and the cost of
 cached LIT (extraction once, from the store's manifest, + E epochs) against online LIT.
@@ -19,12 +19,12 @@ import time
 import torch
 
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, load_recipe, open_store
-from litcache.training.dataset import make_loader
-from litcache.training.online import OnlineTeacherDataset
-from litcache.training.student import build_student
 from litcache.runtime.precision import resolve_compute
 from litcache.training.config import LossWeights, Phase
+from litcache.training.dataset import make_loader
+from litcache.training.online import OnlineTeacherDataset
 from litcache.training.step import set_train_mode, step_losses, trainable_parameters
+from litcache.training.student import build_student
 
 
 def run(split, batches, epochs: int, sampler, config, compute) -> float:

@@ -37,7 +37,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from _common import load_results, save_results  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "transformers.json"

@@ -117,8 +117,16 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 class _Package(types.ModuleType):
-    """The ``litcache`` package: importing an old module path (``litcache.extract``) must not replace the
-    public function of the same name, as the import system would by binding the submodule on its parent."""
+    """The ``litcache`` package. An old module reached as an attribute (``litcache.checkpoint.save_atomic``
+    after ``import litcache``, which bound every module in 0.1) is imported on first use; and importing
+    an old module path (``litcache.extract``) must not replace the public function of the same name, as
+    the import system would by binding the submodule on its parent."""
+
+    def __getattr__(self, name: str):
+        old = f"{self.__name__}.{name}"
+        if old in MOVED or old in STABLE:
+            return importlib.import_module(old)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value) -> None:
         current = self.__dict__.get(name)

@@ -13,15 +13,29 @@ from dataclasses import asdict
 import click
 
 from . import __version__
-from .extraction.replay import verify_store
-from .store.verify import format_store_info, store_info
-from .cli_options import device_option, distill_options, echo_json, emit_report, logger, one_store, parse_milestones, precision_option, report_options, store_and_recipe, store_flag, training_options, worker_device_option
-from .runtime.devices import resolve_device
+from .cli_options import (
+    device_option,
+    distill_options,
+    echo_json,
+    emit_report,
+    logger,
+    one_store,
+    parse_milestones,
+    precision_option,
+    report_options,
+    store_and_recipe,
+    store_flag,
+    training_options,
+    worker_device_option,
+)
 from .errors import LitcacheError, OptionError
 from .extraction.plan import ExtractOptions
+from .extraction.replay import verify_store
 from .extraction.run import extract
 from .recipe import IR_LOSSES, STUDENT_INITS, load_recipe
+from .runtime.devices import resolve_device
 from .store.encoding import CODECS, DTYPES
+from .store.verify import format_store_info, store_info
 from .sweeps import SWEEP_MODES
 from .training.config import MODES
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import click
 
-from .runtime.devices import parse_device, resolve_device
 from .errors import LitcacheError, OptionError
-from .runtime.precision import PRECISIONS
 from .recipe import SCHEDULES
-
+from .runtime.devices import parse_device, resolve_device
+from .runtime.precision import PRECISIONS
 
 #: What every flag that a recipe sets says about its default.
 RECIPE_DEFAULT = "default: the recipe's value"

@@ -15,14 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .runtime.devices import resolve_device
 from .errors import OptionError
-from .runtime.eval_mode import evaluating
-from .training.metrics import accuracy, cpu_latency, model_stats, perplexity
-from .runtime.precision import Compute, as_compute, resolve_compute
-from .recipe import Recipe
-from .training.student import load_student
 from .extraction.teacher import load_teacher
+from .recipe import Recipe
+from .runtime.devices import resolve_device
+from .runtime.eval_mode import evaluating
+from .runtime.precision import Compute, as_compute, resolve_compute
+from .training.metrics import accuracy, cpu_latency, model_stats, perplexity
+from .training.student import load_student
 
 __all__ = ["evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr", "format_evaluation"]
 

@@ -208,7 +208,7 @@ class Recipe:
     #: One of TASKS. Generation recipes store the teacher's output image as ``logits``; they train
     #: with IR only (beta = 0) and are evaluated against the teacher's outputs.
     task: str = "classification"
-    #: Default --precision of every command that runs this recipe's networks (see litcache.precision).
+    #: Default --precision of every command that runs this recipe's networks (see litcache.runtime.precision).
     precision: str = "auto"
     #: Default --student-init of train-blocks: one of STUDENT_INITS.
     student_init: str = "scratch"

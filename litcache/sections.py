@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from .errors import NonFiniteOutputError, RecipeError, SectionsMismatchError
-from .runtime.eval_mode import evaluating
 from .recipe import ModuleRef, Recipe
+from .runtime.eval_mode import evaluating
 
 __all__ = ["SectionedModel", "cut_sections", "check_sections", "SplitModel", "split_model", "check_split"]
 

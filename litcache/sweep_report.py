@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .evaluation import evaluate
-from .training.metrics import model_stats
 from .recipe import Recipe
+from .training.metrics import model_stats
 
 __all__ = ["SweepResult", "pareto_front", "teacher_point", "write_results"]
 

@@ -20,16 +20,16 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .store.verify import require_intact
-from .extraction.distributed import check_parallel_options, dask_client, portable_path
 from .errors import CheckpointError, LitcacheError, NotAClassifierError, OptionError, StoreMismatchError
 from .evaluation import evaluate
+from .extraction.distributed import check_parallel_options, dask_client, portable_path
 from .recipe import Recipe, load_recipe
 from .store.arrays import open_store
-from .training.student import assemble, read_student
+from .store.verify import require_intact
 from .sweep_report import SweepResult, teacher_point, write_results
 from .training.blocks import BlockTrainOptions, train_blocks
 from .training.config import resolve_config, training_differences
+from .training.student import assemble, read_student
 
 __all__ = ["HYPERPARAMETERS", "SWEEP_MODES", "Variant", "SweepResult", "plan_variants", "variant_name", "sweep"]
 

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from litcache.recipe import import_beside
 from litcache import DistillConfig, Recipe, TrainConfig
 from litcache.errors import RecipeError
-from litcache.models.vdcnn import vdcnn
+from litcache.zoo import vdcnn
 
 #: The LIT authors' alphabet, with an ASCII "^" where theirs has the look-alike U+02C6.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/|_#$%^&*~`+=<>()[]{} "

@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.errors import RecipeError
 from litcache.models.stargan import convert_stargan_state, stargan_generator
+from litcache.recipe import import_beside
 
 ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")

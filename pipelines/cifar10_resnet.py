@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
-from litcache.models.resnet import cifar_resnet
+from litcache.zoo import cifar_resnet
 
 
 

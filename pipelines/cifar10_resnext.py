@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
-from litcache.models.resnext import cifar_resnext
+from litcache.zoo import cifar_resnext
 
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
 from litcache.recipe import import_beside
-from litcache.models.vit import cifar_vit, vit_head, vit_section, vit_stem
+from litcache.zoo import cifar_vit, vit_head, vit_section, vit_stem
 
 _data = import_beside(__file__, "_data")
 

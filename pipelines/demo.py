@@ -15,6 +15,7 @@ from pathlib import Path
 
 import litcache
 from litcache import BlockTrainOptions, ExtractOptions
+from litcache.runtime.checkpoint import load_checkpoint
 
 RECIPE = Path(__file__).with_name("mnist_resnet.py")
 
@@ -84,7 +85,7 @@ def main() -> None:
                  BlockTrainOptions(mode="finetune", init=lit["checkpoint"]))
     evaluation = _step("evaluate", timings, litcache.evaluate, recipe, ft["checkpoint"], teacher)
 
-    teacher_history = litcache.checkpoint.load_checkpoint(teacher).get("history", [])
+    teacher_history = load_checkpoint(teacher).get("history", [])
     plotted = _plot({"lit": lit["history"], "finetune": ft["history"]}, teacher_history, run / "curves.png")
     (run / "summary.json").write_text(json.dumps({"evaluation": evaluation, "timings_s": timings}, indent=2))
 

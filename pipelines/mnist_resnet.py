@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
-from litcache.models.resnet import cifar_resnet
+from litcache.zoo import cifar_resnet
 
 WIDTHS = (16, 32, 64)
 MEAN, STD = 0.1307, 0.3081

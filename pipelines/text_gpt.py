@@ -24,7 +24,7 @@ Environment (read whenever a split is loaded or a model is built):
 from __future__ import annotations
 
 from litcache import DistillConfig, Recipe, TrainConfig
-from litcache.models.gpt import gpt, gpt_section
+from litcache.gpt import gpt, gpt_section
 from litcache.recipe import import_beside
 
 _data = import_beside(__file__, "_data")

@@ -4,8 +4,8 @@ module global, no environment variable), and the store's bytes do not depend on 
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY_STORE_OPTIONS, quiet, shard_checksums
+
 from litcache import extract
 from litcache.extraction.loop import ShardWriter
 

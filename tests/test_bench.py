@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from conftest import TINY
 
 from litcache.cli import main
-
-from conftest import TINY
 
 
 def test_bench_on_a_store_reports_every_stage(tiny_store, teacher_ckpt):

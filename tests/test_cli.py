@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import (
     TINY,
     TINY_STORE_OPTIONS,
@@ -19,6 +18,7 @@ from conftest import (
     manifest_of,
     run_cli,
 )
+
 from litcache import __version__
 from litcache.runtime.checkpoint import save_atomic
 from litcache.store.arrays import checksum

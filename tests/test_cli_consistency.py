@@ -9,18 +9,18 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, assert_clean_error, run_cli
+
 from litcache import cli
-from litcache.runtime.devices import resolve_device
 from litcache.errors import OptionError
+from litcache.runtime.devices import resolve_device
 from litcache.runtime.progress import PlainProgress, progress_bar
 
 TRAINING_FLAGS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "schedule", "warmup", "nesterov"}
 DISTILL_FLAGS = {"alpha", "tau", "beta", "loss_scale"}
 REPORTING = ["info", "verify", "evaluate", "bench", "train-blocks", "train-teacher", "extract", "sweep", "show"]
 RUNS_A_NETWORK = ["train-teacher", "extract", "train-blocks", "sweep", "evaluate", "bench"]
-#: The module (``litcache.evaluate`` is also the name of the function the package exports).
+#: The module of `litcache evaluate`.
 EVALUATE = importlib.import_module("litcache.evaluation")
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import check_row_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import check_row_layout
 from litcache import ChunkShuffleSampler, MemoryDataset, StoreDataset, open_store
+from litcache.extraction.teacher import load_teacher
+from litcache.sections import cut_sections
 from litcache.store.layout import RowLayout
 from litcache.training.dataset import make_loader
-from litcache.sections import cut_sections
-from litcache.extraction.teacher import load_teacher
 from litcache.views import view_generator
 
 
@@ -22,9 +22,9 @@ def test_row_layout_is_a_bijection_and_blocks_are_chunks(samples, views, block):
     layout = RowLayout(samples, views, block)
     seen = {layout.locate(r) for r in range(layout.rows)}
     assert seen == {(p, v) for p in range(samples) for v in range(views)}
-    for b in range(layout.blocks):
+    for b in range(layout.stripes):
         for v in range(views):
-            rows = layout.block_rows(b, v)
+            rows = layout.stripe_rows(b, v)
             assert [layout.locate(r) for r in rows] == [(p, v) for p in range(b * block, min((b + 1) * block, samples))]
             if len(rows) == block:  # a full block is exactly one chunk of the store
                 assert rows.start % block == 0

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 import torch.nn as nn
-
 from conftest import assert_clean_error, run_cli, write_variant
+
 from litcache import open_store
 from litcache.errors import CheckpointError, NotAClassifierError, StoreMismatchError
 from litcache.sections import SectionedModel
+from litcache.training.blocks import check_student_fits
 from litcache.training.student import build_student
 from litcache.training.teacher import train_teacher
-from litcache.training.blocks import check_student_fits
 
 
 def test_student_with_more_sections_than_the_store_is_refused(tiny_store, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import platform
-import sys
 import tempfile
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -16,10 +15,6 @@ import pytest
 import torch
 import xxhash
 import zarr
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from torch.utils.data import Subset
-
 from conftest import (
     RECIPES,
     TINY,
@@ -30,19 +25,30 @@ from conftest import (
     quiet,
     shard_checksums,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils.data import Subset
+
 import litcache
 from litcache import ExtractOptions, extract, load_recipe
-from litcache.extraction.rows import data_fingerprint
-from litcache.errors import DiskSpaceError, IncompleteStoreError, NonFiniteOutputError, OptionError, StoreLockedError, StoreMismatchError
-from litcache.extraction.plan import plan_extraction
+from litcache.errors import (
+    DiskSpaceError,
+    IncompleteStoreError,
+    NonFiniteOutputError,
+    OptionError,
+    StoreLockedError,
+    StoreMismatchError,
+)
 from litcache.extraction.loop import shard_batches
-from litcache.sections import cut_sections
+from litcache.extraction.plan import plan_extraction
 from litcache.extraction.replay import verify_store
+from litcache.extraction.rows import data_fingerprint
+from litcache.extraction.teacher import load_teacher
 from litcache.runtime.checkpoint import weights_hash
+from litcache.sections import cut_sections
 from litcache.store.arrays import open_store, read_ledger, shard_ranges, store_sizes, verify_checksums
 from litcache.store.encoding import round_mantissa
 from litcache.store.lock import store_lock
-from litcache.extraction.teacher import load_teacher
 from litcache.views import view_generator
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY
 
 from litcache import BlockTrainOptions, ExtractOptions, extract, load_student, open_store, train_blocks, verify_store
 from litcache.cli import main
 from litcache.errors import DiskSpaceError
 from litcache.store.arrays import StoreWriter, read_ledger
-
-from conftest import TINY
 
 QUIET = {"progress": False, "log": lambda m: None}
 OPTIONS = ExtractOptions(views=2, dtype="float16", chunk_rows=8, shard_rows=16, batch_size=8)

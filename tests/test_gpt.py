@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
 from litcache.errors import RecipeError
 from litcache.models.gpt import CausalTransformer, block_sections, gpt, init_from_blocks
 from litcache.recipe import import_beside

@@ -12,13 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_STORE_OPTIONS, assert_clean_error, manifest_of, quiet, run_cli
+
 from litcache import extract
-from litcache.errors import DamagedStoreError, NotAStoreError, StoreFormatError
-from litcache.errors import ManifestError
-from litcache.store.manifest import Manifest, read_manifest
+from litcache.errors import DamagedStoreError, ManifestError, NotAStoreError, StoreFormatError
 from litcache.store.arrays import open_store
+from litcache.store.manifest import Manifest, read_manifest
 
 
 @pytest.fixture(scope="module")

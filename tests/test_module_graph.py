@@ -242,3 +242,15 @@ def test_an_unknown_old_name_is_an_attribute_error():
         old = importlib.import_module("litcache.audit")
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         old.nothing_here
+
+
+def test_an_old_module_as_an_attribute_of_the_package():
+    # 0.1 imported every module with the package, so `import litcache; litcache.checkpoint.save_atomic` worked.
+    with pytest.warns(DeprecationWarning, match="litcache.checkpoint moved to litcache.runtime.checkpoint"):
+        sys.modules.pop("litcache.checkpoint", None)
+        old = litcache.checkpoint
+    from litcache.runtime.checkpoint import save_atomic
+
+    assert old.save_atomic is save_atomic
+    with pytest.raises(AttributeError):
+        litcache.no_such_module

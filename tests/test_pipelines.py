@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import REPO, quiet
 from PIL import Image
 
 import litcache
-from conftest import REPO, quiet
 from litcache import BlockTrainOptions, ExtractOptions, load_recipe
 from litcache.errors import OptionError, RecipeError
 from litcache.runtime.checkpoint import save_atomic
@@ -213,8 +213,8 @@ def test_cifar10_resnext_pipeline(cifar_dir, tmp_path, monkeypatch):
 
 
 def test_resnext_grouped_bottlenecks():
-    from litcache.training.metrics import depth
     from litcache.models.resnext import cifar_resnext
+    from litcache.training.metrics import depth
 
     model = cifar_resnext(110, base_width=4, widths=(16, 32, 64))  # the default cardinality 8, narrower
     assert model.depth == 110 and depth(model) == 110  # projection shortcuts are not counted

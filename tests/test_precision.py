@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import TINY, assert_clean_error, quiet, run_cli
+
 from litcache import ExtractOptions, StoreDataset, extract, open_store
-from litcache.extraction.replay import verify_store
 from litcache.errors import CheckpointError, OptionError
-from litcache.training.online import OnlineTeacherDataset
+from litcache.extraction.replay import verify_store
 from litcache.runtime.precision import resolve_compute
-from litcache.training.student import build_student
-from litcache.training.config import LossWeights, Phase
-from litcache.training.step import step_losses
 from litcache.training.blocks import BlockTrainOptions, train_blocks
+from litcache.training.config import LossWeights, Phase
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.step import step_losses
+from litcache.training.student import build_student
 
 OPTIONS = ExtractOptions(views=2, dtype="float32", chunk_rows=8, shard_rows=16, batch_size=8)
 

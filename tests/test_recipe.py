@@ -7,8 +7,8 @@ import sys
 from dataclasses import replace
 
 import pytest
-
 from conftest import REPO, TINY
+
 from litcache import CropFlip, Recipe, TrainConfig, load_recipe
 from litcache.errors import RecipeError
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import assert_clean_error, run_cli
+
 from litcache import load_recipe
 from litcache.errors import RecipeError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -13,14 +12,14 @@ import uuid
 
 import pytest
 import torch
-
 from conftest import TINY, TINY_STORE_OPTIONS, quiet, run_cli
+
 from litcache import BlockTrainOptions, extract, load_student, open_store, train_blocks
 from litcache.extraction.replay import verify_store
-from litcache.store.verify import store_info
-from litcache.store.location import STORAGE_OPTIONS_ENV
 from litcache.sections import cut_sections
 from litcache.store.arrays import StoreWriter
+from litcache.store.location import STORAGE_OPTIONS_ENV
+from litcache.store.verify import store_info
 from litcache.training.student import build_student, read_student
 
 BUCKET = "litcache-test"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PYTHON, TINY, load_tiny, quiet, run_cli, shard_checksums, subprocess_env
+
 from litcache import ExtractOptions, extract
 from litcache.errors import IncompleteStoreError
 from litcache.store.arrays import open_store, read_ledger, verify_checksums

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-
 from conftest import quiet
+
 from litcache import ExtractOptions, extract
 from litcache.views import view_generator
 

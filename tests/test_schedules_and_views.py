@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import quiet
+
 from litcache import ChunkShuffleSampler, CropFlip, StoreDataset, TrainConfig, open_store
-from litcache.store.layout import RowLayout
-from litcache.training.dataset import make_loader
 from litcache.errors import OptionError, RecipeError
-from litcache.training.online import OnlineTeacherDataset
 from litcache.runtime.precision import resolve_compute
-from litcache.training.student import build_student, load_student
-from litcache.training.config import LossWeights, Phase
-from litcache.training.step import step_losses
+from litcache.store.layout import RowLayout
 from litcache.training.blocks import BlockTrainOptions, recalibrate_batchnorm, train_blocks
+from litcache.training.config import LossWeights, Phase
+from litcache.training.dataset import make_loader
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.step import step_losses
+from litcache.training.student import build_student, load_student
 
 
 def _torch_schedule(make, epochs: int, steps: int, lr: float, momentum: float = 0.9):
@@ -106,7 +106,7 @@ def test_recalibration_estimates_statistics_along_the_students_own_path(tiny_rec
 
 
 def test_views_k_reads_only_the_first_k_views():
-    layout = RowLayout(samples=40, views=4, block=8)
+    layout = RowLayout(samples=40, views=4, chunk_rows=8)
     sampler = ChunkShuffleSampler(layout, 8, views=2, seed=3)
     seen = set()
     for epoch in range(6):

@@ -8,13 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import assert_clean_error, quiet, run_cli, write_variant
+
 from litcache import ExtractOptions, extract
 from litcache.errors import LitcacheError, RecipeError, SectionsMismatchError
-from litcache.sections import SectionedModel, check_sections, cut_sections
 from litcache.extraction.teacher import load_teacher
 from litcache.models.resnet import cifar_resnet
+from litcache.sections import SectionedModel, check_sections, cut_sections
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,16 @@ import json
 import numpy as np
 import pytest
 import zarr
+from click.testing import CliRunner
+from conftest import TINY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from click.testing import CliRunner
-
-from conftest import TINY
 from litcache.cli import main
 from litcache.errors import CorruptStoreError
+from litcache.store.encoding import DTYPES, codec_pipeline
 from litcache.store.location import StoreLocation
 from litcache.store.shards import ShardFormat
-from litcache.store.encoding import DTYPES, codec_pipeline
 
 
 def _array(root, name, rows, row_shape, chunk_rows, chunks_per_shard, dtype, codec):

@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, TINY, quiet, run_cli, shard_checksums, subprocess_env, write_variant
+
 from litcache import BlockTrainOptions, ExtractOptions, evaluate, extract, load_recipe, train_blocks, train_teacher
 from litcache.store.arrays import open_store, verify_checksums
 
@@ -30,8 +30,8 @@ KILLER = textwrap.dedent("""
     from pathlib import Path
 
     import zarr
-    from litcache.location import StoreLocation
     from litcache.store import StoreWriter
+    from litcache.store.location import StoreLocation
 
     point, at = os.environ["KILL_POINT"], int(os.environ["KILL_AT"])
     calls, lock = [0], threading.Lock()  # shard files are written from a thread pool

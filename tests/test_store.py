@@ -17,11 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from litcache.errors import IncompleteStoreError, NotAStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
-from litcache.store.manifest import Layout, Manifest, RecipeRecord, TeacherRecord
 from litcache.store.arrays import ArraySpec, StoreWriter, checksum, open_store, shard_ranges, verify_checksums
 from litcache.store.encoding import from_storage, to_storage
 from litcache.store.lock import store_lock
-from litcache.store.manifest import read_manifest
+from litcache.store.manifest import Layout, Manifest, RecipeRecord, TeacherRecord, read_manifest
 
 LOGICAL = ("float32", "float16", "bfloat16")
 

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import TINY, TINY_STORE_OPTIONS, make_incomplete_store, run_cli, shard_checksums
-from litcache.store.debris import find_debris
+
 from litcache.store.arrays import open_store, read_ledger, verify_checksums
+from litcache.store.debris import find_debris
 
 TINY_FLAGS = ["--views", "2", "--dtype", "float32", "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8",
               "--device", "cpu"]

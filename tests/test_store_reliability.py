@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import zarr
-
 from conftest import TINY, assert_clean_error, run_cli, shard_checksums
+
 from litcache.errors import DamagedStoreError, NotAStoreError
-from litcache.store.location import StoreLocation
 from litcache.store.arrays import open_store, read_ledger, verify_checksums
+from litcache.store.location import StoreLocation
 from litcache.store.manifest import read_manifest
 
 #: The options of conftest's ``tiny_store`` (48 samples x 2 views, 6 shards), as flags.
@@ -101,6 +101,7 @@ def test_manifest_is_written_whole_and_fsynced(tiny_recipe, teacher_ckpt, tmp_pa
     # Through StoreLocation.write_bytes (tmp + fsync + rename + directory fsync): when the store is
     # created, and when it is committed complete.
     from conftest import TINY_STORE_OPTIONS, quiet
+
     from litcache import extract
 
     written = []

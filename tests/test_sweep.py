@@ -10,14 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import RECIPES, TINY, TINY_STORE_OPTIONS, assert_clean_error, quiet, run_cli, shard_checksums
-from litcache import BlockTrainOptions, ExtractOptions, assemble, extract, load_recipe, load_student, open_store, train_blocks
+
+from litcache import (
+    BlockTrainOptions,
+    ExtractOptions,
+    assemble,
+    extract,
+    load_recipe,
+    load_student,
+    open_store,
+    train_blocks,
+)
 from litcache.errors import IncompleteStoreError, OptionError
-from litcache.store.arrays import read_ledger
 from litcache.extraction.distributed import dask_client
-from litcache.sweeps import plan_variants, sweep, variant_name
+from litcache.store.arrays import read_ledger
 from litcache.sweep_report import pareto_front
+from litcache.sweeps import plan_variants, sweep, variant_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAILING_TEACHER = RECIPES / "tiny_failing_teacher.py"
@@ -105,7 +114,7 @@ def test_ir_sweep_assembles_the_student_of_separate_block_runs(tiny_recipe, tiny
 
     parts = []
     for block in (1, 2, 3):
-        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _direct(mode="ir", block=block, lr=0.05),
+        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _direct(mode="ir", section=block, lr=0.05),
                            log=quiet)
         parts.append(r["checkpoint"])
     assemble(parts, tmp_path / "assembled.pt")

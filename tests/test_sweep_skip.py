@@ -5,8 +5,8 @@ swept options. A finished variant or ir section trained otherwise is refused, ne
 from __future__ import annotations
 
 import pytest
-
 from conftest import quiet, write_variant
+
 from litcache import load_recipe
 from litcache.sweeps import sweep
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import TINY, assert_clean_error, run_cli
+
 from litcache import TrainConfig, load_teacher, train_teacher
 from litcache.errors import CheckpointError
 from litcache.runtime.checkpoint import load_checkpoint, save_atomic, weights_hash

@@ -14,20 +14,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import REPO, run_cli
-from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.runtime.checkpoint import save_atomic
-from litcache.training.dataset import StoreDataset
-from litcache.store.layout import IGNORE_INDEX, token_mask
-from litcache.training.losses import ir_loss, kd_loss
-from litcache.training.online import OnlineTeacherDataset
-from litcache.recipe import import_beside
-from litcache.training.student import read_student
 from test_gpt import ALPHA, BETA, play
 from test_vit import assert_same_lit_step
+
+from litcache import ExtractOptions, extract, load_recipe, open_store
+from litcache.recipe import import_beside
+from litcache.runtime.checkpoint import save_atomic
+from litcache.store.layout import IGNORE_INDEX, token_mask
+from litcache.training.dataset import StoreDataset
+from litcache.training.losses import ir_loss, kd_loss
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.student import read_student
 
 GPT = REPO / "pipelines" / "text_gpt.py"
 TINY_GPT = {"LITCACHE_GPT_DEPTH": "4", "LITCACHE_GPT_SECTIONS": "2", "LITCACHE_GPT_WIDTH": "16",

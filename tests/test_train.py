@@ -8,19 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import RECIPES
 
 from litcache import BlockTrainOptions, StoreDataset, assemble, load_student, open_store, train_blocks
 from litcache.cli import main
-from litcache.extraction.rows import ViewRows
 from litcache.errors import CheckpointError, CorruptStoreError, OptionError, StoreMismatchError
+from litcache.extraction.rows import ViewRows
+from litcache.extraction.teacher import load_teacher
 from litcache.recipe import load_recipe
 from litcache.sections import cut_sections
-from litcache.training.student import build_student
-from litcache.extraction.teacher import load_teacher
 from litcache.training.config import LossWeights, Phase
 from litcache.training.step import step_losses
-
-from conftest import RECIPES
+from litcache.training.student import build_student
 
 QUIET = {"log": lambda m: None}
 
@@ -146,7 +145,7 @@ def test_accuracy_gives_each_module_its_own_mode_back(tiny_recipe):
 def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
     parts = []
     for block in (1, 2, 3):
-        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _options(mode="ir", block=block), **QUIET)
+        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _options(mode="ir", section=block), **QUIET)
         parts.append(r["checkpoint"])
     with pytest.raises(CheckpointError, match=r"sections \[3\]"):
         assemble(parts[:2], tmp_path / "partial.pt")
@@ -165,7 +164,7 @@ def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, ti
 
 
 def test_block_training_leaves_other_sections_untouched(tiny_recipe, tiny_store, tmp_path):
-    [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="ir", block=2), **QUIET)
+    [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="ir", section=2), **QUIET)
     torch.manual_seed(0)
     fresh = cut_sections(tiny_recipe.students["resnet8"](), tiny_recipe)
     trained = cut_sections(load_student(r["checkpoint"]), tiny_recipe)

@@ -7,15 +7,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import check_row_layout, reference_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import check_row_layout, reference_layout
 from litcache.extraction.rows import ViewRows
-from litcache.store.layout import RowLayout
+from litcache.extraction.teacher import load_teacher
 from litcache.sections import cut_sections
 from litcache.store.arrays import open_store
-from litcache.extraction.teacher import load_teacher
+from litcache.store.layout import RowLayout
 from litcache.views import Augmentation, CropFlip, view_generator, view_seed
 
 
@@ -116,9 +116,9 @@ def test_row_layout_matches_reference(samples, views, block):
     expected = reference_layout(samples, views, block)
     assert layout.rows == len(expected) == samples * views
     assert [layout.locate(r) for r in range(layout.rows)] == expected
-    for b in range(layout.blocks):
+    for b in range(layout.stripes):
         for v in range(views):
-            rows = layout.block_rows(b, v)
+            rows = layout.stripe_rows(b, v)
             assert [layout.locate(r) for r in rows] == [(p, v) for p in range(b * block, min((b + 1) * block, samples))]
             if len(rows) == block:  # a full block's view is exactly one aligned chunk
                 assert rows.start % block == 0
@@ -126,7 +126,7 @@ def test_row_layout_matches_reference(samples, views, block):
 
 def test_viewrows_items():
     data, aug = _Data(7), CropFlip(padding=1)
-    layout = RowLayout(samples=5, views=3, block=2)  # samples < len(data): a --limit
+    layout = RowLayout(samples=5, views=3, chunk_rows=2)  # samples < len(data): a --limit
     rows = ViewRows(data, layout, seed=11, augment=aug)
     assert len(rows) == 15 and rows.num_params == 3
     expected = reference_layout(5, 3, 2)

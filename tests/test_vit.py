@@ -10,23 +10,23 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import REPO, assert_clean_error, run_cli
+from test_pipelines import make_cifar_folder, make_teacher
+
 from litcache import ExtractOptions, extract, load_recipe, open_store
-from litcache.training.config import LossWeights, Phase
-from litcache.training.step import step_losses
 from litcache.errors import RecipeError, StoreMismatchError
-from litcache.training.losses import ir_loss
-from litcache.store.manifest import read_manifest, write_manifest
-from litcache.training.metrics import model_stats
-from litcache.training.online import OnlineTeacherDataset
-from litcache.training.dataset import StoreDataset
+from litcache.models.vit import cifar_vit
 from litcache.recipe import TrainConfig
 from litcache.sections import cut_sections
-from litcache.training.student import block_picks, build_student, read_student
+from litcache.store.manifest import read_manifest, write_manifest
 from litcache.training.blocks import BlockTrainOptions, train_blocks
-from litcache.models.vit import cifar_vit
-from test_pipelines import make_cifar_folder, make_teacher
+from litcache.training.config import LossWeights, Phase
+from litcache.training.dataset import StoreDataset
+from litcache.training.losses import ir_loss
+from litcache.training.metrics import model_stats
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.step import step_losses
+from litcache.training.student import block_picks, build_student, read_student
 
 VIT = REPO / "pipelines" / "cifar10_vit.py"
 TINY_VIT = {"LITCACHE_VIT_DEPTH": "4", "LITCACHE_VIT_SECTIONS": "2", "LITCACHE_VIT_WIDTH": "16",

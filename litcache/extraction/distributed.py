@@ -14,13 +14,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..runtime.devices import resolve_device
 from ..errors import IncompleteStoreError, OptionError, StoreMismatchError
+from ..recipe import load_recipe
+from ..runtime.devices import resolve_device
+from ..store.arrays import StoreWriter, read_ledger, shard_ranges
+from ..store.location import StoreLocation
 from .loop import run_pending
 from .plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
-from ..store.location import StoreLocation
-from ..recipe import load_recipe
-from ..store.arrays import StoreWriter, read_ledger, shard_ranges
 
 __all__ = ["dask_client", "check_parallel_options", "portable_path", "extract_task", "run_distributed"]
 

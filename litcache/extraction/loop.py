@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .rows import ViewRows
-from ..runtime.devices import worker_context
-from ..store.encoding import MANTISSA_BITS, from_storage, to_storage
 from ..errors import DiskSpaceError
-from .plan import ExtractPlan, check_finite
-from .teacher_outputs import teacher_fields
+from ..runtime.devices import worker_context
 from ..runtime.progress import progress_bar
 from ..store.arrays import StoreWriter
+from ..store.encoding import MANTISSA_BITS, from_storage, to_storage
+from .plan import ExtractPlan, check_finite
+from .rows import ViewRows
+from .teacher_outputs import teacher_fields
 
 __all__ = ["ShardWriter", "shard_batches", "run_pending"]
 

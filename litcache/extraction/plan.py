@@ -10,17 +10,17 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .rows import ViewRows, data_fingerprint
-from ..runtime.devices import resolve_device
-from ..store.layout import RowLayout
 from ..errors import NonFiniteOutputError, OptionError
-from ..runtime.precision import Compute, resolve_compute
 from ..recipe import Recipe
+from ..runtime.devices import resolve_device
+from ..runtime.precision import Compute, resolve_compute
 from ..sections import check_sections, cut_sections
-from ..store.encoding import CODECS, DTYPES, MANTISSA_BITS
 from ..store.arrays import ArraySpec
-from .teacher_outputs import teacher_fields
+from ..store.encoding import CODECS, DTYPES, MANTISSA_BITS
+from ..store.layout import RowLayout
+from .rows import ViewRows, data_fingerprint
 from .teacher import load_teacher
+from .teacher_outputs import teacher_fields
 
 __all__ = ["ExtractOptions", "ExtractPlan", "plan_extraction", "identity_diff", "check_finite", "SHARD_TARGET_BYTES"]
 

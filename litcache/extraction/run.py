@@ -2,8 +2,8 @@
 
 This module decides what to do with the output path (create, resume, or nothing), checks the disk,
 takes the store's lock, creates the store and finalizes its manifest. Planning is in
-``litcache.extract_plan``, the loop that runs the teacher and writes shards in
-``litcache.extract_loop``, and the parallel extraction on dask workers in ``litcache.cluster``.
+``litcache.extraction.plan``, the loop that runs the teacher and writes shards in
+``litcache.extraction.loop``, and the parallel extraction on dask workers in ``litcache.extraction.distributed``.
 """
 
 from __future__ import annotations
@@ -19,20 +19,38 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .distributed import check_parallel_options, dask_client, run_distributed
+from ..errors import (
+    DiskSpaceError,
+    IncompleteStoreError,
+    NotAStoreError,
+    OptionError,
+    StoreFormatError,
+    StoreMismatchError,
+)
+from ..recipe import Recipe
 from ..runtime.devices import resolve_device
+from ..runtime.files import temp_writer_pid
+from ..store.arrays import StoreWriter, read_ledger, shard_ranges
 from ..store.debris import find_debris
-from ..errors import DiskSpaceError, IncompleteStoreError, NotAStoreError, OptionError, StoreFormatError, StoreMismatchError
+from ..store.layout import LOCK_FILE, ROW_ORDER
+from ..store.location import StoreLocation
+from ..store.lock import check_unlocked, store_lock
+from ..store.manifest import (
+    FORMAT_VERSION,
+    TOKEN_FORMAT_VERSION,
+    ComputeRecord,
+    Layout,
+    Manifest,
+    RecipeRecord,
+    TeacherRecord,
+    Timing,
+    read_manifest,
+    utc_now,
+)
+from ..store.space import human_bytes
+from .distributed import check_parallel_options, dask_client, run_distributed
 from .loop import run_pending
 from .plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
-from ..runtime.files import temp_writer_pid
-from ..store.location import StoreLocation
-from ..store.layout import ROW_ORDER, LOCK_FILE
-from ..store.lock import check_unlocked, store_lock
-from ..store.manifest import FORMAT_VERSION, TOKEN_FORMAT_VERSION, ComputeRecord, Layout, Manifest, RecipeRecord, TeacherRecord, Timing, read_manifest, utc_now
-from ..recipe import Recipe
-from ..store.space import human_bytes
-from ..store.arrays import StoreWriter, read_ledger, shard_ranges
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..runtime.checkpoint import fit_state, load_checkpoint, weights_hash
 from ..errors import CheckpointError
 from ..recipe import Recipe
+from ..runtime.checkpoint import fit_state, load_checkpoint, weights_hash
 
 __all__ = ["load_teacher"]
 

@@ -78,7 +78,7 @@ class CausalSelfAttention(nn.Module):
         return self.proj_dropout(self.proj(y))
 
     def attention_macs(self, inputs, output) -> int:
-        """Multiply-adds of q k^T and attention @ v per sample (litcache.metrics counts the linears itself)."""
+        """Multiply-adds of q k^T and attention @ v per sample (litcache.training.metrics counts the linears itself)."""
         tokens, width = inputs[0].shape[-2:]
         return 2 * tokens * tokens * width
 
@@ -86,7 +86,7 @@ class CausalSelfAttention(nn.Module):
 class CausalBlock(nn.Module):
     """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)); (N, T, width) -> same."""
 
-    litcache_block = True  # litcache.metrics.depth counts one layer per block
+    litcache_block = True  # litcache.training.metrics.depth counts one layer per block
 
     def __init__(self, width: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ class ResNeXtBottleneck(nn.Module):
         self.conv_expand = nn.Conv2d(inner, out_channels, 1, bias=False)
         self.bn_expand = nn.BatchNorm2d(out_channels)
         if stride != 1 or in_channels != out_channels:
-            # Named "shortcut" so that litcache.evaluate.depth does not count it as a layer.
+            # Named "shortcut" so that litcache.training.metrics.depth does not count it as a layer.
             self.shortcut: nn.Module = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                                                      nn.BatchNorm2d(out_channels))
         else:

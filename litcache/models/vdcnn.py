@@ -3,7 +3,6 @@ character-level temporal convolutions for text, depth 9/17/29/49."""
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

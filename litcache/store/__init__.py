@@ -34,7 +34,17 @@ manifest, read through ``json_fields``), ``arrays`` (reader, writer, ledger, che
 from __future__ import annotations
 
 from .. import _compat
-from .arrays import ArraySpec, Store, StoreWriter, checksum, open_store, read_ledger, shard_ranges, store_sizes, verify_checksums
+from .arrays import (
+    ArraySpec,
+    Store,
+    StoreWriter,
+    checksum,
+    open_store,
+    read_ledger,
+    shard_ranges,
+    store_sizes,
+    verify_checksums,
+)
 from .manifest import FORMAT, FORMAT_VERSION, TOKEN_FORMAT_VERSION, Manifest, read_manifest
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "TOKEN_FORMAT_VERSION", "Manifest", "read_manifest", "ArraySpec", "Store", "StoreWriter",

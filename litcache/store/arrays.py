@@ -16,12 +16,22 @@ import torch
 import xxhash
 import zarr
 
-from .encoding import DTYPES, codec_pipeline, from_storage
 from ..errors import CorruptStoreError, IncompleteStoreError
 from ..runtime.files import write_atomic
-from .location import StoreLocation
+from .encoding import DTYPES, codec_pipeline, from_storage
 from .layout import LOCK_FILE
-from .manifest import LEDGER_DIR, ArrayRecord, Manifest, ShardRecord, TensorRecord, Timing, read_manifest, utc_now, write_manifest
+from .location import StoreLocation
+from .manifest import (
+    LEDGER_DIR,
+    ArrayRecord,
+    Manifest,
+    ShardRecord,
+    TensorRecord,
+    Timing,
+    read_manifest,
+    utc_now,
+    write_manifest,
+)
 from .shards import ShardFormat, shard_io_pool
 from .space import disk_full_error, human_bytes, is_disk_full
 

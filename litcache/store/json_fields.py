@@ -9,8 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .encoding import CODECS, DTYPES
 from ..errors import ManifestError
+from .encoding import CODECS, DTYPES
 
 __all__ = ["FrozenMapping", "Expect", "JsonObject", "COUNT", "POSITIVE", "INTEGER",
            "STRING", "BOOL", "SECONDS", "SHAPE", "STRINGS", "CODEC", "DTYPE"]

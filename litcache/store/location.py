@@ -3,7 +3,7 @@
 Local stores keep their durability guarantees (atomic, fsynced ledger writes; an ``O_EXCL``
 lock; fsynced shard files; a free-disk check). A local write goes through a temporary file named
 ``.{name}.{pid}.tmp`` beside its target (``temp_name``); one left behind by a killed writer is
-debris that ``litcache.debris`` finds by that name. URL stores go through fsspec with the storage
+debris that ``litcache.store.debris`` finds by that name. URL stores go through fsspec with the storage
 options in ``LITCACHE_STORAGE_OPTIONS`` (a JSON object, passed to the filesystem and to zarr).
 One object PUT is atomic on object stores, so a ledger entry is either whole or absent there too.
 """

@@ -10,7 +10,7 @@ file and its JSON are as before, and an owner holds no flock, so locks of older 
 are read the same way. On object stores (no flock) takeover is check-then-delete: best effort.
 
 Whoever holds the lock owns every file of the store, so taking it also sweeps the temporary
-files that killed writers left behind (``litcache.debris``).
+files that killed writers left behind (``litcache.store.debris``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .debris import Debris, remove_debris
 from ..errors import StoreLockedError
 from ..runtime.files import process_alive
+from .debris import Debris, remove_debris
 from .layout import LOCK_FILE
 from .location import StoreLocation
 from .space import disk_full_error, is_disk_full

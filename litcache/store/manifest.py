@@ -24,14 +24,31 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import DamagedStoreError, NotAStoreError, StoreFormatError, StoreNotFoundError
-from .identity import Identity
-from ..errors import ManifestError, damaged_message
-from .json_fields import BOOL, CODEC, COUNT, POSITIVE, SECONDS, SHAPE, STRING, STRINGS, Expect, FrozenMapping, JsonObject
+from ..errors import (
+    DamagedStoreError,
+    ManifestError,
+    NotAStoreError,
+    StoreFormatError,
+    StoreNotFoundError,
+    damaged_message,
+)
 from ..runtime.files import temp_writer_pid
+from .identity import Identity
+from .json_fields import (
+    BOOL,
+    CODEC,
+    COUNT,
+    POSITIVE,
+    SECONDS,
+    SHAPE,
+    STRING,
+    STRINGS,
+    Expect,
+    FrozenMapping,
+    JsonObject,
+)
+from .layout import LOCK_FILE, STORE_FOLDERS
 from .location import StoreLocation
-from .layout import STORE_FOLDERS
-from .layout import LOCK_FILE
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "Layout", "ArrayRecord", "TensorRecord", "RecipeRecord",
            "TeacherRecord", "ComputeRecord", "ShardRecord", "Timing", "Identity", "OptionsRecord", "FrozenMapping",
@@ -60,7 +77,7 @@ def utc_now() -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """How rows, chunks and shards are laid out (see ``litcache.data.RowLayout``)."""
+    """How rows, chunks and shards are laid out (see ``litcache.store.layout.RowLayout``)."""
 
     rows: int
     samples: int

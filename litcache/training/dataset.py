@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import StoreMismatchError
 from ..runtime.devices import worker_context
+from ..store.arrays import Store, open_store
+from ..store.encoding import from_storage
 from ..store.layout import RowLayout
 from ..store.shards import decoder_pool
-from ..store.encoding import from_storage
-from ..store.arrays import Store, open_store
 
 __all__ = ["StoreDataset", "MemoryDataset", "ChunkShuffleSampler", "make_loader", "collate_rows"]
 
@@ -127,9 +127,9 @@ class MemoryDataset(Dataset):
 class ChunkShuffleSampler(Sampler[list[int]]):
     """Batches of row indices: one view per sample per epoch, read chunk by chunk.
 
-    Each epoch, every block of samples (one chunk of rows per view, see ``RowLayout``) takes one
-    view at random, so the K stored views act as K augmentations. Blocks are shuffled, grouped
-    into buffers of ``buffer_chunks`` blocks, rows are shuffled within a buffer and cut into
+    Each epoch, every stripe of samples (one chunk of rows per view, see ``RowLayout``) takes one
+    view at random, so the K stored views act as K augmentations. Stripes are shuffled, grouped
+    into buffers of ``buffer_chunks`` stripes, rows are shuffled within a buffer and cut into
     batches. Buffers are dealt to ``num_workers`` streams and the streams interleaved batch by
     batch, matching DataLoader's round-robin, so each worker reads only its own chunks.
     Deterministic for (seed, epoch).
@@ -157,13 +157,13 @@ class ChunkShuffleSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        blocks = rng.permutation(self.layout.blocks)
-        block_views = rng.integers(0, self.views, size=len(blocks))
+        stripes = rng.permutation(self.layout.stripes)
+        stripe_views = rng.integers(0, self.views, size=len(stripes))
         streams: list[list[list[int]]] = [[] for _ in range(self.streams)]
-        for b, first in enumerate(range(0, len(blocks), self.buffer_chunks)):
-            rows = np.concatenate([np.asarray(self.layout.block_rows(int(k), int(v)))
-                                   for k, v in zip(blocks[first : first + self.buffer_chunks],
-                                                   block_views[first : first + self.buffer_chunks])])
+        for b, first in enumerate(range(0, len(stripes), self.buffer_chunks)):
+            rows = np.concatenate([np.asarray(self.layout.stripe_rows(int(k), int(v)))
+                                   for k, v in zip(stripes[first : first + self.buffer_chunks],
+                                                   stripe_views[first : first + self.buffer_chunks])])
             rng.shuffle(rows)
             stream = streams[b % self.streams]
             for i in range(0, len(rows), self.batch_size):

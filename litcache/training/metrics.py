@@ -14,12 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-
 from torchvision.models.vision_transformer import EncoderBlock
 
 from ..runtime.eval_mode import evaluating
-from ..store.layout import IGNORE_INDEX
 from ..runtime.precision import Compute, as_compute
+from ..store.layout import IGNORE_INDEX
 
 __all__ = ["accuracy", "perplexity", "test_score", "depth", "model_stats", "cpu_latency"]
 

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..extraction.rows import ViewRows, data_fingerprint
 from ..errors import StoreMismatchError
-from ..runtime.precision import resolve_compute
-from ..recipe import Recipe
-from ..sections import cut_sections
-from ..store.arrays import Store, open_store
+from ..extraction.rows import ViewRows, data_fingerprint
 from ..extraction.teacher import load_teacher
 from ..extraction.teacher_outputs import teacher_fields
+from ..recipe import Recipe
+from ..runtime.precision import resolve_compute
+from ..sections import cut_sections
+from ..store.arrays import Store, open_store
 
 __all__ = ["OnlineTeacherDataset"]
 

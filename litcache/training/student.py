@@ -8,9 +8,9 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from ..runtime.checkpoint import load_checkpoint, save_atomic
 from ..errors import CheckpointError, RecipeError
 from ..recipe import Recipe, load_recipe
+from ..runtime.checkpoint import load_checkpoint, save_atomic
 from ..sections import SectionedModel, cut_sections
 
 __all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "adopt_teacher_blocks", "block_picks", "save_student",

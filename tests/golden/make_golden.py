@@ -14,9 +14,9 @@ folder, STAGING (/tmp/litcache-golden-af0f002), so that every path a store or ch
 relative to it (format1/tiny.py, format1/store.zarr, ...); format1/, format2/, checkpoints/ and
 expected.json are then copied to --out and MANIFEST.json is written there. The sweep records
 absolute paths (see MANIFEST notes): they name STAGING, which a checkout never is, so a test that
-depended on them would fail instead of silently reading tests/golden. The frozen recipe copies (format1/tiny.py; format2/text_gpt.py, _text.py, _data.py) and the
-tiny corpus (format2/corpus/) are copied from / made with the checkout's test suite first, and are
-the files the extraction loaded, so each store's identity recipe_hash is the xxh3_64 of its frozen copy.
+depended on them would fail instead of silently reading tests/golden. The frozen recipe copies
+(format1/tiny.py; format2/text_gpt.py, _text.py, _data.py) and the tiny corpus (format2/corpus/) are
+copied from / made with the checkout's test suite first, and are the files the extraction loaded, so each store's identity recipe_hash is the xxh3_64 of its frozen copy.
 
 What is byte-for-byte reproducible on one machine: the teachers, both stores (every shard checksum).
 What is not: checkpoints and metrics record wall-clock seconds in their history, and the sweep's

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from litcache import CropFlip, Recipe, TrainConfig
-from litcache.models.resnet import cifar_resnet
+from litcache.zoo import cifar_resnet
 
 SAMPLES = {"train": int(os.environ.get("LITCACHE_TINY_SAMPLES", "48")), "test": 16}
 DELAY = float(os.environ.get("LITCACHE_TINY_DELAY", "0"))

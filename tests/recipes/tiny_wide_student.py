@@ -4,7 +4,7 @@ import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
-from litcache.models.resnet import cifar_resnet
+from litcache.zoo import cifar_resnet
 
 _spec = importlib.util.spec_from_file_location("_tiny_for_wide", Path(__file__).with_name("tiny.py"))
 _tiny = importlib.util.module_from_spec(_spec)

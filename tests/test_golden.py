@@ -1,7 +1,7 @@
-"""Golden fixtures made by litcache af0f002 (tests/golden/make_golden.py): the store formats 1 and 2
+"""Golden fixtures made by litcache 0.1 (af0f002, tests/golden/make_golden.py): the store formats 1 and 2
 and the checkpoints of that release must still open, verify, train, resume and load.
 
-DRAFT: rename to test_golden.py to collect it. It uses only the public API (litcache.*) and the CLI
+It uses only the public API (litcache.*) and the CLI
 (litcache.cli.main), and works on a copy of the fixtures in tmp_path (never writes into tests/golden);
 the working directory is that copy, since the fixtures record paths relative to tests/golden
 (format1/tiny.py, format1/store.zarr, ...). The frozen recipes (format1/tiny.py, format2/text_gpt.py
@@ -21,11 +21,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from litcache import (BlockTrainOptions, TrainConfig, load_recipe, load_student, open_store, store_info, sweep,
-                      train_blocks, train_teacher, verify_store)
+from litcache import (
+    BlockTrainOptions,
+    TrainConfig,
+    load_recipe,
+    load_student,
+    open_store,
+    store_info,
+    sweep,
+    train_blocks,
+    train_teacher,
+    verify_store,
+)
 from litcache.cli import main
 
-GOLDEN = Path(os.environ.get("LITCACHE_GOLDEN_DIR", Path(__file__).parent))
+GOLDEN = Path(os.environ.get("LITCACHE_GOLDEN_DIR", Path(__file__).parent / "golden"))
 MANIFEST = json.loads((GOLDEN / "MANIFEST.json").read_text())
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 DATA = ("format1", "format2", "checkpoints")
