@@ -248,6 +248,7 @@ def test_an_old_module_as_an_attribute_of_the_package():
     # 0.1 imported every module with the package, so `import litcache; litcache.checkpoint.save_atomic` worked.
     with pytest.warns(DeprecationWarning, match="litcache.checkpoint moved to litcache.runtime.checkpoint"):
         sys.modules.pop("litcache.checkpoint", None)
+        litcache.__dict__.pop("checkpoint", None)  # bound by an earlier import of the old path
         old = litcache.checkpoint
     from litcache.runtime.checkpoint import save_atomic
 
