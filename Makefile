@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.litcache-installed
 RUN ?= runs/demo
 
-.PHONY: install test test-slow install-check demo clean text-data
+.PHONY: install lint test test-slow install-check demo clean text-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): $(BIN)/python setup.py setup.cfg constraints.txt
 
 install: $(STAMP)
 
-test: install
+# ruff (ruff.toml: pyflakes, pycodestyle, import order, lines up to 120); `make test` runs it first.
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The longer checks (tests/test_slow.py, marked slow; the default run leaves them out).

@@ -58,6 +58,7 @@ def peak_rss_mb(args: list[str]) -> float:
     workers not included). A failing command raises with its output instead of giving a figure."""
     done = subprocess.run([sys.executable, "-c", _PEAK, *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0 or "PEAK" not in done.stdout:
-        raise RuntimeError(f"`litcache {' '.join(map(str, args))}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        raise RuntimeError(f"`litcache {' '.join(map(str, args))}` failed (exit {done.returncode}):\n"
+                           f"{done.stdout}{done.stderr}")
     peak = int(done.stdout.split("PEAK")[-1].split()[0])
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux

@@ -48,11 +48,13 @@ def main() -> None:
                                           student=args.student, **quiet)["checkpoint"])
     for mode in ("kd", "hints", "lit"):
         timed(mode, lambda mode=mode: train_blocks(recipe, args.store, [args.student], _fresh_dir(out / mode),
-                                                   BlockTrainOptions(mode=mode, epochs=epochs, evaluate=False), **quiet)[0]["checkpoint"])
+                                                   BlockTrainOptions(mode=mode, epochs=epochs, evaluate=False),
+                                                   **quiet)[0]["checkpoint"])
     lit_ckpt = out / "lit" / args.student / "student.pt"
     timed("lit + finetune", lambda: train_blocks(recipe, args.store, [args.student], _fresh_dir(out / "finetune"),
-                                                 BlockTrainOptions(mode="finetune", init=str(lit_ckpt), epochs=args.finetune_epochs,
-                                                                   evaluate=False), **quiet)[0]["checkpoint"])
+                                                 BlockTrainOptions(mode="finetune", init=str(lit_ckpt),
+                                                                   epochs=args.finetune_epochs, evaluate=False),
+                                                 **quiet)[0]["checkpoint"])
     teacher = evaluate(recipe, None, args.teacher)["teacher"]["accuracy"]
     print(f"{'teacher':<18} test top-1 {teacher:.4f}")
     (out / "baselines.json").write_text(json.dumps({"accuracy": results, "seconds": seconds, "teacher": teacher,

@@ -27,7 +27,8 @@ from _common import bare_forward_seconds  # beside this script
 from litcache import ExtractOptions, extract, load_recipe
 
 
-def timed_extract(recipe, out: Path, options: ExtractOptions, teacher: str | None, background: bool) -> tuple[float, float]:
+def timed_extract(recipe, out: Path, options: ExtractOptions, teacher: str | None,
+                  background: bool) -> tuple[float, float]:
     """(wall seconds, teacher seconds) of one extraction with the chosen shard writer."""
     t = time.perf_counter()
     result = extract(recipe, out, options, teacher_checkpoint=teacher, progress=False, log=lambda m: None,
@@ -60,19 +61,23 @@ def main() -> None:
             second, _ = bare_forward_seconds(recipe, args.teacher, options)
             forward = (first + second) / 2
             runs.append({"forward_s": forward, "inline_s": inline, "inline_teacher_s": inline_teacher,
-                         "background_s": background, "inline_ratio": inline / forward, "background_ratio": background / forward})
+                         "background_s": background, "inline_ratio": inline / forward,
+                         "background_ratio": background / forward})
             print(f"   repeat {i + 1}: bare forward {first:.2f} s / {second:.2f} s; extract inline {inline:.2f} s "
                   f"(teacher {inline_teacher:.2f} s), background {background:.2f} s; ratios {inline / forward:.3f} / "
                   f"{background / forward:.3f}")
     summary = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-    print(f"extract overhead: {rows} rows ({args.limit or 'all'} samples x {args.views} views), {args.dtype}+{args.codec}, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"   bare forward {rows / summary['forward_s']:,.0f} rows/s; extract {rows / summary['inline_s']:,.0f} rows/s inline, "
+    print(f"extract overhead: {rows} rows ({args.limit or 'all'} samples x {args.views} views), "
+          f"{args.dtype}+{args.codec}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}")
+    print(f"   bare forward {rows / summary['forward_s']:,.0f} rows/s; "
+          f"extract {rows / summary['inline_s']:,.0f} rows/s inline, "
           f"{rows / summary['background_s']:,.0f} rows/s background writer")
-    print(f"   ratio extract/forward = {summary['inline_ratio']:.3f} (inline writer), {summary['background_ratio']:.3f} "
-          "(background writer); target <= 1.10")
+    print(f"   ratio extract/forward = {summary['inline_ratio']:.3f} (inline writer), "
+          f"{summary['background_ratio']:.3f} (background writer); target <= 1.10")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"rows": rows, "options": vars(args), "runs": runs, "median": summary}, indent=2))
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "options": vars(args), "runs": runs,
+                                                   "median": summary}, indent=2))
 
 
 if __name__ == "__main__":

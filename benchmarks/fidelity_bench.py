@@ -77,7 +77,8 @@ def _blocks(args, recipe, store, out: Path, seed: int, **options) -> dict:
 
     base = dict(seed=seed, batch_size=args.batch_size, schedule=args.schedule, warmup=args.warmup,
                 weight_decay=args.weight_decay, precision=args.precision, verify=False)
-    [result] = train_blocks(recipe, store, [args.student], out, BlockTrainOptions(**{**base, **options}), resume=True, log=print)
+    [result] = train_blocks(recipe, store, [args.student], out, BlockTrainOptions(**{**base, **options}), resume=True,
+                            log=print)
     return result
 
 
@@ -160,8 +161,9 @@ def report(results: dict, out_png: Path) -> str:
     rows: dict[str, list[dict]] = {}
     for record in results["runs"].values():
         rows.setdefault(record["row"], []).append(record)
-    lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | best epoch (test-selected) mean | "
-             "training time / seed | store bytes | precision | after the LIT phase, mean | the same, BatchNorm recalibrated |",
+    lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | "
+             "best epoch (test-selected) mean | training time / seed | store bytes | precision | "
+             "after the LIT phase, mean | the same, BatchNorm recalibrated |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     variants = sorted({r["row"] for r in results["runs"].values()} - set(ROWS))
@@ -176,7 +178,8 @@ def report(results: dict, out_png: Path) -> str:
         lines.append(f"| {row} | {r0['views']} | {r0['epochs']} | {','.join(str(r['seed']) for r in runs)} | "
                      f"{statistics.mean(accs):.2f} | {min(accs):.2f} | {max(accs):.2f} | {statistics.mean(best):.2f} | "
                      f"{statistics.mean(r.get('train_seconds', r['wall_seconds']) for r in runs) / 60:.0f} min | "
-                     f"{(r0['store_bytes'] / 1e9):.2f} GB | {r0['precision']} | {_mean_percent(runs, 'after_lit_accuracy')} | "
+                     f"{(r0['store_bytes'] / 1e9):.2f} GB | {r0['precision']} | "
+                     f"{_mean_percent(runs, 'after_lit_accuracy')} | "
                      f"{_mean_percent(runs, 'after_lit_recalibrated_accuracy')} |")
     lit_ks = [(int(row.split("k")[1]), row) for row in ROWS if row.startswith("lit-") and row in summary]
     if lit_ks:
@@ -188,9 +191,11 @@ def report(results: dict, out_png: Path) -> str:
         fig, ax = plt.subplots(figsize=(6, 4))
         ks = [k for k, _ in lit_ks]
         ax.errorbar(ks, [summary[r][0] for _, r in lit_ks],
-                    yerr=[[summary[r][0] - summary[r][1] for _, r in lit_ks], [summary[r][2] - summary[r][0] for _, r in lit_ks]],
+                    yerr=[[summary[r][0] - summary[r][1] for _, r in lit_ks],
+                          [summary[r][2] - summary[r][0] for _, r in lit_ks]],
                     marker="o", capsize=3, label="LIT + fine-tune from the cache")
-        for row, style in (("online", "tab:green"), ("scratch", "tab:red"), ("kd", "tab:purple"), ("hints", "tab:brown")):
+        for row, style in (("online", "tab:green"), ("scratch", "tab:red"), ("kd", "tab:purple"),
+                           ("hints", "tab:brown")):
             if row in summary:
                 mean, lo, hi = summary[row]
                 ax.axhspan(lo, hi, color=style, alpha=0.15)
@@ -215,7 +220,8 @@ def report(results: dict, out_png: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10 (train/, test/), e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--cifar-dir",
+                   help="ImageFolder CIFAR-10 (train/, test/), e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
     p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt",
                    help="a state dict of litcache.zoo.cifar_resnet(--teacher-depth) (widths: $LITCACHE_CIFAR_WIDTHS)")
     p.add_argument("--teacher-depth", type=int, default=56)
@@ -263,8 +269,8 @@ def main() -> None:
     work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"
     store = str(work / f"train_k{args.max_views}{precision_variant(precision).replace('+', '-')}.zarr")
     t = time.perf_counter()
-    extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision), teacher_checkpoint=args.teacher,
-            resume=True, progress=False)
+    extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision),
+            teacher_checkpoint=args.teacher, resume=True, progress=False)
     extract_seconds = time.perf_counter() - t
     full_bytes = store_bytes(store)
     samples = len(recipe.load_split("train"))
@@ -286,17 +292,22 @@ def main() -> None:
                 record = run_store_baseline(args, recipe, store, seed, run_dir, row)
             else:
                 record = run_lit(args, recipe, store, seed, run_dir, views, online=row == "online")
-            record.update(row=name, seed=seed, views="fresh" if row == "online" else (views if row != "scratch" else "fresh"),
+            record.update(row=name, seed=seed,
+                          views="fresh" if row == "online" else (views if row != "scratch" else "fresh"),
                           epochs=f"{args.lit_epochs} + {args.ft_epochs}" if row.startswith(("lit", "online")) else
                           str(args.lit_epochs + args.ft_epochs),
-                          wall_seconds=time.perf_counter() - t, samples=samples, test_samples=10000, precision=precision,
-                          store_bytes=0 if row in ("scratch", "online") else full_bytes * (views or args.max_views) // args.max_views,
+                          wall_seconds=time.perf_counter() - t, samples=samples, test_samples=10000,
+                          precision=precision,
+                          store_bytes=0 if row in ("scratch", "online") else
+                          full_bytes * (views or args.max_views) // args.max_views,
                           store_extract_seconds=extract_seconds, student=args.student,
-                          hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr", "weight_decay",
-                                                                          "schedule", "warmup", "recalibrate_bn")})
+                          hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr",
+                                                                          "weight_decay", "schedule", "warmup",
+                                                                          "recalibrate_bn")})
             results["runs"][key] = record
             save_results(results_path, results)
-            print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min", flush=True)
+            print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min",
+                  flush=True)
     print(report(results, results_path.with_suffix(".png")))
 
 

@@ -38,19 +38,22 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="litcache-precision-") as tmp:
         store = Path(tmp) / "store.zarr"
-        extract(recipe, store, ExtractOptions(limit=args.limit, views=args.views, precision="fp32"), teacher_checkpoint=args.teacher,
-                progress=False, **quiet)
+        extract(recipe, store, ExtractOptions(limit=args.limit, views=args.views, precision="fp32"),
+                teacher_checkpoint=args.teacher, progress=False, **quiet)
         for precision in args.precisions.split(","):
             for seed in seeds:
                 base = dict(seed=seed, precision=precision, verify=False)
                 [lit] = train_blocks(recipe, store, [args.student], Path(tmp) / f"{precision}-{seed}-lit",
-                                     BlockTrainOptions(mode="lit", epochs=args.lit_epochs, evaluate=False, **base), **quiet)
+                                     BlockTrainOptions(mode="lit", epochs=args.lit_epochs, evaluate=False, **base),
+                                     **quiet)
                 [ft] = train_blocks(recipe, store, [args.student], Path(tmp) / f"{precision}-{seed}-ft",
-                                    BlockTrainOptions(mode="finetune", epochs=args.ft_epochs, init=lit["checkpoint"], **base), **quiet)
+                                    BlockTrainOptions(mode="finetune", epochs=args.ft_epochs, init=lit["checkpoint"],
+                                                      **base), **quiet)
                 seconds = sum(h["seconds"] for h in lit["history"] + ft["history"])
                 runs.append({"precision": precision, "seed": seed, "test_accuracy": ft["history"][-1]["test_accuracy"],
                              "train_seconds": seconds})
-                print(f"{precision} seed {seed}: test top-1 {runs[-1]['test_accuracy']:.4f} ({seconds:.0f} s of training)", flush=True)
+                print(f"{precision} seed {seed}: test top-1 {runs[-1]['test_accuracy']:.4f} "
+                      f"({seconds:.0f} s of training)", flush=True)
     summary = {}
     for precision in args.precisions.split(","):
         accs = [r["test_accuracy"] * 100 for r in runs if r["precision"] == precision]

@@ -106,8 +106,8 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
     print(f"reuse: {recipe.name}, {rows} rows ({rows // args.views} samples x {args.views} views, {args.dtype}), "
           f"{args.epochs} epochs, device {device}, {torch.get_num_threads()} threads")
     print(f"   extract E {extract_s:.1f} s; teacher bare forward F {forward_s:.1f} s (E/F {extract_s / forward_s:.2f})")
-    print(f"   {'variant':<18}{'cached C s':>11}{'memory M s':>11}{'online O s':>11}{'acc cached':>11}{'acc online':>11}"
-          f"{'diff pts':>9}")
+    print(f"   {'variant':<18}{'cached C s':>11}{'memory M s':>11}{'online O s':>11}{'acc cached':>11}"
+          f"{'acc online':>11}{'diff pts':>9}")
     records = []
     sources = [("cached", {}), ("memory", {"in_memory": True}), ("online", {"online_teacher": str(teacher)})]
     for i, (student, seed) in enumerate(variants):
@@ -115,21 +115,24 @@ def run(recipe, args, variants, ks, work: Path, device, quiet) -> dict:
         row = {"variant": name, "student": student, "seed": seed}
         # Rotate the order per variant, so no source always runs first on a noisy machine.
         for source, extra in sources[i % 3:] + sources[:i % 3]:
-            [result] = train_blocks(recipe, store.path, [student], work / source / name, replace(base, seed=seed, **extra), **quiet)
+            [result] = train_blocks(recipe, store.path, [student], work / source / name,
+                                    replace(base, seed=seed, **extra), **quiet)
             row[f"{source}_s"] = sum(h["seconds"] for h in result["history"])
             if source != "memory":  # the memory run's weights are the cached run's, bit for bit
                 row[f"{source}_accuracy"] = accuracy(load_student(result["checkpoint"]).to(device), test_set, device)
         row["accuracy_diff_points"] = 100 * (row["cached_accuracy"] - row["online_accuracy"])
         records.append(row)
         print(f"   {name:<18}{row['cached_s']:>11.1f}{row['memory_s']:>11.1f}{row['online_s']:>11.1f}"
-              f"{row['cached_accuracy']:>11.4f}{row['online_accuracy']:>11.4f}{row['accuracy_diff_points']:>+9.2f}", flush=True)
+              f"{row['cached_accuracy']:>11.4f}{row['online_accuracy']:>11.4f}{row['accuracy_diff_points']:>+9.2f}",
+              flush=True)
 
     worst = max(abs(r["accuracy_diff_points"]) for r in records)
     print(f"   largest accuracy difference cached - online: {worst:.2f} points (target: within 0.5)")
     for student in dict.fromkeys(r["student"] for r in records):  # seed-to-seed spread: the noise band
         cached = [r["cached_accuracy"] for r in records if r["student"] == student]
         online = [r["online_accuracy"] for r in records if r["student"] == student]
-        print(f"   {student}: mean over seeds cached {100 * statistics.mean(cached):.2f}%, online {100 * statistics.mean(online):.2f}%; "
+        print(f"   {student}: mean over seeds cached {100 * statistics.mean(cached):.2f}%, "
+              f"online {100 * statistics.mean(online):.2f}%; "
               f"spread of all its runs {100 * (max(cached + online) - min(cached + online)):.2f} points")
     print(f"   {'K':>3}{'online s':>11}{'cached s':>11}{'ideal s':>11}{'online/cached':>15}{'cached/ideal':>14}")
     table = []

@@ -74,13 +74,14 @@ def main() -> None:
         e, t = r["extract"], r["train"]
         size = f"{r['samples']}x{r['views']}"
         print(f"   {r['rows']:>8,} {size:>8} | {e['peak_rss_mb']:>10,.0f}"
-              f"{e['rows_per_s']:>9,.0f}{e['wall_rows_per_s']:>12,.0f} | {t['peak_rss_mb']:>9,.0f}{t['rows_per_s']:>9,.0f}"
-              f"{t['wall_rows_per_s']:>12,.0f}")
+              f"{e['rows_per_s']:>9,.0f}{e['wall_rows_per_s']:>12,.0f} | {t['peak_rss_mb']:>9,.0f}"
+              f"{t['rows_per_s']:>9,.0f}{t['wall_rows_per_s']:>12,.0f}")
     ratios = {}
     if len(results) > 1:
         small, big = results[0], results[-1]
         for stage in ("extract", "train"):
-            ratios[stage] = {key: big[stage][key] / small[stage][key] for key in ("peak_rss_mb", "rows_per_s", "wall_rows_per_s")}
+            ratios[stage] = {key: big[stage][key] / small[stage][key]
+                             for key in ("peak_rss_mb", "rows_per_s", "wall_rows_per_s")}
         label = f"{big['rows']:,}/{small['rows']:,} rows"
         for stage, name in (("extract", "extract"), ("train", "train-blocks")):
             q = ratios[stage]

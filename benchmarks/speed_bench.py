@@ -57,7 +57,8 @@ def _inputs(rows_dataset, count: int, batch: int, compute) -> list[torch.Tensor]
     return [compute.input(xs[i:i + batch]) for i in range(0, count, batch)]
 
 
-def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int, tmp: Path) -> dict:
+def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int,
+                 tmp: Path) -> dict:
     from litcache.extraction.plan import plan_extraction
 
     options = ExtractOptions(limit=samples, batch_size=batch, precision=precision)
@@ -80,8 +81,8 @@ def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, prec
                 runs[kind].append(_timed(lambda: bare_forward(plain_model, plain_inputs, plain)))
             else:
                 out = tmp / f"{name}-{i}.zarr"
-                runs[kind].append(_timed(lambda: extract(recipe, out, options, teacher_checkpoint=teacher, progress=False,
-                                                         log=lambda m: None)))
+                runs[kind].append(_timed(lambda: extract(recipe, out, options, teacher_checkpoint=teacher,
+                                                         progress=False, log=lambda m: None)))
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {"case": f"extract {name}", "rows": plan.rows, "compute": compute.describe(),
             "bare_rows_per_s": plan.rows / med["bare"], "litcache_rows_per_s": plan.rows / med["extract"],
@@ -105,7 +106,8 @@ def _lit_parts(recipe, store, student: str, compute, seed: int = 0):
     return model, sectioned, torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
-def bare_lit_epoch(sectioned, optimizer, tensors: dict, batch: int, compute, beta=0.75, alpha=0.95, tau=6.0, scale=0.5) -> None:
+def bare_lit_epoch(sectioned, optimizer, tensors: dict, batch: int, compute, beta=0.75, alpha=0.95, tau=6.0,
+                   scale=0.5) -> None:
     """The LIT step with plain torch ops over tensors already in memory (float32, the model's layout)."""
     n = len(tensors["labels"])
     order = torch.randperm(n)
@@ -129,8 +131,8 @@ def bare_lit_epoch(sectioned, optimizer, tensors: dict, batch: int, compute, bet
         optimizer.step()
 
 
-def peer_online_epoch(teacher_sectioned, sectioned, optimizer, inputs: list[torch.Tensor], labels: list[torch.Tensor], compute,
-                      beta=0.75, alpha=0.95, tau=6.0) -> None:
+def peer_online_epoch(teacher_sectioned, sectioned, optimizer, inputs: list[torch.Tensor], labels: list[torch.Tensor],
+                      compute, beta=0.75, alpha=0.95, tau=6.0) -> None:
     """lit-code's lit_epoch body (cifar10/main.py): teacher features in the step, the student's full
     path for KD, each section on the teacher's input, (KD * beta + sum IR * (1 - beta)) / 2."""
     for x, y in zip(inputs, labels):
@@ -149,7 +151,8 @@ def peer_online_epoch(teacher_sectioned, sectioned, optimizer, inputs: list[torc
         optimizer.step()
 
 
-def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precision: str, repeats: int, tmp: Path) -> list[dict]:
+def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precision: str, repeats: int,
+                      tmp: Path) -> list[dict]:
     from litcache import StoreDataset, open_store
     from litcache.extraction.teacher import load_teacher
     from litcache.sections import cut_sections
@@ -157,7 +160,8 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
 
     store = open_store(store_path)
     fields = [*store.boundary_names, "logits", "labels"]
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in StoreDataset(store, fields).__getitems__(range(store.rows)).items()}
+    tensors = {k: (v.float() if v.is_floating_point() else v)
+               for k, v in StoreDataset(store, fields).__getitems__(range(store.rows)).items()}
     rows = store.rows
     student = "resnet20"
     compute = resolve_compute(precision or recipe.precision, "cpu", recipe.students[student]())
@@ -178,30 +182,34 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
         for kind in (["bare", "litcache", "peer", "peer_as_released"] * 2)[i % 4:i % 4 + 4]:
             if kind == "peer_as_released":
                 _, sectioned, opt = _lit_parts(recipe, store, student, plain)
-                runs[kind].append(_timed(lambda: peer_online_epoch(plain_teacher, sectioned, opt, plain_inputs, labels, plain)))
+                runs[kind].append(_timed(lambda: peer_online_epoch(plain_teacher, sectioned, opt, plain_inputs, labels,
+                                                                   plain)))
             elif kind == "bare":
                 _, sectioned, opt = _lit_parts(recipe, store, student, compute)
                 runs[kind].append(_timed(lambda: bare_lit_epoch(sectioned, opt, tensors, batch, compute)))
             elif kind == "peer":
                 _, sectioned, opt = _lit_parts(recipe, store, student, compute)
-                runs[kind].append(_timed(lambda: peer_online_epoch(teacher_sectioned, sectioned, opt, inputs, labels, compute)))
+                runs[kind].append(_timed(lambda: peer_online_epoch(teacher_sectioned, sectioned, opt, inputs, labels,
+                                                                   compute)))
             else:
-                options = BlockTrainOptions(mode="lit", epochs=1, batch_size=batch, lr=0.05, evaluate=False, verify=False,
-                                            precision=precision)
+                options = BlockTrainOptions(mode="lit", epochs=1, batch_size=batch, lr=0.05, evaluate=False,
+                                            verify=False, precision=precision)
                 [result] = train_blocks(recipe, store_path, [student], tmp / f"blocks-{i}", options, log=lambda m: None)
                 runs[kind].append(result["history"][0]["seconds"])
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return [{"case": "train-blocks lit epoch from the store, ResNet-110 -> ResNet-20", "rows": rows, "compute": compute.describe(),
+    return [{"case": "train-blocks lit epoch from the store, ResNet-110 -> ResNet-20", "rows": rows,
+             "compute": compute.describe(),
              "bare_rows_per_s": rows / med["bare"], "litcache_rows_per_s": rows / med["litcache"],
              "ratio": med["litcache"] / med["bare"], "target": 1.15, "runs": runs},
-            {"case": "peer: lit-code online LIT step as released (fp32, contiguous), ResNet-110 -> ResNet-20", "rows": rows,
-             "compute": compute.describe(), "peer_rows_per_s": rows / med["peer_as_released"],
+            {"case": "peer: lit-code online LIT step as released (fp32, contiguous), ResNet-110 -> ResNet-20",
+             "rows": rows, "compute": compute.describe(), "peer_rows_per_s": rows / med["peer_as_released"],
              "peer_in_litcache_compute_rows_per_s": rows / med["peer"], "litcache_rows_per_s": rows / med["litcache"],
-             "speedup": med["peer_as_released"] / med["litcache"], "speedup_same_compute": med["peer"] / med["litcache"],
-             "target": 3.0, "runs": runs}]
+             "speedup": med["peer_as_released"] / med["litcache"],
+             "speedup_same_compute": med["peer"] / med["litcache"], "target": 3.0, "runs": runs}]
 
 
-def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tensor, batch: int, compute, augment, g) -> None:
+def bare_train_epoch(model, optimizer, images: torch.Tensor, labels: torch.Tensor, batch: int, compute, augment,
+                     g) -> None:
     order = torch.randperm(len(labels), generator=g)
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
@@ -229,13 +237,13 @@ def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: 
                 torch.manual_seed(0)
                 model = compute.model(cifar_resnet(depth, num_classes=10)).train()
                 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-                runs[kind].append(_timed(lambda: bare_train_epoch(model, opt, images, labels, batch, compute, recipe.augment,
-                                                                  torch.Generator().manual_seed(i))))
+                runs[kind].append(_timed(lambda: bare_train_epoch(model, opt, images, labels, batch, compute,
+                                                                  recipe.augment, torch.Generator().manual_seed(i))))
             else:
-                config = TrainConfig(epochs=1, batch_size=batch, lr=0.05, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                                     warmup=0.25)
-                result = train_teacher(recipe, tmp / f"teacher-{i}.pt", config=config, student=student, precision=precision,
-                                       log=lambda m: None)
+                config = TrainConfig(epochs=1, batch_size=batch, lr=0.05, nesterov=True, weight_decay=5e-4,
+                                     schedule="onecycle", warmup=0.25)
+                result = train_teacher(recipe, tmp / f"teacher-{i}.pt", config=config, student=student,
+                                       precision=precision, log=lambda m: None)
                 runs[kind].append(result["history"][0]["seconds"])
     med = {k: statistics.median(v) for k, v in runs.items()}
     n = len(labels)
@@ -259,7 +267,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar-dir", required=True)
     p.add_argument("--teacher56", default=str(REPO.parent / "shared" / "teachers" / "cifar10_resnet56.pt"))
-    p.add_argument("--samples", type=int, default=8192, help="CIFAR rows per extraction (fixed costs amortised as in a real one)")
+    p.add_argument("--samples", type=int, default=8192,
+                   help="CIFAR rows per extraction (fixed costs amortised as in a real one)")
     p.add_argument("--train-samples", type=int, default=2048, help="CIFAR rows per training epoch")
     p.add_argument("--mnist-samples", type=int, default=4000)
     p.add_argument("--precision", default=None, help="default: the recipes' (auto)")
@@ -277,7 +286,8 @@ def main() -> None:
         figures = {k: v for k, v in r.items() if k.endswith("_per_s")}
         ratio = (f"ratio {r['ratio']:.3f} (target <= {r['target']})" if "ratio" in r
                  else f"speedup {r['speedup']:.2f}x (target >= {r['target']}x)")
-        print(f"{r['case']}: {', '.join(f'{k} {v:,.0f}' for k, v in figures.items())}; {ratio}  [{r['compute']}]", flush=True)
+        print(f"{r['case']}: {', '.join(f'{k} {v:,.0f}' for k, v in figures.items())}; {ratio}  [{r['compute']}]",
+              flush=True)
 
     with tempfile.TemporaryDirectory(prefix="litcache-speed-") as tmp:
         tmp = Path(tmp)
@@ -289,16 +299,19 @@ def main() -> None:
             # The recipe reads the teacher depth whenever it builds a model: 56 for this case only.
             os.environ["LITCACHE_CIFAR_TEACHER"] = "56"
             cifar56 = load_recipe(REPO / "pipelines" / "cifar10_resnet.py")
-            show(case_extract("CIFAR ResNet-56", cifar56, args.teacher56, args.samples, 256, args.precision, args.repeats, tmp))
+            show(case_extract("CIFAR ResNet-56", cifar56, args.teacher56, args.samples, 256, args.precision,
+                              args.repeats, tmp))
             os.environ["LITCACHE_CIFAR_TEACHER"] = "110"
-            show(case_extract("CIFAR ResNet-110", cifar110, teacher110, args.samples, 256, args.precision, args.repeats, tmp))
+            show(case_extract("CIFAR ResNet-110", cifar110, teacher110, args.samples, 256, args.precision,
+                              args.repeats, tmp))
             mnist = load_recipe(REPO / "pipelines" / "mnist_resnet.py")
-            show(case_extract("MNIST ResNet-20", mnist, _random_checkpoint(mnist.build_teacher, tmp / "mnist.pt", (1, 28, 28)),
+            show(case_extract("MNIST ResNet-20", mnist,
+                              _random_checkpoint(mnist.build_teacher, tmp / "mnist.pt", (1, 28, 28)),
                               args.mnist_samples, 256, args.precision, args.repeats, tmp))
         if "train-blocks" in cases:
             store = tmp / "lit-store.zarr"
-            extract(cifar110, store, ExtractOptions(limit=args.train_samples, precision=args.precision), teacher_checkpoint=teacher110,
-                    progress=False, log=lambda m: None)
+            extract(cifar110, store, ExtractOptions(limit=args.train_samples, precision=args.precision),
+                    teacher_checkpoint=teacher110, progress=False, log=lambda m: None)
             for r in case_train_blocks(cifar110, str(store), teacher110, 128, args.precision, args.repeats, tmp):
                 show(r)
         if "train-teacher" in cases:

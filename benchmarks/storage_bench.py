@@ -66,10 +66,11 @@ def train_and_score(recipe, store: Path, store_options: ExtractOptions, seed: in
     t = time.perf_counter()
     quiet = lambda m: None  # noqa: E731
     lit = train_blocks(recipe, store, [student], work / f"{tag}-lit",
-                       BlockTrainOptions(mode="lit", epochs=lit_epochs, seed=seed, verify=False, evaluate=False), log=quiet)[0]
+                       BlockTrainOptions(mode="lit", epochs=lit_epochs, seed=seed, verify=False, evaluate=False),
+                       log=quiet)[0]
     ft = train_blocks(recipe, store, [student], work / f"{tag}-ft",
-                      BlockTrainOptions(mode="finetune", epochs=ft_epochs, init=lit["checkpoint"], seed=seed, verify=False,
-                                        evaluate=False), log=quiet)[0]
+                      BlockTrainOptions(mode="finetune", epochs=ft_epochs, init=lit["checkpoint"], seed=seed,
+                                        verify=False, evaluate=False), log=quiet)[0]
     return {"dtype": store_options.dtype, "keep_bits": store_options.keep_bits, "seed": seed,
             "lit_accuracy": accuracy(load_student(lit["checkpoint"]), test_set),
             "accuracy": accuracy(load_student(ft["checkpoint"]), test_set), "train_seconds": time.perf_counter() - t}
@@ -99,7 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results["bytes"] = bytes_table(recipe, args.teacher, args.bytes_limit, keep_bits, work)
-        print(f"1. bytes per row ({args.bytes_limit} samples x 1 view; boundaries against the same values as raw float32)")
+        print(f"1. bytes per row ({args.bytes_limit} samples x 1 view; "
+              "boundaries against the same values as raw float32)")
         print(f"   {'dtype':<9}{'codec':<6}{'keep':>5}{'bytes/row':>11}{'of float32':>12}{'ratio':>8}")
         for r in results["bytes"]:
             print(f"   {r['dtype']:<9}{r['codec']:<6}{r['keep_bits'] or '-':>5}{r['bytes_per_row']:>11,.0f}"
@@ -110,25 +112,29 @@ def main() -> None:
             test_set = recipe.load_split("test")
             # float32 with every seed (the noise band), every other set of values with the first seed.
             plans = [(ExtractOptions(views=args.views, limit=args.limit, dtype="float32"), seeds)]
-            plans += [(ExtractOptions(views=args.views, limit=args.limit, dtype=d), seeds[:1]) for d in ("float16", "bfloat16")]
+            plans += [(ExtractOptions(views=args.views, limit=args.limit, dtype=d), seeds[:1])
+                      for d in ("float16", "bfloat16")]
             plans += [(ExtractOptions(views=args.views, limit=args.limit, dtype="float16", keep_bits=k), seeds[:1])
                       for k in keep_bits]
             scored = []
             for options, run_seeds in plans:
                 store = work / f"{options.dtype}-k{options.keep_bits}.zarr"
                 extract(recipe, store, options, teacher_checkpoint=args.teacher, progress=False, log=lambda m: None)
-                scored += [train_and_score(recipe, store, options, seed, student, args.lit_epochs, args.ft_epochs, work, test_set)
+                scored += [train_and_score(recipe, store, options, seed, student, args.lit_epochs, args.ft_epochs, work,
+                                           test_set)
                            for seed in run_seeds]
             results["accuracy"] = scored
             base = [r["accuracy"] for r in scored if r["dtype"] == "float32"]
             mean, spread = statistics.mean(base), (max(base) - min(base))
             results["float32_mean"], results["float32_spread"] = mean, spread
-            print(f"2. student accuracy ({student}: LIT then fine-tune; {args.views} views; test split of {len(test_set)})")
+            print(f"2. student accuracy ({student}: LIT then fine-tune; {args.views} views; "
+                  f"test split of {len(test_set)})")
             print(f"   float32 over seeds {seeds}: mean {mean:.2%}, spread {spread:.2%} (the noise band)")
             print(f"   {'values':<22}{'seed':>5}{'LIT':>9}{'LIT+ft':>9}{'vs float32 mean':>17}")
             for r in scored:
                 values = r["dtype"] + (f" keep {r['keep_bits']} bits" if r["keep_bits"] else "")
-                print(f"   {values:<22}{r['seed']:>5}{r['lit_accuracy']:>9.2%}{r['accuracy']:>9.2%}{r['accuracy'] - mean:>+16.2%}")
+                print(f"   {values:<22}{r['seed']:>5}{r['lit_accuracy']:>9.2%}{r['accuracy']:>9.2%}"
+                      f"{r['accuracy'] - mean:>+16.2%}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
 

@@ -90,8 +90,8 @@ def main() -> None:
     seconds = {name: statistics.median(times) for name, times in runs.items()}
     ratios = [s / m for s, m in zip(runs["store"], runs["memory"])]
     print(f"LIT {args.student} from {args.store}: {rows} rows ({args.epochs} epochs x {rows // args.epochs}), "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {compute.describe()}, {args.loader_workers} loader workers, "
-          f"median of {args.repeats} repeats")
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads, {compute.describe()}, "
+          f"{args.loader_workers} loader workers, median of {args.repeats} repeats")
     for name, s in seconds.items():
         print(f"   {name:<7} {rows / s:>8,.0f} rows/s  ({s:.1f} s; runs {', '.join(f'{t:.1f}' for t in runs[name])})")
     print(f"   loader ratio store/memory time = {statistics.median(ratios):.2f} (median of the per-repeat ratios "
@@ -103,8 +103,8 @@ def main() -> None:
         saving = per_epoch_online - per_epoch_cached
         print(f"   extraction of this store took {extract_s:.1f} s for {layout.rows} rows ({layout.views} views)")
         if saving > 0:
-            print(f"   online/cached epoch time = {per_epoch_online / per_epoch_cached:.2f}; the extraction pays for itself "
-                  f"after {extract_s / saving:.1f} student epochs (variants x epochs)")
+            print(f"   online/cached epoch time = {per_epoch_online / per_epoch_cached:.2f}; the extraction pays "
+                  f"for itself after {extract_s / saving:.1f} student epochs (variants x epochs)")
         else:
             print("   cached epochs are not faster than online ones here: the store does not pay off on this machine")
 

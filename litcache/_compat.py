@@ -92,7 +92,8 @@ def deprecated(old: str, modules: tuple[str, ...]) -> None:
 def _caller_level() -> int:
     """The stack level of the first frame outside the import machinery and this module."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_globals.get("__name__") == __name__):
+    while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib")
+                                 or frame.f_globals.get("__name__") == __name__):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -59,7 +59,8 @@ def _sync(device: torch.device) -> None:
 def store_read_rate(store_path: str | Path, batch_size: int, workers: int = 0) -> tuple[float, float]:
     """(rows/s, decoded MB/s) of one chunk-shuffled epoch of every boundary, logits and labels."""
     store = open_store(store_path)
-    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays), cache_chunks=10)
+    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays),
+                           cache_chunks=10)
     sampler = ChunkShuffleSampler.for_store(store, batch_size, num_workers=workers)
     rows = nbytes = 0
     start = time.perf_counter()
@@ -76,9 +77,11 @@ def lit_step_rate(recipe: Recipe, store_path: str | Path, student: str, batch_si
     from memory: train-blocks' own set-up and step (``prepare_student``, ``litcache.training.step.train_step``):
     its autocast, gradient scaler, the recipe's optimizer and lr schedule."""
     store = open_store(store_path)
-    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays), cache_chunks=10)
+    dataset = StoreDataset(store, store_fields([*store.boundary_names, "logits", "labels"], store.manifest.arrays),
+                           cache_chunks=10)
     source = MemoryDataset.from_store(dataset) if in_memory else dataset
-    options = BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision, device=str(device), student_init="scratch")
+    options = BlockTrainOptions(mode="lit", batch_size=batch_size, precision=precision, device=str(device),
+                                student_init="scratch")
     run = prepare_student(recipe, store, student, resolve_config(recipe, options), log=lambda _: None)
     set_train_mode(run.sectioned, run.config.phase)
     sampler = ChunkShuffleSampler.for_store(store, batch_size)
@@ -126,7 +129,8 @@ def storage_table(store_path: str | Path, sample_rows: int = 512) -> list[dict]:
                                           compressors=codec_pipeline(codec), fill_value=0)
                 array[...] = data
                 stored += sum(len(b) for k, b in target._store_dict.items() if not k.endswith("zarr.json"))
-            table.append({"dtype": dtype, "codec": codec, "bytes_per_row": stored / rows, "ratio_vs_float32": raw32 / stored})
+            table.append({"dtype": dtype, "codec": codec, "bytes_per_row": stored / rows,
+                          "ratio_vs_float32": raw32 / stored})
     return table
 
 
@@ -145,7 +149,8 @@ def bench(recipe: Recipe, store: str | Path | None = None, *, teacher: str | Non
             store = Path(tmp) / "bench.zarr"
             log(f"extracting a temporary store of {samples} rows ...")
             t = time.perf_counter()
-            extract(recipe, store, ExtractOptions(limit=samples, batch_size=batch_size, device=device, precision=precision),
+            extract(recipe, store,
+                    ExtractOptions(limit=samples, batch_size=batch_size, device=device, precision=precision),
                     teacher_checkpoint=teacher, progress=False, log=lambda m: None)
             extract_rate = samples / (time.perf_counter() - t)
         else:
@@ -196,23 +201,30 @@ def format_bench(report: dict) -> str:
     extract_rate = f"{report['extract_rows_per_s']:,.0f}" if report["extract_rows_per_s"] else "-"
     lines = [
         f"device {report['device']}, student {report['student']}, batch {report['batch_size']}, {report['compute']}",
-        f"  teacher forward          {report['teacher_forward_rows_per_s']:>10,.0f} rows/s   (extraction {extract_rate} rows/s)",
-        f"  store read + decode      {report['store_read_rows_per_s']:>10,.0f} rows/s   ({report['store_read_mb_per_s']:,.0f} MB/s decoded)",
+        f"  teacher forward          {report['teacher_forward_rows_per_s']:>10,.0f} rows/s   (extraction "
+        f"{extract_rate} rows/s)",
+        f"  store read + decode      {report['store_read_rows_per_s']:>10,.0f} rows/s   "
+        f"({report['store_read_mb_per_s']:,.0f} MB/s decoded)",
         f"  student LIT step, store  {report['student_step_rows_per_s_from_store']:>10,.0f} rows/s",
         f"  student LIT step, memory {report['student_step_rows_per_s_from_memory']:>10,.0f} rows/s   "
         f"(store/memory time {report['loader_overhead']:.2f})",
         f"  training bottleneck: {report['training_bottleneck']}",
         f"  the student consumes {report['student_consumes_mb_per_s']:,.0f} MB/s of decoded rows; the reader delivers "
-        + ", ".join(f"{r['mb_per_s']:,.0f} MB/s with {r['loader_workers']} loader workers" for r in report["store_read_by_workers"])
-        + (f"; {report['decode_workers_needed']} loader workers keep it fed" if report["decode_workers_needed"] is not None
+        + ", ".join(f"{r['mb_per_s']:,.0f} MB/s with {r['loader_workers']} loader workers"
+                    for r in report["store_read_by_workers"])
+        + (f"; {report['decode_workers_needed']} loader workers keep it fed"
+           if report["decode_workers_needed"] is not None
            else "; none of these keeps it fed: try more --loader-workers"),
         "  bytes per row (boundaries):   " + "   ".join(
-            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)" for s in report["storage"])
+            f"{s['dtype']}+{s['codec']} {s['bytes_per_row']:,.0f} ({s['ratio_vs_float32']:.1f}x)"
+            for s in report["storage"])
         + ("" if any(s["dtype"] == "float32" for s in report["storage"]) else "   (float32 rows need a float32 store)"),
     ]
     if report["break_even_epochs"] is not None:
-        lines.append(f"  online/cached time per epoch {report['online_over_cached_per_epoch']:.2f}: extraction pays for itself after "
-                     f"{report['break_even_epochs']:.1f} student epochs (variants x epochs over the same rows)")
+        lines.append(f"  online/cached time per epoch {report['online_over_cached_per_epoch']:.2f}: extraction pays "
+                     f"for itself after {report['break_even_epochs']:.1f} student epochs (variants x epochs over the "
+                     "same rows)")
     else:
-        lines.append("  a cached epoch is not cheaper than an online one here: the store does not pay off on this machine")
+        lines.append("  a cached epoch is not cheaper than an online one here: the store does not pay "
+                     "off on this machine")
     return "\n".join(lines)

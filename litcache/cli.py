@@ -83,7 +83,8 @@ def main() -> None:
 
 @main.command("train-teacher")
 @click.argument("recipe")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write (atomically, every epoch).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write (atomically, every epoch).")
 @training_options(epochs_note=" (of the teacher's training)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
@@ -110,8 +111,8 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
     if quiet:
         return
     last = result["history"][-1] if result["history"] else {}
-    click.echo(f"{'student ' + student if student else 'teacher'} checkpoint {out}: test accuracy {last.get('test_accuracy', float('nan')):.4f}, "
-               f"weights hash {result['weights_hash']}")
+    click.echo(f"{'student ' + student if student else 'teacher'} checkpoint {out}: test accuracy "
+               f"{last.get('test_accuracy', float('nan')):.4f}, weights hash {result['weights_hash']}")
 
 
 @main.command("extract")
@@ -134,7 +135,8 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
               help="Keep only the K largest logits of every position and their indices (a language model's logits over "
                    "the vocabulary are too large to keep whole); KD then runs over those K. Default: every logit.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--shard-rows", type=click.IntRange(min=1), help="Multiple of --chunk-rows (default: about 64 MB of rows).")
+@click.option("--shard-rows", type=click.IntRange(min=1),
+              help="Multiple of --chunk-rows (default: about 64 MB of rows).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view and the row order.")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True,
               help="Store rows in a seeded permutation of the samples, so chunks mix classes.")
@@ -147,10 +149,12 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @report_options
 @click.option("-v", "--verbose", is_flag=True, help="Also print the store identity (on stderr).")
 @_friendly_errors
-def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, scheduler, quiet, as_json, verbose, **options):
+def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, scheduler, quiet, as_json, verbose,
+                **options):
     """Run RECIPE's teacher once and store its section boundaries, logits and labels in a Zarr store.
 
-    Example: litcache extract pipelines/mnist_resnet.py --teacher runs/mnist/teacher.pt --out runs/mnist/train.zarr --views 4
+    Example: litcache extract pipelines/mnist_resnet.py --teacher runs/mnist/teacher.pt --out runs/mnist/train.zarr
+    --views 4
     """
     r = load_recipe(recipe)
     options["views"] = options["views"] or r.views
@@ -185,7 +189,8 @@ def info_cmd(store, store_option, as_json, quiet):
 @click.option("--replay", type=click.IntRange(min=0), default=0, show_default=True,
               help="Re-run the teacher on N random rows' recorded views and compare.")
 @click.option("--recipe", "recipe_option", help="The same as RECIPE.")
-@click.option("--teacher", "teacher_checkpoint", type=click.Path(), help="Teacher checkpoint for --replay (default: the recorded one).")
+@click.option("--teacher", "teacher_checkpoint", type=click.Path(),
+              help="Teacher checkpoint for --replay (default: the recorded one).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which rows --replay picks.")
 @report_options
 @_friendly_errors
@@ -207,7 +212,8 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
     if as_json:
         echo_json({**asdict(report), "ok": report.ok})
     elif not quiet:
-        click.echo(f"{report.path}: {report.shards_checked} shards checked, {len(report.checksum_failures)} checksum failures"
+        click.echo(f"{report.path}: {report.shards_checked} shards checked, "
+                   f"{len(report.checksum_failures)} checksum failures"
                    + (f"; {report.replayed_rows} rows replayed, {len(report.replay_failures)} differ "
                       f"(max relative error {max(report.replay_max_error.values(), default=0):.2g})" if replay else ""))
         for problem in report.checksum_failures + report.replay_failures:
@@ -221,27 +227,33 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 
 @main.command("train-blocks")
 @click.argument("recipe")
-@click.option("--store", "store_path", required=True, type=click.Path(), help="A complete store made by `litcache extract`.")
+@click.option("--store", "store_path", required=True, type=click.Path(),
+              help="A complete store made by `litcache extract`.")
 @click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to train several.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder; each student gets OUT/STUDENT/.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder; each student gets OUT/STUDENT/.")
 @click.option("--mode", type=click.Choice(MODES), default="lit", show_default=True)
 @click.option("--block", "section", type=click.IntRange(min=1), help="--mode ir: train only section I.")
-@click.option("--init", type=click.Path(dir_okay=False), help="Start from this student checkpoint (required by finetune).")
+@click.option("--init", type=click.Path(dir_okay=False),
+              help="Start from this student checkpoint (required by finetune).")
 @training_options(epochs_note=" (of the lit phase, or of finetune with --mode finetune)")
 @distill_options()
 @click.option("--ir-loss", type=click.Choice(IR_LOSSES),
               help="IR loss per section: mse (the paper's) or cosine along the feature axis. [default: the recipe's]")
 @click.option("--student-init", type=click.Choice(STUDENT_INITS),
-              help="Sections start from scratch, or from evenly spaced teacher blocks kept in the store (teacher-blocks; "
-                   "sections must be runs of blocks). --init replaces either. [default: the recipe's]")
+              help="Sections start from scratch, or from evenly spaced teacher blocks kept in the store "
+                   "(teacher-blocks; sections must be runs of blocks). --init replaces either. [default: the recipe's]")
 @click.option("--train-head/--freeze-head", "train_head", default=None,
               help="Train the (teacher's) head with the sections, or keep it frozen. [default: kd and hints train it; "
                    "lit and finetune keep it frozen, as the released LIT code]")
-@click.option("--hint-boundary", type=click.IntRange(min=1), help="--mode hints: the boundary to regress (default: middle).")
+@click.option("--hint-boundary", type=click.IntRange(min=1),
+              help="--mode hints: the boundary to regress (default: middle).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(min=1),
-              help="Train on the first K of the store's views only (default: all), e.g. to measure what fewer views give.")
-@click.option("--buffer-chunks", type=click.IntRange(min=1), default=4, show_default=True, help="Chunks mixed in the shuffle buffer.")
+              help="Train on the first K of the store's views only (default: all), e.g. to measure what "
+                   "fewer views give.")
+@click.option("--buffer-chunks", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Chunks mixed in the shuffle buffer.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @precision_option
@@ -249,8 +261,8 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--no-verify", "no_verify", is_flag=True, help="Skip the store's checksum verification before training.")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Skip the per-epoch test accuracy.")
 @click.option("--online-teacher", type=click.Path(dir_okay=False),
-              help="Online LIT, the baseline for comparisons: run this teacher (the store's, same weights hash) on every "
-                   "batch instead of reading its boundaries; the store gives its layout and view seeds only.")
+              help="Online LIT, the baseline for comparisons: run this teacher (the store's, same weights hash) on "
+                   "every batch instead of reading its boundaries; the store gives its layout and view seeds only.")
 @click.option("--fresh-views", is_flag=True,
               help="With --online-teacher: a fresh augmentation of every sample each epoch (the original LIT regime) "
                    "instead of the store's K views.")
@@ -260,16 +272,19 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--resume", is_flag=True, help="Continue from OUT/STUDENT/last.pt.")
 @report_options
 @_friendly_errors
-def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, as_json, milestones, no_verify, no_eval, **options):
+def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, as_json, milestones, no_verify, no_eval,
+                     **options):
     """Train LIT students of RECIPE from a store; the teacher never runs (except with --online-teacher).
 
-    Example: litcache train-blocks pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --out runs/mnist/lit
+    Example: litcache train-blocks pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8
+    --out runs/mnist/lit
     """
     from .training.blocks import BlockTrainOptions, train_blocks
 
     options["milestones"] = parse_milestones(milestones)
     r = load_recipe(recipe)
-    results = train_blocks(r, store_path, students, out, BlockTrainOptions(**options, verify=not no_verify, evaluate=not no_eval),
+    results = train_blocks(r, store_path, students, out,
+                           BlockTrainOptions(**options, verify=not no_verify, evaluate=not no_eval),
                            resume=resume, log=logger(quiet))
     if as_json:
         return echo_json(results)
@@ -288,7 +303,8 @@ def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, as_json, 
 def assemble_cmd(parts, out):
     """Join sections trained separately (--mode ir --block I) into one student checkpoint.
 
-    Example: litcache assemble runs/b1/resnet8/student.pt runs/b2/resnet8/student.pt runs/b3/resnet8/student.pt --out student.pt
+    Example: litcache assemble runs/b1/resnet8/student.pt runs/b2/resnet8/student.pt runs/b3/resnet8/student.pt
+    --out student.pt
     """
     from .training.student import assemble
 
@@ -298,30 +314,35 @@ def assemble_cmd(parts, out):
 
 @main.command("sweep")
 @click.argument("recipe")
-@click.option("--store", "store_path", required=True, type=click.Path(), help="A complete store made by `litcache extract`.")
+@click.option("--store", "store_path", required=True, type=click.Path(),
+              help="A complete store made by `litcache extract`.")
 @click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to sweep several.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder; each variant gets OUT/VARIANT/.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Sweep folder; each variant gets OUT/VARIANT/.")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Training seed; repeat to sweep.  [default: 0]")
 @click.option("--mode", type=click.Choice(SWEEP_MODES), default="lit", show_default=True,
               help="ir: one task per (variant, section), then assembled.")
 @training_options(sweep=True, epochs_note=" (of the lit phase)")
 @distill_options(sweep=True)
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Local dask cluster of N single-threaded processes; 1: in this process, no cluster.  [default: one per core]")
+              help="Local dask cluster of N single-threaded processes; 1: in this process, no cluster.  "
+                   "[default: one per core]")
 @click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead (e.g. tcp://host:8786).")
-@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint: its test accuracy is marked on the plot.")
+@click.option("--teacher", type=click.Path(dir_okay=False),
+              help="Teacher checkpoint: its test accuracy is marked on the plot.")
 @worker_device_option
 @precision_option
 @report_options
 @_friendly_errors
-def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler, teacher, device, precision, quiet, as_json,
-              milestones, **grid):
+def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler, teacher, device, precision, quiet,
+              as_json, milestones, **grid):
     """Train every combination of students, seeds and hyperparameter values from one store as dask
     tasks, evaluate each, and write OUT/results.csv, OUT/results.json and OUT/pareto.png.
 
     Rerunning skips the variants already trained. Exits 1 if any variant failed; the others are kept.
 
-    Example: litcache sweep pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8 --student resnet14 --lr 0.05 --lr 0.1 --out runs/mnist/sweep
+    Example: litcache sweep pipelines/mnist_resnet.py --store runs/mnist/train.zarr --student resnet8
+    --student resnet14 --lr 0.05 --lr 0.1 --out runs/mnist/sweep
     """
     from .sweeps import sweep
 
@@ -333,7 +354,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
                        workers=workers, scheduler=scheduler, teacher=teacher, device=device, precision=precision,
                        log=logger(quiet))
     except KeyboardInterrupt:  # sweep has no --resume: a rerun is how it continues
-        click.echo("Error: interrupted. Finished variants are kept; run the same command again to train the rest.", err=True)
+        click.echo("Error: interrupted. Finished variants are kept; run the same command again to train the rest.",
+                   err=True)
         sys.exit(130)
     if as_json:
         echo_json({"variants": result.rows, "teacher": result.teacher, "results_csv": result.results_csv,
@@ -341,8 +363,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
     elif not quiet:
         for row in result.rows:
             if row["status"] != "failed":
-                click.echo(f"{row['variant']}: {row['status']}, test accuracy {row['accuracy']:.4f}, params {row['params']:,}, "
-                           f"MACs/sample {row['macs'] / 1e6:.2f}M, depth {row['depth']}")
+                click.echo(f"{row['variant']}: {row['status']}, test accuracy {row['accuracy']:.4f}, params "
+                           f"{row['params']:,}, MACs/sample {row['macs'] / 1e6:.2f}M, depth {row['depth']}")
         click.echo(f"results: {result.results_csv}, {result.results_json}, {result.pareto_png}")
     for row in result.failed:
         click.echo(f"Error: variant {row['variant']} failed: {row['error']}", err=True)
@@ -363,10 +385,12 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 @precision_option
 @report_options
 @_friendly_errors
-def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batch_size, device, precision, as_json, quiet):
+def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batch_size, device, precision, as_json,
+                 quiet):
     """Accuracy on RECIPE's real split, parameters, multiply-adds, depth, compression and CPU latency.
 
-    Example: litcache evaluate pipelines/mnist_resnet.py --student-checkpoint runs/mnist/lit/resnet8/student.pt --teacher runs/mnist/teacher.pt
+    Example: litcache evaluate pipelines/mnist_resnet.py --student-checkpoint runs/mnist/lit/resnet8/student.pt
+    --teacher runs/mnist/teacher.pt
     """
     from .evaluation import evaluate, format_evaluation
 
@@ -384,9 +408,11 @@ def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batc
 @main.command("bench")
 @click.argument("recipe")
 @click.option("--store", "store_path", type=click.Path(), help="Measure this store (default: extract a temporary one).")
-@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint (default: the store's or the recipe's).")
+@click.option("--teacher", type=click.Path(dir_okay=False),
+              help="Teacher checkpoint (default: the store's or the recipe's).")
 @click.option("--student", help="Student variant for the training steps (default: the recipe's first).")
-@click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True, help="Rows of the temporary store.")
+@click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Rows of the temporary store.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
 @precision_option
@@ -394,7 +420,8 @@ def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batc
               help="Time store reads with this many DataLoader workers; repeat to compare (default: 0).")
 @report_options
 @_friendly_errors
-def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, precision, loader_workers, as_json, quiet):
+def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device, precision, loader_workers, as_json,
+              quiet):
     """Measure teacher, store reads, student steps and storage on this machine; print the bottleneck
     and after how many student epochs a store pays for itself.
 

@@ -79,8 +79,10 @@ def training_options(sweep: bool = False, epochs_note: str = ""):
     options = [
         click.option("--epochs", type=click.IntRange(min=1), help=f"Epochs{epochs_note}. {default}", **many),
         click.option("--batch-size", type=click.IntRange(min=1), help=f"Rows per step. {default}", **many),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=f"Peak learning rate. {default}", **many),
-        click.option("--momentum", type=click.FloatRange(min=0), help=f"SGD momentum (Adam's beta1). {default}", **many),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help=f"Peak learning rate. {default}",
+                     **many),
+        click.option("--momentum", type=click.FloatRange(min=0), help=f"SGD momentum (Adam's beta1). {default}",
+                     **many),
         click.option("--weight-decay", type=click.FloatRange(min=0), help=f"L2 weight decay. {default}", **many),
         click.option("--milestones", help="Comma-separated epochs where the lr is multiplied by gamma (multistep), "
                                           f"e.g. 100,150. {default}", **many),
@@ -99,11 +101,14 @@ def distill_options(sweep: bool = False):
     many = {"multiple": True} if sweep else {}
     default = default_note(sweep)
     options = [
-        click.option("--alpha", type=click.FloatRange(0, 1), help=f"Weight of the hard-label term in KD. {default}", **many),
+        click.option("--alpha", type=click.FloatRange(0, 1), help=f"Weight of the hard-label term in KD. {default}",
+                     **many),
         click.option("--tau", type=click.FloatRange(min=0, min_open=True), help=f"KD temperature. {default}", **many),
-        click.option("--beta", type=click.FloatRange(0, 1), help=f"Weight of KD against the IR losses (lit). {default}", **many),
+        click.option("--beta", type=click.FloatRange(0, 1), help=f"Weight of KD against the IR losses (lit). {default}",
+                     **many),
         click.option("--loss-scale", type=click.FloatRange(min=0, min_open=True),
-                     help=f"Factor on the whole LIT-phase loss (the CIFAR recipes' 0.5 is the released code's /2). {default}",
+                     help="Factor on the whole LIT-phase loss (the CIFAR recipes' 0.5 is the released "
+                          f"code's /2). {default}",
                      **many),
     ]
     return all_of(options)
@@ -187,7 +192,8 @@ def store_and_recipe(first: str | None, second: str | None, store_option: str | 
                       recipe_option: str | None) -> tuple[str, str | None]:
     """verify's STORE [RECIPE], where STORE may be --store and RECIPE --recipe; with --store, a lone
     positional recipe is RECIPE, as in `litcache train-blocks RECIPE --store STORE`."""
-    if store_option is not None and second is None and first is not None and first != store_option and is_recipe_ref(first):
+    if (store_option is not None and second is None and first is not None and first != store_option
+            and is_recipe_ref(first)):
         first, second = None, first
     store = one_store(first, store_option)
     if second is not None and recipe_option is not None and second != recipe_option:

@@ -62,10 +62,12 @@ def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | P
     teacher_stats = model_stats(recipe.build_teacher(), sample)  # architecture only: no weights needed
     if teacher is not None:
         model, _, path = load_teacher(recipe, teacher)
-        report["teacher"] = {"checkpoint": path, **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
+        report["teacher"] = {"checkpoint": path,
+                             **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
     if student is not None:
         model = load_student(student, recipe)
-        result = {"checkpoint": str(student), **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
+        result = {"checkpoint": str(student),
+                  **evaluate_model(model, dataset, device, batch_size, precision, recipe.task)}
         result["compression_by_depth"] = round(teacher_stats["depth"] / result["depth"], 3)
         result["compression_by_params"] = round(teacher_stats["params"] / result["params"], 3)
         result["compression_by_macs"] = round(teacher_stats["macs_per_sample"] / result["macs_per_sample"], 3)
@@ -94,7 +96,8 @@ def psnr(mse: float, peak_to_peak: float = GENERATION_RANGE) -> float | None:
 
 
 @torch.inference_mode()
-def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu",
+def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset,
+                         compute: Compute | torch.device | str = "cpu",
                          batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
     """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
     first ``keep`` (input, teacher output, student output) triples for a picture."""
@@ -150,12 +153,13 @@ def save_grid(triples: list[tuple[torch.Tensor, ...]], path: str | Path, gap: in
 
 
 def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
-                        split: str = "test", device: str = "auto", batch_size: int = 64, precision: str = "auto") -> dict:
+                        split: str = "test", device: str = "auto", batch_size: int = 64,
+                        precision: str = "auto") -> dict:
     """Score a generation student against its teacher's outputs on ``split`` (the teacher is required)."""
     recipe.check_split_name(split)
     if teacher is None and recipe.teacher_checkpoint is None:
-        raise OptionError(f"Recipe {recipe.name!r} is a generation recipe: its students are scored against the teacher's "
-                          "outputs, so evaluate needs the teacher checkpoint. Give it with --teacher.")
+        raise OptionError(f"Recipe {recipe.name!r} is a generation recipe: its students are scored against the "
+                          "teacher's outputs, so evaluate needs the teacher checkpoint. Give it with --teacher.")
     dev = resolve_device(device)
     dataset = recipe.load_split(split)
     teacher_model, _, teacher_path = load_teacher(recipe, teacher)
@@ -168,7 +172,8 @@ def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teach
         result = {"checkpoint": str(student), **_stats_and_latency(model, dataset, latency_batch)}
         compute = resolve_compute(precision, dev, model)
         result["compute"] = compute.describe()
-        mse, triples = reconstruction_error(compute.model(model), compute.model(teacher_model), dataset, compute, batch_size)
+        mse, triples = reconstruction_error(compute.model(model), compute.model(teacher_model), dataset, compute,
+                                            batch_size)
         result["mse_vs_teacher"] = mse
         result["psnr_vs_teacher_db"] = psnr(mse)
         grid = Path(student).with_name(f"{Path(student).stem}_{split}_samples.png")
@@ -191,7 +196,8 @@ def format_evaluation(report: dict, split: str) -> list[str]:
         if report.get("task") == "generation":
             # evaluate gives no PSNR (None) for outputs identical to the teacher's: infinitely many dB.
             psnr = "inf" if m.get("psnr_vs_teacher_db") is None else m["psnr_vs_teacher_db"]
-            quality = f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m else "the reference"
+            quality = (f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m
+                       else "the reference")
         elif "perplexity" in m:
             quality = f"perplexity {m['perplexity']:.3f}"
         else:

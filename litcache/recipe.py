@@ -138,7 +138,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"Expected TrainConfig.schedule in {SCHEDULES}, got {self.schedule!r} instead.")
         if not 0.0 <= self.warmup < 1.0:
-            raise RecipeError(f"Expected TrainConfig.warmup in [0, 1) (a fraction of the steps), got {self.warmup} instead.")
+            raise RecipeError("Expected TrainConfig.warmup in [0, 1) (a fraction of the steps), got "
+                              f"{self.warmup} instead.")
         if self.schedule == "onecycle" and self.warmup <= 0:
             raise RecipeError("TrainConfig.schedule 'onecycle' peaks at the end of its warm-up: give warmup > 0 "
                               "(0.25 is torch's OneCycleLR default).")
@@ -151,7 +152,8 @@ class DistillConfig:
     """LIT's two phases and its loss weights (defaults: the released CIFAR ResNet code)."""
 
     lit: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=175, batch_size=32, lr=0.1, milestones=(100,)))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=125, batch_size=32, lr=0.01, milestones=(55,)))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=125, batch_size=32, lr=0.01,
+                                                                      milestones=(55,)))
     #: Weight of the hard-label term inside the KD loss.
     alpha: float = 0.95
     #: Softmax temperature of the KD loss.
@@ -243,7 +245,8 @@ class Recipe:
         if self.precision not in PRECISIONS:
             raise RecipeError(f"Expected Recipe.precision in {PRECISIONS}, got {self.precision!r} instead.")
         if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views < 1:
-            raise RecipeError(f"Expected Recipe.views to be an integer >= 1 (extract's default views), got {self.views!r} instead.")
+            raise RecipeError("Expected Recipe.views to be an integer >= 1 (extract's default views), got "
+                              f"{self.views!r} instead.")
         if self.augment is not None and not isinstance(self.augment, Augmentation):
             raise RecipeError(
                 "Expected Recipe.augment to provide param_names, sample(), apply() and describe() "
@@ -251,18 +254,21 @@ class Recipe:
             )
         for split in self.augment_splits:
             if split not in self.splits:
-                raise RecipeError(f"Recipe.augment_splits names {split!r}, which is not one of the splits {list(self.splits)}.")
+                raise RecipeError(f"Recipe.augment_splits names {split!r}, which is not one of the "
+                                  f"splits {list(self.splits)}.")
 
     def check_split_name(self, split: str) -> None:
         if split not in self.splits:
-            raise RecipeError(f"Expected a split of recipe {self.name!r} ({', '.join(self.splits)}), got {split!r} instead.")
+            raise RecipeError(f"Expected a split of recipe {self.name!r} ({', '.join(self.splits)}), got "
+                              f"{split!r} instead.")
 
     def augmentation_for(self, split: str) -> Augmentation | None:
         return self.augment if split in self.augment_splits else None
 
     def student_builder(self, name: str) -> Callable[[], nn.Module]:
         if name not in self.students:
-            raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}), got {name!r} instead.")
+            raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}), got "
+                              f"{name!r} instead.")
         return self.students[name]
 
 
@@ -293,7 +299,8 @@ def load_recipe(ref: str | Path) -> Recipe:
     if ref.endswith(".py") or Path(ref).is_file():
         path = Path(ref)
         if not path.is_file():
-            raise RecipeError(f"Expected a recipe file, but {ref!r} does not exist. Give a path such as pipelines/mnist_resnet.py.")
+            raise RecipeError(f"Expected a recipe file, but {ref!r} does not exist. Give a path such as "
+                              "pipelines/mnist_resnet.py.")
         if path.suffix != ".py":  # importlib finds no loader for other suffixes
             raise RecipeError(f"Expected a recipe as a .py file or module:attr, got {ref!r}, a file that is not Python "
                               "(.py) instead. Give a recipe file such as pipelines/mnist_resnet.py, or module:attr.")

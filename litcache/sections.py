@@ -63,11 +63,13 @@ def _resolve(model: nn.Module, ref: ModuleRef, role: str) -> nn.Module:
     if callable(ref) and not isinstance(ref, nn.Module):
         module = ref(model)
         if not isinstance(module, nn.Module):
-            raise RecipeError(f"Expected the recipe's {role} callable to return an nn.Module, got {type(module).__name__} instead.")
+            raise RecipeError(f"Expected the recipe's {role} callable to return an nn.Module, got "
+                              f"{type(module).__name__} instead.")
         return module
     if isinstance(ref, (list, tuple)) and ref and all(isinstance(r, str) for r in ref):
         return nn.Sequential(*(_resolve(model, r, role) for r in ref))
-    raise RecipeError(f"Expected the recipe's {role} to be a module name, a list of names or a callable, got {ref!r} instead.")
+    raise RecipeError(f"Expected the recipe's {role} to be a module name, a list of names or a callable, got "
+                      f"{ref!r} instead.")
 
 
 def cut_sections(model: nn.Module, recipe: Recipe) -> SectionedModel:
@@ -79,15 +81,17 @@ def cut_sections(model: nn.Module, recipe: Recipe) -> SectionedModel:
 
 
 @torch.inference_mode()
-def check_sections(model: nn.Module, sectioned: SectionedModel, probe: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> float:
+def check_sections(model: nn.Module, sectioned: SectionedModel, probe: torch.Tensor, rtol: float = 1e-4,
+                   atol: float = 1e-5) -> float:
     """Refuse sections whose stem -> sections -> head differs from ``model(probe)``; return the max difference."""
     with evaluating(model):
         expected = model(probe)
         bad = ~torch.isfinite(expected.float()).flatten(1).all(1)
         if bad.any():
             raise NonFiniteOutputError(
-                f"The teacher's own output holds NaN or Inf at row {bad.nonzero().flatten().tolist()[:5]} of the section-check "
-                "probe (the first rows of the dataset split); nothing was extracted. Check the teacher checkpoint and the data."
+                f"The teacher's own output holds NaN or Inf at row {bad.nonzero().flatten().tolist()[:5]} of the "
+                "section-check probe (the first rows of the dataset split); nothing was extracted. Check the teacher "
+                "checkpoint and the data."
             )
         try:
             got = sectioned(probe)

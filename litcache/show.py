@@ -111,7 +111,8 @@ def format_recipe(info: dict) -> list[str]:
         ("train-teacher", _config_text(info["teacher_training"])),
         ("lit phase", _config_text(distill["lit"])),
         ("finetune", _config_text(distill["finetune"])),
-        ("distill", ", ".join(f"{k} {distill[k]}" for k in ("alpha", "tau", "beta", "loss_scale", "ir_loss", "ir_feature_axis"))
+        ("distill",
+         ", ".join(f"{k} {distill[k]}" for k in ("alpha", "tau", "beta", "loss_scale", "ir_loss", "ir_feature_axis"))
          + f"; students start from {info['student_init']}"),
     ]
     return [f"{label:<14}{text}" for label, text in rows]

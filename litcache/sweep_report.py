@@ -37,7 +37,8 @@ def teacher_point(recipe: Recipe, teacher: str | Path | None) -> dict:
                 "accuracy": t["accuracy"]}
     sample = recipe.load_split("test")[0][0][None]
     s = model_stats(recipe.build_teacher(), sample)
-    return {"checkpoint": None, "params": s["params"], "macs": s["macs_per_sample"], "depth": s["depth"], "accuracy": None}
+    return {"checkpoint": None, "params": s["params"], "macs": s["macs_per_sample"], "depth": s["depth"],
+            "accuracy": None}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -75,7 +76,8 @@ def _plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
     FigureCanvasAgg(fig)
     measured = [r for r in rows if r["accuracy"] is not None]
     for ax, key, label in zip(fig.subplots(1, 2), ("params", "macs"), ("parameters", "multiply-adds per sample")):
-        ax.scatter([r[key] for r in measured], [r["accuracy"] for r in measured], color="tab:blue", alpha=0.6, label="variants")
+        ax.scatter([r[key] for r in measured], [r["accuracy"] for r in measured], color="tab:blue", alpha=0.6,
+                   label="variants")
         front = sorted((r[key], r["accuracy"], r["variant"]) for r in measured if r[f"pareto_{key}"])
         if front:
             ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", drawstyle="steps-post",
@@ -87,9 +89,11 @@ def _plot(rows: list[dict], teacher: dict, path: Path, title: str) -> None:
                 text = "\n".join(group[:3]) + (f"\n+{len(group) - 3} more" if len(group) > 3 else "")
                 ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if teacher["accuracy"] is not None:
-            ax.scatter([teacher[key]], [teacher["accuracy"]], marker="*", s=250, color="black", zorder=3, label="teacher")
+            ax.scatter([teacher[key]], [teacher["accuracy"]], marker="*", s=250, color="black", zorder=3,
+                       label="teacher")
         else:
-            ax.axvline(teacher[key], color="black", linestyle="--", label="teacher size (no --teacher: accuracy unknown)")
+            ax.axvline(teacher[key], color="black", linestyle="--",
+                       label="teacher size (no --teacher: accuracy unknown)")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")

@@ -61,8 +61,8 @@ class Variant:
     def options(self, device: str = "auto", section: int | None = None) -> BlockTrainOptions:
         # The store is verified once by the sweep, not once per task; the sweep evaluates each
         # final student itself, so no per-epoch test accuracy.
-        return BlockTrainOptions(mode=self.mode, section=section, seed=self.seed, device=device, verify=False, evaluate=False,
-                                 precision=self.precision, **self.hyperparameters)
+        return BlockTrainOptions(mode=self.mode, section=section, seed=self.seed, device=device, verify=False,
+                                 evaluate=False, precision=self.precision, **self.hyperparameters)
 
     def checkpoint(self, out: Path) -> Path:
         """The variant's final checkpoint (assembled in ir mode): where train_blocks puts it."""
@@ -87,11 +87,13 @@ def variant_name(student: str, seed: int, mode: str, hyperparameters: Mapping) -
     return "_".join(parts)
 
 
-def plan_variants(students: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence], mode: str) -> list[Variant]:
+def plan_variants(students: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence],
+                  mode: str) -> list[Variant]:
     """Every combination of students x hyperparameter values x seeds, duplicates dropped."""
     unknown = sorted(set(grid) - set(HYPERPARAMETERS))
     if unknown:
-        raise OptionError(f"Expected hyperparameters among {', '.join(HYPERPARAMETERS)}, got {', '.join(unknown)} instead.")
+        raise OptionError(f"Expected hyperparameters among {', '.join(HYPERPARAMETERS)}, got "
+                          f"{', '.join(unknown)} instead.")
     if mode not in SWEEP_MODES:
         raise OptionError(f"Expected --mode in {SWEEP_MODES}, got {mode!r} instead.")
     if mode == "ir" and grid.get("beta"):
@@ -105,7 +107,8 @@ def plan_variants(students: Sequence[str], seeds: Sequence[int], grid: Mapping[s
                 hyper = dict(zip(keys, combo))
                 v = Variant(variant_name(student, seed, mode, hyper), student, seed, mode, hyper)
                 if v.name in names:  # only possible when two student names differ in unsafe characters
-                    raise OptionError(f"Students {names[v.name]!r} and {student!r} give the same variant name {v.name!r}.")
+                    raise OptionError(f"Students {names[v.name]!r} and {student!r} give the same variant "
+                                      f"name {v.name!r}.")
                 names[v.name] = student
                 variants.append(v)
     return variants
@@ -125,7 +128,8 @@ def _prepare(recipe_source: str) -> Recipe:
 
 def _train(recipe: Recipe, store: str, variant: Variant, out: Path, device: str, section: int | None = None) -> str:
     # resume=True: a variant killed mid-training continues from its last.pt (same weights as straight).
-    [result] = train_blocks(recipe, store, [variant.student], out, variant.options(device, section), resume=True, log=_quiet)
+    [result] = train_blocks(recipe, store, [variant.student], out, variant.options(device, section), resume=True,
+                            log=_quiet)
     return result["checkpoint"]
 
 
@@ -223,8 +227,8 @@ def _check_same_training(path: Path, store_identity: Mapping, config: dict, vari
     was trained from another store or with any other setting than ``config`` (this sweep's
     ``resolve_config`` of the variant): same name, other training must never pass for its result."""
     saved = read_student(path)
-    # A section trained alone records its number ("block"), its directory's; "auto" precision resolves where the task ran (which
-    # records what it chose), so any choice of it fits.
+    # A section trained alone records its number ("block"), its directory's; "auto" precision resolves where
+    # the task ran (which records what it chose), so any choice of it fits.
     ignore = ["block", *(["precision"] if config["precision"] == "auto" else [])]
     diff = training_differences(saved["config"], config, ignore)
     if saved["store"].get("identity") != store_identity:
@@ -234,7 +238,8 @@ def _check_same_training(path: Path, store_identity: Mapping, config: dict, vari
                               f"({'; '.join(diff)}). Remove {str(variant_dir)!r} or choose another --out.")
 
 
-def _read_back(recipe: Recipe, variant: Variant, out: Path, store_identity: Mapping, config: dict, sections: int) -> dict | None:
+def _read_back(recipe: Recipe, variant: Variant, out: Path, store_identity: Mapping, config: dict,
+               sections: int) -> dict | None:
     """The results of a variant trained by an earlier run (None if it has no final checkpoint)."""
     final = variant.checkpoint(out)
     if not final.is_file():
@@ -260,8 +265,8 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
         raise OptionError(f"Recipe {recipe.name!r} has no source path; sweep tasks load the recipe by it. "
                           "Load it with litcache.load_recipe.")
     if recipe.task != "classification":
-        raise NotAClassifierError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test accuracy, "
-                          "which needs a classification recipe.")
+        raise NotAClassifierError(f"Recipe {recipe.name!r} is a {recipe.task} task; sweep ranks students by test "
+                          "accuracy, which needs a classification recipe.")
     recipe.check_split_name("test")
     variants = [replace(v, precision=precision) for v in plan_variants(students, seeds, grid or {}, mode)]
     for name in dict.fromkeys(students):
@@ -270,7 +275,8 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
     if opened.manifest.identity.recipe != recipe.name:
         raise StoreMismatchError(f"Store {str(store)!r} was extracted for recipe {opened.manifest.identity.recipe!r}, "
                                  f"not {recipe.name!r}.")
-    configs = {v.name: resolve_config(recipe, v.options(device)).record() for v in variants}  # refuses bad values up front
+    # refuses bad values up front
+    configs = {v.name: resolve_config(recipe, v.options(device)).record() for v in variants}
     teacher_record = teacher_point(recipe, teacher)  # a bad --teacher fails before any training
     out = Path(out)
     sections = len(opened.boundary_names) - 1

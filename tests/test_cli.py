@@ -86,8 +86,8 @@ def test_extract_views_default_to_the_recipes(teacher_ckpt, tmp_path):
     recipe_file = tmp_path / "tiny_views.py"
     recipe_file.write_text("import runpy\nfrom dataclasses import replace\n"
                            f"recipe = replace(runpy.run_path({str(Path(TINY).resolve())!r})['recipe'], views=2)\n")
-    args = ["extract", recipe_file, "--teacher", teacher_ckpt, "--limit", "20", "--chunk-rows", "8", "--shard-rows", "16",
-            "--batch-size", "8", "--device", "cpu"]
+    args = ["extract", recipe_file, "--teacher", teacher_ckpt, "--limit", "20", "--chunk-rows", "8",
+            "--shard-rows", "16", "--batch-size", "8", "--device", "cpu"]
     result = run_cli(*args, "--out", tmp_path / "a.zarr")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == f"created: {tmp_path / 'a.zarr'} (40 rows)"  # 20 samples x 2 views
@@ -134,7 +134,8 @@ def test_malformed_zarr_json(command, content, message, tmp_path):
 def test_extract_refuses_plain_directory(plain_dir, teacher_ckpt, overwrite):
     before = _snapshot(plain_dir)
     result = run_cli(*_extract_args(plain_dir, teacher_ckpt, "--limit", "8", *(["--overwrite"] if overwrite else [])))
-    assert_clean_error(result, f"Output path '{plain_dir}' exists and is not a litcache store; refusing to write into it.", 1)
+    assert_clean_error(result, f"Output path '{plain_dir}' exists and is not a litcache store; "
+                               "refusing to write into it.", 1)
     assert _snapshot(plain_dir) == before
     assert not (plain_dir / ".lock").exists()
 
@@ -189,13 +190,15 @@ def test_extract_option_out_of_range(args, starts, teacher_ckpt, tmp_path):
 
 def test_shard_rows_not_multiple_of_chunk_rows(teacher_ckpt, tmp_path):
     result = run_cli(*_extract_args(tmp_path / "s", teacher_ckpt, "--chunk-rows", "8", "--shard-rows", "12"))
-    assert_clean_error(result, "Expected --shard-rows to be a positive multiple of --chunk-rows (8), got 12 instead.", 1)
+    assert_clean_error(result, "Expected --shard-rows to be a positive multiple of --chunk-rows (8), "
+                               "got 12 instead.", 1)
     assert not (tmp_path / "s").exists()
 
 
 def test_keep_bits_beyond_the_dtype(teacher_ckpt, tmp_path):
     result = run_cli(*_extract_args(tmp_path / "s", teacher_ckpt, "--dtype", "bfloat16", "--keep-bits", "7"))
-    assert_clean_error(result, "Expected --keep-bits between 1 and 6 for --dtype bfloat16 (it has 7 mantissa bits), got 7 instead.", 1)
+    assert_clean_error(result, "Expected --keep-bits between 1 and 6 for --dtype bfloat16 (it has 7 mantissa bits), "
+                               "got 7 instead.", 1)
     assert not (tmp_path / "s").exists()
 
 
@@ -286,7 +289,8 @@ def test_info_json(tiny_store):
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["complete"] is True and info["committed_shards"] == 6
-    expected_arrays = {f"boundaries/{i}" for i in range(4)} | {"logits", "labels", "source_index", "view", "view_params"}
+    expected_arrays = ({f"boundaries/{i}" for i in range(4)}
+                       | {"logits", "labels", "source_index", "view", "view_params"})
     assert set(info["arrays"]) == expected_arrays
     for name, a in info["arrays"].items():
         on_disk = sum(f.stat().st_size for f in (tiny_store / name).rglob("*") if f.is_file())
@@ -357,7 +361,8 @@ def test_verify_replay(request, store_fixture, teacher_ckpt):
 def test_verify_replay_unaugmented_split(teacher_ckpt, tmp_path):
     out = tmp_path / "test.zarr"
     refused = run_cli(*_extract_args(out, teacher_ckpt, "--split", "test", "--views", "2", "--chunk-rows", "8"))
-    assert_clean_error(refused, "Split 'test' of recipe 'tiny' has no augmentation, so --views 2 would store 2 identical", 1)
+    assert_clean_error(refused, "Split 'test' of recipe 'tiny' has no augmentation, "
+                                "so --views 2 would store 2 identical", 1)
     assert run_cli(*_extract_args(out, teacher_ckpt, "--split", "test", "--chunk-rows", "8")).exit_code == 0
     result = run_cli("verify", out, "--replay", "16", "--recipe", TINY, "--teacher", teacher_ckpt)
     assert result.exit_code == 0, result.output

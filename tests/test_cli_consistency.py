@@ -16,7 +16,8 @@ from litcache.errors import OptionError
 from litcache.runtime.devices import resolve_device
 from litcache.runtime.progress import PlainProgress, progress_bar
 
-TRAINING_FLAGS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "schedule", "warmup", "nesterov"}
+TRAINING_FLAGS = {"epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "schedule", "warmup",
+                  "nesterov"}
 DISTILL_FLAGS = {"alpha", "tau", "beta", "loss_scale"}
 REPORTING = ["info", "verify", "evaluate", "bench", "train-blocks", "train-teacher", "extract", "sweep", "show"]
 RUNS_A_NETWORK = ["train-teacher", "extract", "train-blocks", "sweep", "evaluate", "bench"]
@@ -62,7 +63,8 @@ def test_verify_takes_recipe_positionally(tiny_store, teacher_ckpt, tmp_path):
         assert "2 rows replayed, 0 differ" in result.output
     # The positional RECIPE is the one replayed, not the store's recorded recipe.
     missing = tmp_path / "missing.py"
-    assert_clean_error(run_cli("verify", tiny_store, missing, "--replay", "1"), f"Expected a recipe file, but '{missing}'", 1)
+    assert_clean_error(run_cli("verify", tiny_store, missing, "--replay", "1"),
+                       f"Expected a recipe file, but '{missing}'", 1)
     assert_clean_error(run_cli("verify", tiny_store, TINY, "--recipe", missing),
                        f"Expected one recipe, got '{TINY}' (RECIPE) and '{missing}' (--recipe) instead.", 1)
 
@@ -93,7 +95,8 @@ def test_cuda_device_that_is_not_here(command, tmp_path):
     if command == "sweep":  # sweep checks it when it starts (see the test below), after its required --store
         out += ["--store", tmp_path / "none.zarr", "--student", "resnet8"]
     result = run_cli(command, TINY, "--device", "cuda:1", *out)
-    assert_clean_error(result, "Expected a CUDA device for --device cuda:1, but torch sees none. CUDA is not available here", 1)
+    assert_clean_error(result, "Expected a CUDA device for --device cuda:1, but torch sees none. "
+                               "CUDA is not available here", 1)
     assert "use --device cpu or auto" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -101,8 +104,8 @@ def test_cuda_device_that_is_not_here(command, tmp_path):
 def test_sweep_on_a_scheduler_leaves_the_device_to_its_workers(tmp_path, monkeypatch):
     # The workers of a --scheduler may have the GPU this machine lacks: only the string is checked.
     seen = {}
-    monkeypatch.setattr(importlib.import_module("litcache.sweeps"), "sweep", lambda *args, **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(
-        OptionError("stop here")))
+    monkeypatch.setattr(importlib.import_module("litcache.sweeps"), "sweep",
+                        lambda *args, **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(OptionError("stop here")))
     result = run_cli("sweep", TINY, "--store", tmp_path / "s.zarr", "--student", "resnet8", "--scheduler", "tcp://gpus:8786",
                      "--device", "cuda:1", "--out", tmp_path / "out")
     assert_clean_error(result, "stop here", 1)
@@ -146,15 +149,16 @@ def test_train_blocks_flags_say_the_recipe_sets_the_default():
 
 def test_sweep_passes_schedule_flags_to_training(tiny_store, tmp_path):
     out = tmp_path / "sweep"
-    result = run_cli("sweep", TINY, "--store", tiny_store, "--student", "resnet8", "--epochs", "1", "--batch-size", "16",
-                     "--schedule", "cosine", "--warmup", "0.25", "--nesterov", "--milestones", "1,2", "--workers", "1",
-                     "--out", out, "--json")
+    result = run_cli("sweep", TINY, "--store", tiny_store, "--student", "resnet8", "--epochs", "1",
+                     "--batch-size", "16", "--schedule", "cosine", "--warmup", "0.25", "--nesterov",
+                     "--milestones", "1,2", "--workers", "1", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)["variants"]
     assert row["variant"] == "resnet8_seed0_epochs1_batch-size16_milestones1-2_schedulecosine_warmup0.25_nesterovTrue"
     assert (row["schedule"], row["warmup"], row["nesterov"], row["milestones"]) == ("cosine", 0.25, True, [1, 2])
     saved = torch.load(out / row["variant"] / "resnet8" / "student.pt", weights_only=True)["config"]
-    assert (saved["schedule"], saved["warmup"], saved["nesterov"], saved["milestones"]) == ("cosine", 0.25, True, [1, 2])
+    assert ((saved["schedule"], saved["warmup"], saved["nesterov"], saved["milestones"])
+            == ("cosine", 0.25, True, [1, 2]))
 
 
 # --- 5, 6, 7. --json and -q everywhere, `litcache show`, the main help ------------------------------
@@ -304,4 +308,5 @@ def test_interrupt_suggests_resume_only_where_there_is_one(monkeypatch, tiny_sto
         assert result.output.strip() == "Error: interrupted."
     result = run_cli("extract", TINY, "--out", tmp_path / "s")
     assert result.exit_code == 130
-    assert result.output.strip() == "Error: interrupted. Committed work is kept; run the same command with --resume to continue."
+    assert result.output.strip() == ("Error: interrupted. Committed work is kept; "
+                                     "run the same command with --resume to continue.")

@@ -106,7 +106,8 @@ def test_loader_batches_hold_the_teachers_outputs_for_their_rows(tiny_recipe, te
             assert torch.equal(batch["labels"], teacher["labels"][r]), what
             assert torch.equal(batch["view_params"], teacher["view_params"][r]), what
             for field in ("boundaries/2", "logits"):  # float32 store: rounding of another batching only
-                torch.testing.assert_close(batch[field], teacher[field][r], rtol=1e-4, atol=1e-5, msg=f"{field}, {what}")
+                torch.testing.assert_close(batch[field], teacher[field][r], rtol=1e-4, atol=1e-5,
+                                           msg=f"{field}, {what}")
 
 
 def test_float16_and_bfloat16_stores_read_back_in_their_dtype(tiny_recipe, teacher_ckpt, tmp_path):
@@ -114,8 +115,8 @@ def test_float16_and_bfloat16_stores_read_back_in_their_dtype(tiny_recipe, teach
 
     for dtype, torch_dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
         out = tmp_path / f"{dtype}.zarr"
-        extract(tiny_recipe, out, ExtractOptions(dtype=dtype, chunk_rows=8, batch_size=8), teacher_checkpoint=teacher_ckpt,
-                progress=False, log=lambda m: None)
+        extract(tiny_recipe, out, ExtractOptions(dtype=dtype, chunk_rows=8, batch_size=8),
+                teacher_checkpoint=teacher_ckpt, progress=False, log=lambda m: None)
         full = StoreDataset(out, ["boundaries/1", "logits"]).__getitems__(range(8))
         assert full["boundaries/1"].dtype == torch_dtype and full["logits"].dtype == torch.float32
         assert torch.isfinite(full["boundaries/1"].float()).all()

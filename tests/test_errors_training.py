@@ -22,7 +22,8 @@ def test_student_with_more_sections_than_the_store_is_refused(tiny_store, tmp_pa
                            "recipe = replace(base, sections=(*base.sections, lambda model: nn.Identity()))")
     result = run_cli("train-blocks", recipe, "--store", tiny_store, "--student", "resnet8", "--out", tmp_path / "out",
                      "--epochs", "1", "--no-eval", "-q")
-    line = assert_clean_error(result, "Expected student 'resnet8' to have one section per stored boundary pair", exit_code=1)
+    line = assert_clean_error(result, "Expected student 'resnet8' to have one section per stored boundary pair",
+                              exit_code=1)
     assert "the store's 3 sections, but it has 4" in line and "Extract a new store with this recipe" in line
     assert not (tmp_path / "out" / "resnet8" / "last.pt").exists()
 
@@ -40,8 +41,8 @@ def test_student_with_fewer_sections_is_refused_before_any_shape_check(tiny_reci
 def test_train_teacher_refuses_a_generation_recipe(tmp_path):
     recipe = write_variant(tmp_path, "generator", 'recipe = replace(base, task="generation")')
     result = run_cli("train-teacher", recipe, "--out", tmp_path / "t.pt", "--epochs", "1", "--device", "cpu")
-    assert_clean_error(result, "train-teacher trains classifiers and language models with cross-entropy; recipe 'tiny' is a generation task",
-                       exit_code=1)
+    assert_clean_error(result, "train-teacher trains classifiers and language models with cross-entropy; "
+                               "recipe 'tiny' is a generation task", exit_code=1)
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
     assert not (tmp_path / "t.pt").exists()
 

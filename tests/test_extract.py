@@ -155,8 +155,10 @@ def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, 
 def test_trailing_row_joins_the_batch_before(tiny_recipe, teacher_ckpt, tmp_path):
     # 17 rows in one shard: batches of 8 would leave a lone row; it joins the batch before instead.
     assert shard_batches(0, 17, 8)[-1] == list(range(8, 17))
-    a = _run(tiny_recipe, tmp_path / "a", teacher_ckpt, limit=17, dtype="float32", chunk_rows=17, shard_rows=17, batch_size=8)
-    b = _run(tiny_recipe, tmp_path / "b", teacher_ckpt, limit=17, dtype="float32", chunk_rows=17, shard_rows=17, batch_size=17)
+    a = _run(tiny_recipe, tmp_path / "a", teacher_ckpt, limit=17, dtype="float32", chunk_rows=17, shard_rows=17,
+             batch_size=8)
+    b = _run(tiny_recipe, tmp_path / "b", teacher_ckpt, limit=17, dtype="float32", chunk_rows=17, shard_rows=17,
+             batch_size=17)
     assert a.rows == b.rows == 17
     assert shard_checksums(tmp_path / "a") == shard_checksums(tmp_path / "b")
 
@@ -175,10 +177,12 @@ def test_resume_uses_the_batch_size_the_store_was_started_with(tiny_recipe, teac
 
     monkeypatch.setattr(StoreWriter, "write_shard", stop_at_shard_2)
     with pytest.raises(KeyboardInterrupt):
-        _run(tiny_recipe, tmp_path / "s", teacher_ckpt, limit=32, dtype="float32", chunk_rows=8, shard_rows=8, batch_size=1)
+        _run(tiny_recipe, tmp_path / "s", teacher_ckpt, limit=32, dtype="float32", chunk_rows=8, shard_rows=8,
+             batch_size=1)
     monkeypatch.setattr(StoreWriter, "write_shard", real)
     lines = []
-    extract(tiny_recipe, tmp_path / "s", ExtractOptions(limit=32, dtype="float32", chunk_rows=8, shard_rows=8, batch_size=8),
+    extract(tiny_recipe, tmp_path / "s",
+            ExtractOptions(limit=32, dtype="float32", chunk_rows=8, shard_rows=8, batch_size=8),
             teacher_checkpoint=teacher_ckpt, resume=True, progress=False, log=lines.append)
     assert "resuming with the store's --batch-size 1 (not 8)" in lines
     assert shard_checksums(tmp_path / "s") == shard_checksums(reference)
@@ -218,10 +222,12 @@ def test_keep_bits_rounds_exactly_the_values_an_exact_store_holds(tiny_recipe, t
     np.testing.assert_array_equal(lossy.array("logits")[...], exact.array("logits")[...])  # logits stay exact
     sizes = {s.manifest.identity.keep_bits: store_sizes(s)["boundaries/0"] for s in (exact, lossy)}
     assert sizes[keep] < sizes[None]
-    report = verify_store(lossy.path, replay=6, recipe=tiny_recipe, teacher_checkpoint=teacher_ckpt)  # rounded alike: replays
+    # rounded alike: replays
+    report = verify_store(lossy.path, replay=6, recipe=tiny_recipe, teacher_checkpoint=teacher_ckpt)
     assert report.ok, report.replay_failures
     # The same extraction without rounding is another store.
-    with pytest.raises(StoreMismatchError, match="keep_bits: store has 3|keep_bits: store has 2|keep_bits: store has 8"):
+    with pytest.raises(StoreMismatchError,
+                       match="keep_bits: store has 3|keep_bits: store has 2|keep_bits: store has 8"):
         _run(tiny_recipe, lossy.path, teacher_ckpt, **options)
 
 
@@ -285,8 +291,8 @@ def test_same_extraction_is_unchanged(tiny_recipe, teacher_ckpt, tiny_store):
                          resume=resume, progress=False, log=quiet)
         assert (result.status, result.rows_written) == ("unchanged", 0)
     # batch_size is not part of the identity: it does not change what is stored.
-    result = extract(tiny_recipe, tiny_store, replace(TINY_STORE_OPTIONS, batch_size=4), teacher_checkpoint=teacher_ckpt,
-                     progress=False, log=quiet)
+    result = extract(tiny_recipe, tiny_store, replace(TINY_STORE_OPTIONS, batch_size=4),
+                     teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
     assert result.status == "unchanged"
     assert _mtimes(tiny_store) == before
     assert manifest_of(tiny_store) == manifest
@@ -322,7 +328,8 @@ def test_other_options_refused_then_overwritten(tiny_recipe, teacher_ckpt, tiny_
 
 def test_other_teacher_refused_then_overwritten(tiny_recipe, teacher_ckpt, other_teacher_ckpt, tiny_store):
     with pytest.raises(StoreMismatchError, match="teacher_hash: store has"):
-        extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=other_teacher_ckpt, progress=False, log=quiet)
+        extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=other_teacher_ckpt, progress=False,
+                log=quiet)
     result = extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=other_teacher_ckpt,
                      overwrite=True, progress=False, log=quiet)
     assert result.status == "created"
@@ -504,8 +511,10 @@ def test_manifest_on_disk_holds_what_the_run_used(tiny_recipe, teacher_ckpt, tmp
     assert Path(recipe.pop("source")).resolve() == Path(TINY).resolve()
     assert recipe == {"name": "tiny", "hash": recipe_hash, "num_classes": 4}
     assert m["teacher"] == {"checkpoint": str(teacher_ckpt), "weights_hash": weights_hash(teacher)}
-    assert {k: m["options"][k] for k in ("limit", "views", "chunk_rows", "shard_rows", "seed", "dtype", "codec", "device")} == {
-        "limit": 8, "views": 2, "chunk_rows": 4, "shard_rows": 8, "seed": 3, "dtype": "bfloat16", "codec": "lz4", "device": "cpu"}
+    assert {k: m["options"][k]
+            for k in ("limit", "views", "chunk_rows", "shard_rows", "seed", "dtype", "codec", "device")} == {
+        "limit": 8, "views": 2, "chunk_rows": 4, "shard_rows": 8, "seed": 3, "dtype": "bfloat16", "codec": "lz4",
+        "device": "cpu"}
     assert m["compute"] == {"precision": "fp32", "channels_last": True, "device": "cpu"}
     assert m["versions"] == {"litcache": litcache.__version__, "torch": torch.__version__, "zarr": zarr.__version__,
                              "numcodecs": numcodecs.__version__, "numpy": np.__version__,

@@ -115,8 +115,10 @@ def test_format1_store_opens_verifies_and_replays(golden):
     assert manifest.format_version == 1 == want["format_version"]
     assert store.rows == want["rows"] == 40 and len(store.shards) == want["shards"] == 3
     assert manifest.identity.to_dict() == want["identity"]
-    assert load_recipe(F1).source_hash == manifest.identity.recipe_hash  # the frozen copy is the recipe it was made from
-    assert {k: list(a.row_shape) for k, a in manifest.arrays.items()} == {k: a["row_shape"] for k, a in want["arrays"].items()}
+    # the frozen copy is the recipe it was made from
+    assert load_recipe(F1).source_hash == manifest.identity.recipe_hash
+    assert ({k: list(a.row_shape) for k, a in manifest.arrays.items()}
+            == {k: a["row_shape"] for k, a in want["arrays"].items()})
     for name, total in want["first_rows_sums"].items():
         assert float(store.read(name, 0, 4).double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-6), name
     assert store_info(F1_STORE)
@@ -124,7 +126,8 @@ def test_format1_store_opens_verifies_and_replays(golden):
     report = verify_store(F1_STORE, replay=8, recipe=load_recipe(F1), teacher_checkpoint=F1_TEACHER)
     assert report.ok and report.replayed_rows == 8, report
     result = cli("verify", F1_STORE, F1, "--replay", "8", "--teacher", F1_TEACHER)
-    assert result.exit_code == 0 and "3 shards checked, 0 checksum failures; 8 rows replayed, 0 differ" in result.output, result.output
+    assert (result.exit_code == 0
+            and "3 shards checked, 0 checksum failures; 8 rows replayed, 0 differ" in result.output), result.output
     result = cli("info", F1_STORE, "--json")
     assert result.exit_code == 0, result.output
 
@@ -136,7 +139,8 @@ def test_format2_store_opens_verifies_and_replays(golden):
     assert manifest.format_version == 2 == want["format_version"]
     assert manifest.identity.to_dict() == want["identity"] and manifest.identity.logit_topk == 5
     assert "logits" not in manifest.arrays and {"topk_values", "topk_indices", "lengths"} <= set(manifest.arrays)
-    assert {k: list(a.row_shape) for k, a in manifest.arrays.items()} == {k: a["row_shape"] for k, a in want["arrays"].items()}
+    assert ({k: list(a.row_shape) for k, a in manifest.arrays.items()}
+            == {k: a["row_shape"] for k, a in want["arrays"].items()})
     assert store.rows == want["rows"] and len(store.shards) == want["shards"]
     for name, total in want["first_rows_sums"].items():
         assert float(store.read(name, 0, 4).double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-6), name
@@ -149,12 +153,13 @@ def test_format2_store_opens_verifies_and_replays(golden):
 def test_train_one_epoch_from_each_store(golden):
     # format1 with the options of checkpoints/lit: the same losses and weights as the old run
     recipe = load_recipe(F1)
-    [result] = train_blocks(recipe, F1_STORE, ["resnet8"], "new-lit", BlockTrainOptions(epochs=1, batch_size=8, device="cpu"),
-                            log=quiet)
+    [result] = train_blocks(recipe, F1_STORE, ["resnet8"], "new-lit",
+                            BlockTrainOptions(epochs=1, batch_size=8, device="cpu"), log=quiet)
     assert_same_losses(result["history"], saved(f"{LIT}/last.pt")["history"])
     with torch.no_grad():
         logits = load_student("new-lit/resnet8/student.pt", recipe)(probe())
-    torch.testing.assert_close(logits, torch.tensor(EXPECTED["students"][f"{LIT}/student.pt"]["logits"]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, torch.tensor(EXPECTED["students"][f"{LIT}/student.pt"]["logits"]),
+                               rtol=1e-5, atol=1e-5)
     # format2 (tokens, top-k logits), through the CLI
     result = cli("train-blocks", F2, "--store", F2_STORE, "--student", "gpt2", "--out", "new-gpt", "--epochs", "1",
                  "--batch-size", "16", "--device", "cpu", "-q")
@@ -176,7 +181,8 @@ def test_old_students_load_and_give_the_old_logits(golden, name, relative):
 
 
 def test_evaluate_old_student_and_teacher(golden):
-    result = cli("evaluate", F1, "--student-checkpoint", f"{LIT}/student.pt", "--teacher", F1_TEACHER, "--device", "cpu", "--json")
+    result = cli("evaluate", F1, "--student-checkpoint", f"{LIT}/student.pt", "--teacher", F1_TEACHER,
+                 "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for role, want in EXPECTED["evaluate_lit"].items():
@@ -186,7 +192,8 @@ def test_evaluate_old_student_and_teacher(golden):
 def test_resume_old_lit_and_finetune_runs(golden):
     old_lit, old_ft = saved(f"{LIT}/last.pt"), saved(f"{FT}/last.pt")
     # finetune first: its --init is the old LIT student.pt, which the LIT resume below rewrites
-    result = cli(*command("train-blocks format1/tiny.py --store format1/store.zarr --student resnet8 --out checkpoints/ft"),
+    result = cli(*command("train-blocks format1/tiny.py --store format1/store.zarr --student resnet8 "
+                          "--out checkpoints/ft"),
                  "--epochs", "2", "--resume")  # the later --epochs wins over the recorded --epochs 1
     assert result.exit_code == 0, result.output
     ft = saved(f"{FT}/last.pt")

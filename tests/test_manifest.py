@@ -42,7 +42,8 @@ def _store_with(tmp_path: Path, manifest: dict, foreign: bool = False) -> Path:
     """A directory litcache recognises as a store by its root (zarr.json and a ledger) holding ``manifest``."""
     path = tmp_path / "s.zarr"
     (path / "ledger").mkdir(parents=True)
-    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"litcache": manifest}}))
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"litcache": manifest}}))
     if foreign:
         (path / "notes.txt").write_text("not litcache's")
     return path
@@ -60,7 +61,8 @@ def test_round_trip_of_an_extracted_store(real_store):
     # Typed reads of what the store holds.
     assert manifest.layout.rows == 96 and manifest.layout.views == manifest.identity.views == 2
     assert manifest.arrays["boundaries/0"].row_shape == (4, 8, 8) and manifest.arrays["logits"].dtype == "float32"
-    assert manifest.identity.recipe == "tiny" and manifest.identity.shuffle is True and manifest.identity.keep_bits is None
+    assert (manifest.identity.recipe == "tiny" and manifest.identity.shuffle is True
+            and manifest.identity.keep_bits is None)
     assert manifest.precision == manifest.compute.precision == "fp32"
     assert [s.index for s in manifest.shards] == list(range(manifest.layout.num_shards))
     assert set(manifest.teacher_modules) == {"stem", "head"} and manifest.options.batch_size == 8
@@ -117,7 +119,8 @@ BAD = [
      "holds [96, 4, '8'] at arrays['boundaries/0'].shape where a list of integers >= 0 is expected"),
     (_set("teacher.checkpoint", None), "holds None at teacher.checkpoint where a string is expected"),
     (_set("compute.channels_last", "true"), "holds 'true' at compute.channels_last where true or false is expected"),
-    (_set("identity.precision", "fp64"), "holds 'fp64' at identity.precision where one of 'fp32', 'bf16', 'fp16' is expected"),
+    (_set("identity.precision", "fp64"),
+     "holds 'fp64' at identity.precision where one of 'fp32', 'bf16', 'fp16' is expected"),
     (_set("shards.2.rows", [32]), "holds [32] at shards[2].rows where [start, stop] with start <= stop is expected"),
     (_set("timing.seconds", -1), "holds -1 at timing.seconds where a number of seconds >= 0 is expected"),
     (_set("layout.num_shards", 5), "holds 5 at layout.num_shards where 6 (one per 16 rows) is expected"),

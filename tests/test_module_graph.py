@@ -168,7 +168,8 @@ def test_readme_package_map_lists_every_module():
     section = section[:section.index("\n## ", 1)]
     listed = set(re.findall(r"^\| `(litcache/[\w/]+\.py)`", section, re.M))
     on_disk = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")}
-    assert listed == on_disk, {"missing from the map": sorted(on_disk - listed), "not on disk": sorted(listed - on_disk)}
+    assert listed == on_disk, {"missing from the map": sorted(on_disk - listed),
+                               "not on disk": sorted(listed - on_disk)}
 
 
 def test_no_public_function_shadows_a_module():

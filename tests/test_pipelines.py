@@ -199,7 +199,8 @@ def test_cifar10_without_data_says_how_to_get_it(tmp_path, monkeypatch):
     recipe = load("cifar10_resnet", monkeypatch)
     with pytest.raises(RecipeError, match="LITCACHE_CIFAR10_ROOT") as info:
         recipe.load_split("train")
-    assert "LITCACHE_CIFAR10_DIR" in str(info.value) and "tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR" in str(info.value)
+    assert ("LITCACHE_CIFAR10_DIR" in str(info.value)
+            and "tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C DIR" in str(info.value))
     monkeypatch.setenv("LITCACHE_CIFAR10_ROOT", str(tmp_path / "no-cifar-here"))
     with pytest.raises(RecipeError, match="cifar-10-batches-py"):
         recipe.load_split("test")
@@ -209,7 +210,8 @@ def test_cifar10_resnext_pipeline(cifar_dir, tmp_path, monkeypatch):
     recipe = load("cifar10_resnext", monkeypatch, LITCACHE_RESNEXT_TEACHER="29", LITCACHE_RESNEXT_CARDINALITY="2",
                   LITCACHE_RESNEXT_BASE_WIDTH="2", LITCACHE_RESNEXT_WIDTHS="8,16,16")
     report = run_pipeline(recipe, "resnext20", tmp_path, views=2, finetune=False)
-    assert report["student"]["depth"] == 20 and report["student"]["compression_by_depth"] == pytest.approx(29 / 20, abs=1e-3)
+    assert (report["student"]["depth"] == 20
+            and report["student"]["compression_by_depth"] == pytest.approx(29 / 20, abs=1e-3))
 
 
 def test_resnext_grouped_bottlenecks():
@@ -262,7 +264,8 @@ def test_amazon_vdcnn_defaults_and_encoding(monkeypatch):
     assert tokens == [2, 3, module.ALPHABET.index(" ") + 2, 1, 1, 0, 0, 0]  # a, b, space, unknown x2, padding
     assert recipe.build_teacher().depth == 29 and recipe.students["vdcnn17"]().depth == 17
     d = recipe.distill
-    assert (d.beta, d.lit.epochs, d.lit.lr, d.lit.milestones, d.lit.gamma, d.lit.batch_size) == (0.05, 15, 0.01, (3, 6, 9, 12), 0.5, 128)
+    assert ((d.beta, d.lit.epochs, d.lit.lr, d.lit.milestones, d.lit.gamma, d.lit.batch_size)
+            == (0.05, 15, 0.01, (3, 6, 9, 12), 0.5, 128))
     assert (d.finetune.epochs, d.finetune.lr) == (10, 0.001) and recipe.augment is None
     monkeypatch.delenv("LITCACHE_AMAZON_CSV", raising=False)
     with pytest.raises(RecipeError, match="LITCACHE_AMAZON_CSV"):
@@ -322,9 +325,10 @@ def test_generation_trains_with_ir_only_and_evaluates_in_text(celeba, tmp_path, 
     assert litcache.open_store(store).manifest.arrays["logits"].row_shape == (3, 8, 8)
     for mode, extra in (("kd", {}), ("lit", {"beta": 0.5})):
         with pytest.raises(OptionError, match="IR losses only"):
-            litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / mode, BlockTrainOptions(mode=mode, epochs=1, **extra),
-                                  log=quiet)
-    [ir] = litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / "ir", BlockTrainOptions(mode="ir", epochs=1), log=quiet)
+            litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / mode,
+                                  BlockTrainOptions(mode=mode, epochs=1, **extra), log=quiet)
+    [ir] = litcache.train_blocks(recipe, store, ["blocks2"], tmp_path / "ir", BlockTrainOptions(mode="ir", epochs=1),
+                                 log=quiet)
     recipe_file = str(PIPELINES / "celeba_stargan.py")
     result = CliRunner().invoke(main, ["evaluate", recipe_file, "--student", ir["checkpoint"], "--teacher", str(ckpt),
                                        "--batch-size", "4"])

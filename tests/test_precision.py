@@ -55,8 +55,8 @@ def test_input_is_float32_in_the_models_layout():
 def test_a_bf16_store_records_its_precision_and_replays(tiny_recipe, teacher_ckpt, tmp_path):
     fp32, bf16 = tmp_path / "fp32.zarr", tmp_path / "bf16.zarr"
     extract(tiny_recipe, fp32, OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
-    extract(tiny_recipe, bf16, ExtractOptions(**{**OPTIONS.__dict__, "precision": "bf16"}), teacher_checkpoint=teacher_ckpt,
-            progress=False, log=quiet)
+    extract(tiny_recipe, bf16, ExtractOptions(**{**OPTIONS.__dict__, "precision": "bf16"}),
+            teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
     # A store without the key was computed in fp32 (as every store made before the option existed).
     assert "precision" not in open_store(fp32).manifest.identity and open_store(fp32).manifest.precision == "fp32"
     manifest = open_store(bf16).manifest
@@ -70,7 +70,8 @@ def test_a_bf16_store_records_its_precision_and_replays(tiny_recipe, teacher_ckp
     # The precision is part of the identity: extracting the other way into the same store is refused.
     result = run_cli("extract", TINY, "--teacher", teacher_ckpt, "--out", fp32, "--views", "2", "--dtype", "float32",
                      "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8", "--precision", "bf16", "-q")
-    assert_clean_error(result, f"Store {str(fp32)!r} was extracted from something else (precision: store has None, now 'bf16')")
+    assert_clean_error(result, f"Store {str(fp32)!r} was extracted from something else "
+                               "(precision: store has None, now 'bf16')")
 
 
 def test_a_bf16_lit_step_from_a_float32_store_equals_the_online_step(tiny_recipe, teacher_ckpt, tiny_store):
@@ -88,7 +89,8 @@ def test_a_bf16_lit_step_from_a_float32_store_equals_the_online_step(tiny_recipe
         compute = resolve_compute("bf16", "cpu", model)
         compute.model(model).train()
         with compute.autocast():
-            loss, parts = step_losses(split, {k: compute.input(v) for k, v in batch.items()}, Phase("lit"), LossWeights.from_record(config))
+            loss, parts = step_losses(split, {k: compute.input(v) for k, v in batch.items()}, Phase("lit"),
+                                      LossWeights.from_record(config))
         assert loss.dtype == torch.float32  # losses stay float32 under autocast
         loss.backward()
         results.append((parts, {n: p.grad.clone() for n, p in split.sections.named_parameters()}))
@@ -97,20 +99,23 @@ def test_a_bf16_lit_step_from_a_float32_store_equals_the_online_step(tiny_recipe
     for key in parts_a:
         assert float(parts_a[key]) == pytest.approx(float(parts_b[key]), rel=2e-2, abs=1e-4), key
     for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=5e-2, atol=5e-2 * float(grads_a[name].abs().max()) + 1e-6)
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=5e-2,
+                                   atol=5e-2 * float(grads_a[name].abs().max()) + 1e-6)
 
 
 def test_training_records_precision_and_resume_refuses_a_change(tiny_recipe, tiny_store, tmp_path):
     options = BlockTrainOptions(epochs=1, batch_size=16, lr=0.02, evaluate=False, precision="bf16")
     [result] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, options, log=quiet)
     assert result["config"]["precision"] == "bf16" and result["config"]["channels_last"]
-    assert all(v.dtype == torch.float32 for v in torch.load(result["checkpoint"])["state_dict"].values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in torch.load(result["checkpoint"])["state_dict"].values()
+               if v.is_floating_point())
     with pytest.raises(CheckpointError, match=r"precision 'bf16' -> 'fp32'"):
         train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, BlockTrainOptions(epochs=2, batch_size=16, lr=0.02,
                      evaluate=False, precision="fp32"), resume=True, log=quiet)
     # --amp is the old spelling of bf16: the same run resumes.
-    [again] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, BlockTrainOptions(epochs=2, batch_size=16, lr=0.02,
-                           evaluate=False, amp=True), resume=True, log=quiet)
+    [again] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path,
+                           BlockTrainOptions(epochs=2, batch_size=16, lr=0.02, evaluate=False, amp=True),
+                           resume=True, log=quiet)
     assert len(again["history"]) == 2
 
 
@@ -128,8 +133,8 @@ def test_train_teacher_and_evaluate_say_what_they_computed_in(tmp_path):
     assert "compute bf16 autocast, channels_last" in result.output
     config = torch.load(out, weights_only=True)["config"]
     assert (config["precision"], config["schedule"], config["nesterov"]) == ("bf16", "onecycle", True)
-    result = run_cli("train-teacher", TINY, "--out", out, "--epochs", "2", "--precision", "fp32", "--schedule", "onecycle",
-                     "--warmup", "0.3", "--nesterov", "--resume")
+    result = run_cli("train-teacher", TINY, "--out", out, "--epochs", "2", "--precision", "fp32",
+                     "--schedule", "onecycle", "--warmup", "0.3", "--nesterov", "--resume")
     assert_clean_error(result, f"Cannot resume {str(out)!r} with other settings (precision 'bf16' -> 'fp32')")
     result = run_cli("evaluate", TINY, "--teacher", out, "--precision", "bf16", "--json")
     assert result.exit_code == 0, result.output

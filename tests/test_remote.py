@@ -65,8 +65,8 @@ def s3_server():
     except ImportError as exc:
         pytest.skip(f"S3 tests need moto[server], s3fs and boto3 (pip install -e .[test]): {exc}")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -121,8 +121,9 @@ def _assert_trained_from(store_url, result: dict, recipe) -> None:
 
 def test_memory_store_extract_info_verify_train(teacher_ckpt, memory_url, local_reference, tmp_path):
     o = TINY_STORE_OPTIONS
-    result = run_cli("extract", TINY, "--teacher", teacher_ckpt, "--out", memory_url, "--views", o.views, "--dtype", o.dtype,
-                     "--chunk-rows", o.chunk_rows, "--shard-rows", o.shard_rows, "--batch-size", o.batch_size, "-q")
+    result = run_cli("extract", TINY, "--teacher", teacher_ckpt, "--out", memory_url, "--views", o.views,
+                     "--dtype", o.dtype, "--chunk-rows", o.chunk_rows, "--shard-rows", o.shard_rows,
+                     "--batch-size", o.batch_size, "-q")
     assert result.exit_code == 0, result.output
     assert checksums(memory_url) == local_reference
 
@@ -170,7 +171,8 @@ def test_s3_store_extract_verify_train_cli(tiny_recipe, teacher_ckpt, s3_url, lo
 
 
 @pytest.mark.parametrize("backend", ["memory", "s3"])
-def test_remote_store_resumes_after_interruption(backend, request, tiny_recipe, teacher_ckpt, local_reference, monkeypatch):
+def test_remote_store_resumes_after_interruption(backend, request, tiny_recipe, teacher_ckpt, local_reference,
+                                                 monkeypatch):
     url = request.getfixturevalue(f"{backend}_url")
     original = StoreWriter.write_shard
 

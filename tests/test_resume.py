@@ -68,8 +68,9 @@ def _refuses_without_resume(out: Path, ckpt: Path) -> None:
     result = run_cli(*_cli_args(out, ckpt), "-q", env={"LITCACHE_TINY_SAMPLES": str(SAMPLES)})
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
-    line = [l for l in result.output.splitlines() if l.startswith("Error:")][0]
-    assert line.startswith(f"Error: Store '{out}' holds an unfinished extraction with these same options. Pass --resume")
+    line = [text for text in result.output.splitlines() if text.startswith("Error:")][0]
+    assert line.startswith(f"Error: Store '{out}' holds an unfinished extraction with these same options. "
+                           "Pass --resume")
 
 
 def _resume_in_process(out: Path, ckpt: Path, rows_left: int) -> None:
@@ -99,7 +100,8 @@ def _wait_for_shards(proc: subprocess.Popen, out: Path, log: Path, count: int = 
         ledger = out / "ledger"
         if ledger.is_dir() and len(list(ledger.glob("shard-*.json"))) >= count:
             return
-        assert proc.poll() is None, f"extract ended (rc {proc.returncode}) before it could be stopped:\n{log.read_text()}"
+        assert proc.poll() is None, (f"extract ended (rc {proc.returncode}) before it could be stopped:\n"
+                                     f"{log.read_text()}")
         assert time.monotonic() < deadline, "no shard committed in time"
         time.sleep(0.01)
 
@@ -141,7 +143,8 @@ def test_resume_after_ctrl_c(teacher_ckpt, reference, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, log.read_text()
-    assert "Error: interrupted. Committed work is kept; run the same command with --resume to continue." in log.read_text()
+    assert ("Error: interrupted. Committed work is kept; run the same command with --resume to continue."
+            in log.read_text())
     assert "Traceback" not in log.read_text()
     assert not (out / ".lock").exists()  # a clean exit releases its lock
     done = len(read_ledger(out))
@@ -281,8 +284,10 @@ def test_rerun_after_kill_during_store_creation(teacher_ckpt, tmp_path):
         main(prog_name="litcache")
     """))
     out = tmp_path / "new.zarr"
-    args = ["extract", TINY, "--teacher", str(teacher_ckpt), "--out", str(out), "--limit", "16", "--chunk-rows", "8", "-q"]
-    proc = subprocess.run([PYTHON, str(wrapper), *args], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    args = ["extract", TINY, "--teacher", str(teacher_ckpt), "--out", str(out), "--limit", "16", "--chunk-rows", "8",
+            "-q"]
+    proc = subprocess.run([PYTHON, str(wrapper), *args], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert out.is_dir()
     # The directory is litcache's own half-made store (its lock names the dead process), not a
@@ -294,7 +299,8 @@ def test_rerun_after_kill_during_store_creation(teacher_ckpt, tmp_path):
     assert store.complete and store.rows == 16 and verify_checksums(store) == []
     assert not (out / ".lock").exists()
     shutil.rmtree(out)
-    proc = subprocess.run([PYTHON, str(wrapper), *args], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([PYTHON, str(wrapper), *args], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     result = run_cli(*args, "--overwrite")
     assert result.exit_code == 0, result.output

@@ -34,7 +34,8 @@ def _torch_schedule(make, epochs: int, steps: int, lr: float, momentum: float = 
 def test_onecycle_is_torchs_one_cycle():
     config = TrainConfig(epochs=3, lr=0.2, schedule="onecycle", warmup=0.25, nesterov=True)
     ours = [config.schedule_at(e, s, 13) for e in range(3) for s in range(13)]
-    theirs = _torch_schedule(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.2, total_steps=39, pct_start=0.25),
+    theirs = _torch_schedule(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.2, total_steps=39,
+                                                                           pct_start=0.25),
                              3, 13, 0.2)
     np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
 
@@ -74,7 +75,8 @@ def test_the_lit_loss_scale_scales_the_whole_lit_loss(tiny_recipe, tiny_store):
     full, parts = step_losses(split, batch, Phase("lit"), LossWeights.from_record({**config, "loss_scale": 1.0}))
     half, _ = step_losses(split, batch, Phase("lit"), LossWeights.from_record({**config, "loss_scale": 0.5}))
     assert float(half.detach()) == pytest.approx(float(full.detach()) / 2)
-    assert float(full.detach()) == pytest.approx(0.75 * float(parts["kd"]) + 0.25 * sum(float(parts[f"ir{i}"]) for i in (1, 2, 3)))
+    assert float(full.detach()) == pytest.approx(0.75 * float(parts["kd"])
+                                                 + 0.25 * sum(float(parts[f"ir{i}"]) for i in (1, 2, 3)))
 
 
 def test_finetune_keeps_the_teachers_head_frozen_and_records_the_scale(tiny_recipe, tiny_store, tmp_path):
@@ -121,7 +123,8 @@ def test_views_k_reads_only_the_first_k_views():
 
 def test_views_above_the_stores_are_refused(tiny_recipe, tiny_store, tmp_path):
     with pytest.raises(OptionError, match="at most the store's 2 views"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, BlockTrainOptions(views=3, evaluate=False), log=quiet)
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, BlockTrainOptions(views=3, evaluate=False),
+                     log=quiet)
 
 
 def test_fresh_views_differ_per_epoch_and_from_the_stored_ones(tiny_recipe, tiny_store, teacher_ckpt):
@@ -139,7 +142,8 @@ def test_fresh_views_differ_per_epoch_and_from_the_stored_ones(tiny_recipe, tiny
     assert torch.equal(epochs[0]["boundaries/0"], epochs[2]["boundaries/0"])  # deterministic
     assert not torch.equal(epochs[0]["boundaries/0"], epochs[1]["boundaries/0"])
     assert not torch.equal(epochs[0]["boundaries/0"], stored["boundaries/0"])
-    assert torch.equal(epochs[0]["source_index"], stored["source_index"]) and torch.equal(epochs[0]["labels"], stored["labels"])
+    assert (torch.equal(epochs[0]["source_index"], stored["source_index"])
+            and torch.equal(epochs[0]["labels"], stored["labels"]))
     assert epochs[1]["view"].unique().tolist() == [store.manifest.layout.views + 1]
 
 
@@ -164,10 +168,10 @@ def test_batched_rows_equal_rows_one_by_one(tiny_recipe):
 
 def test_many_epochs_over_few_views_are_warned_about(tiny_recipe, tiny_store, tmp_path):
     lines = []
-    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "a", BlockTrainOptions(epochs=9, views=2, batch_size=48,
-                 evaluate=False), log=lines.append)
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "a",
+                 BlockTrainOptions(epochs=9, views=2, batch_size=48, evaluate=False), log=lines.append)
     assert any(line.startswith("warning: 9 epochs over 2 stored views") for line in lines), lines
     lines.clear()
-    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", BlockTrainOptions(epochs=8, views=2, batch_size=48,
-                 evaluate=False), log=lines.append)
+    train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b",
+                 BlockTrainOptions(epochs=8, views=2, batch_size=48, evaluate=False), log=lines.append)
     assert not any(line.startswith("warning:") for line in lines), lines

@@ -43,8 +43,8 @@ def _values(rng, shape, dtype):
        codec=st.sampled_from(["zstd", "lz4", "none"]),
        dtype=st.sampled_from([np.float32, np.float16, np.uint16, np.int64, np.int32]),
        row_shape=st.sampled_from([(), (3,), (2, 3, 2)]))
-def test_shards_written_by_litcache_read_back_through_zarr_and_litcache(tmp_path_factory, rows, chunk_rows, chunks_per_shard,
-                                                                           codec, dtype, row_shape):
+def test_shards_written_by_litcache_read_back_through_zarr_and_litcache(tmp_path_factory, rows, chunk_rows,
+                                                                           chunks_per_shard, codec, dtype, row_shape):
     root = tmp_path_factory.mktemp("s") / "g.zarr"
     array = _array(root, "a", rows, row_shape, chunk_rows, chunks_per_shard, dtype, codec)
     fmt = _format(root, "a")
@@ -96,7 +96,8 @@ def test_training_from_a_store_with_a_damaged_shard_index_stops_with_one_error_l
                                        "--out", str(tmp_path / "run"), "--epochs", "1", "--no-verify", "--no-eval"])
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and errors[0].startswith("Error: Cannot read shard 1 of 'boundaries/1' in store "), result.output
+    assert (len(errors) == 1
+            and errors[0].startswith("Error: Cannot read shard 1 of 'boundaries/1' in store ")), result.output
     assert "shard index fails its crc32c check" in result.output and "Traceback" not in result.output
     assert ".." not in errors[0], errors[0]  # the reason's own full stop is not doubled
 

@@ -164,9 +164,11 @@ def test_lit_student_learns_from_a_larger_store(tmp_path):
             teacher_checkpoint=teacher, progress=False, log=quiet)
     assert open_store(store).rows == 2048 * 4
     [result] = train_blocks(recipe, store, ["resnet8"], tmp_path / "lit",
-                            BlockTrainOptions(epochs=6, batch_size=32, lr=0.05, device="cpu", evaluate=False), log=quiet)
+                            BlockTrainOptions(epochs=6, batch_size=32, lr=0.05, device="cpu", evaluate=False),
+                            log=quiet)
     first, last = result["history"][0], result["history"][-1]
-    ir_first, ir_last = [first[k] for k in sorted(first) if k.startswith("ir")], [last[k] for k in sorted(last) if k.startswith("ir")]
+    ir_first, ir_last = ([first[k] for k in sorted(first) if k.startswith("ir")],
+                         [last[k] for k in sorted(last) if k.startswith("ir")])
     assert ir_first and all(b < a / 2 for a, b in zip(ir_first, ir_last)), (ir_first, ir_last)  # every section learns
 
     report = evaluate(recipe, result["checkpoint"], teacher, device="cpu")

@@ -58,7 +58,8 @@ def test_exactly_one_of_two_processes_takes_over_a_stale_lock(tmp_path):
     outcomes = ctx.Queue()
     dead = _dead_pid()
     _stale_lock(tmp_path, dead, 0)
-    procs = [ctx.Process(target=_contender, args=(str(tmp_path), ROUNDS, start, held, done, outcomes)) for _ in range(2)]
+    procs = [ctx.Process(target=_contender, args=(str(tmp_path), ROUNDS, start, held, done, outcomes))
+             for _ in range(2)]
     for proc in procs:
         proc.start()
     results = []

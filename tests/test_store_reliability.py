@@ -36,7 +36,8 @@ DAMAGES = {
     "missing": lambda meta: meta.unlink(),
     "no-manifest": lambda meta: meta.write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}'),
     "lacks-keys": lambda meta: meta.write_text(json.dumps(
-        {"zarr_format": 3, "node_type": "group", "attributes": {"litcache": {"format": "litcache-store", "format_version": 1}}})),
+        {"zarr_format": 3, "node_type": "group",
+         "attributes": {"litcache": {"format": "litcache-store", "format_version": 1}}})),
 }
 
 
@@ -46,7 +47,8 @@ def test_damaged_manifest_advises_overwrite_and_overwrite_replaces_it(damage, ti
     DAMAGES[damage](tiny_store / "zarr.json")
     with pytest.raises(DamagedStoreError, match="--overwrite"):
         read_manifest(tiny_store)
-    for result in (run_cli("info", tiny_store), run_cli("verify", tiny_store), _extract(tiny_store, teacher_ckpt, "--resume")):
+    for result in (run_cli("info", tiny_store), run_cli("verify", tiny_store),
+                   _extract(tiny_store, teacher_ckpt, "--resume")):
         line = assert_clean_error(result, f"Store '{tiny_store}' is a litcache store whose manifest", 1)
         assert f"--out {tiny_store} --overwrite" in line
     result = _extract(tiny_store, teacher_ckpt, "--overwrite")  # the advice works
@@ -62,7 +64,8 @@ def _assert_overwrite_refused(mine: Path, ckpt) -> None:
     with pytest.raises(NotAStoreError):
         read_manifest(mine)
     result = _extract(mine, ckpt, "--overwrite")
-    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; refusing to write into it.", 1)
+    assert_clean_error(result, f"Output path '{mine}' exists and is not a litcache store; "
+                               "refusing to write into it.", 1)
     assert _snapshot(mine) == before
 
 
@@ -113,7 +116,8 @@ def test_manifest_is_written_whole_and_fsynced(tiny_recipe, teacher_ckpt, tmp_pa
         return real(self, key, data)
 
     monkeypatch.setattr(StoreLocation, "write_bytes", recording)
-    extract(tiny_recipe, tmp_path / "s.zarr", TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
+    extract(tiny_recipe, tmp_path / "s.zarr", TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False,
+            log=quiet)
     assert written[0] is False and written[-1] is True
     # zarr reads the group (and its manifest) as its own.
     assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r").attrs["litcache"]["complete"] is True

@@ -114,8 +114,8 @@ def test_ir_sweep_assembles_the_student_of_separate_block_runs(tiny_recipe, tiny
 
     parts = []
     for block in (1, 2, 3):
-        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _direct(mode="ir", section=block, lr=0.05),
-                           log=quiet)
+        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}",
+                           _direct(mode="ir", section=block, lr=0.05), log=quiet)
         parts.append(r["checkpoint"])
     assemble(parts, tmp_path / "assembled.pt")
     _assert_same_weights(row["checkpoint"], tmp_path / "assembled.pt")
@@ -133,7 +133,8 @@ def test_ir_sweep_assembles_the_student_of_separate_block_runs(tiny_recipe, tiny
 def test_failed_variant_is_reported_and_the_others_are_kept(tiny_store, cluster, tmp_path):
     out = tmp_path / "sweep"
     result = run_cli("sweep", RECIPES / "tiny_broken_student.py", "--store", tiny_store, "--student", "resnet8",
-                     "--student", "broken", "--epochs", "1", "--batch-size", "16", "--out", out, "--scheduler", cluster, "-q")
+                     "--student", "broken", "--epochs", "1", "--batch-size", "16", "--out", out,
+                     "--scheduler", cluster, "-q")
     assert_clean_error(result, "variant broken_seed0_epochs1_batch-size16 failed: RuntimeError: the builder of student "
                                "'broken' fails on purpose", exit_code=1)
     rows, table = _results(out)
@@ -158,8 +159,10 @@ def test_sweep_refuses_bad_options_before_training(tiny_store, tmp_path):
                        "Give --workers N (a local cluster) or --scheduler ADDRESS", exit_code=1)
     assert_clean_error(run_cli(*base, "--student", "resnet8", "--scheduler", "nonsense"),
                        "Expected a running dask scheduler at --scheduler 'nonsense'", exit_code=1)
-    assert_clean_error(run_cli(*base, "--student", "nope"), "Expected a student of recipe 'tiny' (resnet8), got 'nope'", exit_code=1)
-    assert_clean_error(run_cli(*base, "--student", "resnet8", "--mode", "ir", "--beta", "0.5"), "--beta weights the KD term", exit_code=1)
+    assert_clean_error(run_cli(*base, "--student", "nope"),
+                       "Expected a student of recipe 'tiny' (resnet8), got 'nope'", exit_code=1)
+    assert_clean_error(run_cli(*base, "--student", "resnet8", "--mode", "ir", "--beta", "0.5"),
+                       "--beta weights the KD term", exit_code=1)
     assert not (tmp_path / "s").exists()  # nothing trained, nothing written
 
 
@@ -184,13 +187,14 @@ def test_failed_worker_range_keeps_other_shards_and_resume_completes(teacher_ckp
     extract(recipe, reference, ExtractOptions(**options), teacher_checkpoint=teacher_ckpt, progress=False, log=quiet)
 
     out = tmp_path / "failed.zarr"
-    flags = ["--views", "2", "--dtype", "float32", "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8", "--no-shuffle"]
+    flags = ["--views", "2", "--dtype", "float32", "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8",
+             "--no-shuffle"]
     # A fresh local cluster started under the variable: its workers fail on shard 4 (samples 32-39);
     # the worker with shards 0-2 and the shard before 4 commit.
-    result = run_cli("extract", FAILING_TEACHER, "--out", out, "--teacher", teacher_ckpt, *flags, "--workers", "2", "-q",
-                     env={"LITCACHE_FAIL_TEACHER": "1"})
-    assert_clean_error(result, f"Extraction into '{out}' did not finish: shards 3-5 failed: RuntimeError: the teacher fails "
-                               "on a marked sample", exit_code=1)
+    result = run_cli("extract", FAILING_TEACHER, "--out", out, "--teacher", teacher_ckpt, *flags, "--workers", "2",
+                     "-q", env={"LITCACHE_FAIL_TEACHER": "1"})
+    assert_clean_error(result, f"Extraction into '{out}' did not finish: shards 3-5 failed: "
+                               "RuntimeError: the teacher fails on a marked sample", exit_code=1)
     assert "The 4 of 6 shards committed are kept" in result.output and "--resume" in result.output
     assert sorted(read_ledger(out)) == [0, 1, 2, 3]
     assert not (out / ".lock").exists()
@@ -201,8 +205,8 @@ def test_failed_worker_range_keeps_other_shards_and_resume_completes(teacher_ckp
     shutil.copytree(out, copy)
     serial = run_cli("extract", FAILING_TEACHER, "--out", out, "--teacher", teacher_ckpt, *flags, "--resume", "-q")
     assert serial.exit_code == 0, serial.output
-    resumed = extract(recipe, copy, ExtractOptions(**options), teacher_checkpoint=teacher_ckpt, resume=True, progress=False,
-                      log=quiet, scheduler=cluster)
+    resumed = extract(recipe, copy, ExtractOptions(**options), teacher_checkpoint=teacher_ckpt, resume=True,
+                      progress=False, log=quiet, scheduler=cluster)
     assert resumed.status == "resumed" and resumed.rows_written == 32
     assert shard_checksums(out) == shard_checksums(copy) == shard_checksums(reference)
 

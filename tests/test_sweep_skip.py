@@ -17,7 +17,8 @@ def _recipe_with(tmp_path, name: str, **lit) -> object:
     """The tiny recipe with other LIT-phase settings (not swept: the sweep's options stay the same)."""
     changes = ", ".join(f"{k}={v!r}" for k, v in lit.items())
     return load_recipe(write_variant(tmp_path, name,
-                                     f"recipe = replace(base, distill=replace(base.distill, lit=replace(base.distill.lit, {changes})))"))
+                                     "recipe = replace(base, distill=replace(base.distill, "
+                                     f"lit=replace(base.distill.lit, {changes})))"))
 
 
 def test_finished_variant_with_another_recipe_schedule_is_not_skipped(tiny_recipe, tiny_store, tmp_path):

@@ -56,7 +56,8 @@ def test_resumed_training_equals_uninterrupted(tiny_recipe, tmp_path, milestones
     whole = train_teacher(tiny_recipe, tmp_path / "whole.pt", config=config, device="cpu", log=quiet)
     train_teacher(tiny_recipe, tmp_path / "split.pt", config=replace(config, epochs=1), device="cpu", log=quiet)
     lines = []
-    resumed = train_teacher(tiny_recipe, tmp_path / "split.pt", config=config, resume=True, device="cpu", log=lines.append)
+    resumed = train_teacher(tiny_recipe, tmp_path / "split.pt", config=config, resume=True, device="cpu",
+                            log=lines.append)
     assert lines[0] == "resuming from epoch 1 of 3"
     assert len(resumed["history"]) == 3
     assert resumed["weights_hash"] == whole["weights_hash"]
@@ -158,5 +159,6 @@ def test_a_resume_draws_the_rest_of_its_own_seeds_stream(tiny_recipe, tmp_path):
         save_atomic(state, tmp_path / f"s{seed}.pt")
     with pytest.raises(CheckpointError, match="started before litcache seeded each --seed's epochs"):
         train_teacher(tiny_recipe, tmp_path / "s1.pt", config=longer, seed=1, resume=True, device="cpu", log=quiet)
-    resumed = train_teacher(tiny_recipe, tmp_path / "s0.pt", config=longer, seed=0, resume=True, device="cpu", log=quiet)
+    resumed = train_teacher(tiny_recipe, tmp_path / "s0.pt", config=longer, seed=0, resume=True, device="cpu",
+                            log=quiet)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]

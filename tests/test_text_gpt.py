@@ -112,13 +112,14 @@ def test_gpt_through_the_cli(gpt_recipe, tmp_path):
     """train-teacher -> extract --logit-topk -> verify --replay -> train-blocks (lit; ir --block;
     finetune) -> assemble -> evaluate, with perplexity where a classifier has accuracy."""
     teacher = tmp_path / "teacher.pt"
-    result = run_cli("train-teacher", str(GPT), "--out", teacher, "--epochs", "1", "--batch-size", "32", "--device", "cpu", "-q")
+    result = run_cli("train-teacher", str(GPT), "--out", teacher, "--epochs", "1", "--batch-size", "32",
+                     "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     assert "test_perplexity" in torch.load(teacher, weights_only=True)["history"][0]
 
     store = tmp_path / "train.zarr"
-    result = run_cli("extract", str(GPT), "--teacher", teacher, "--out", store, "--logit-topk", "5", "--dtype", "float32",
-                     "--chunk-rows", "16", "--batch-size", "16", "--device", "cpu", "-q")
+    result = run_cli("extract", str(GPT), "--teacher", teacher, "--out", store, "--logit-topk", "5",
+                     "--dtype", "float32", "--chunk-rows", "16", "--batch-size", "16", "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     manifest = open_store(store).manifest
     assert manifest.format_version == 2 and manifest.identity.logit_topk == 5 and "logits" not in manifest.arrays
@@ -136,7 +137,8 @@ def test_gpt_through_the_cli(gpt_recipe, tmp_path):
     assert "test_perplexity" in lit["history"][0]
     parts = []
     for block in (1, 2):
-        result = run_cli("train-blocks", str(GPT), *common, "--mode", "ir", "--block", str(block), "--out", tmp_path / f"b{block}")
+        result = run_cli("train-blocks", str(GPT), *common, "--mode", "ir", "--block", str(block),
+                         "--out", tmp_path / f"b{block}")
         assert result.exit_code == 0, result.output
         parts.append(tmp_path / f"b{block}" / "gpt2" / "student.pt")
     assert run_cli("assemble", *parts, "--out", tmp_path / "assembled.pt").exit_code == 0
@@ -152,7 +154,8 @@ def test_gpt_through_the_cli(gpt_recipe, tmp_path):
         assert 1.0 < report[role]["perplexity"] < 2 * 256  # near chance after one epoch, but a perplexity
     assert report["student"]["depth"] == 2 and report["teacher"]["depth"] == 4
     assert report["student"]["macs_per_sample"] < report["teacher"]["macs_per_sample"]
-    text = run_cli("evaluate", str(GPT), "--student-checkpoint", tmp_path / "ft" / "gpt2" / "student.pt", "--device", "cpu")
+    text = run_cli("evaluate", str(GPT), "--student-checkpoint", tmp_path / "ft" / "gpt2" / "student.pt",
+                   "--device", "cpu")
     assert "perplexity" in text.output and "top-1" not in text.output
 
 
@@ -160,7 +163,8 @@ def test_gpt_lit_step_from_a_float32_store_equals_the_online_step(gpt_recipe, tm
     """The cache changes nothing but the cost, with padded rows and top-k logits too."""
     teacher = make_gpt_teacher(gpt_recipe, tmp_path / "teacher.pt")
     path = tmp_path / "s.zarr"
-    extract(gpt_recipe, path, ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu", logit_topk=6, limit=48),
+    extract(gpt_recipe, path,
+            ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu", logit_topk=6, limit=48),
             teacher_checkpoint=teacher, progress=False, log=quiet)
     store = open_store(path)
     rows = list(range(16, 32))
@@ -184,7 +188,8 @@ def test_variable_length_rows_round_trip_exactly(gpt_recipe, tmp_path_factory, l
     recipe = replace(gpt_recipe, load_split=lambda split: rows)
     work = tmp_path_factory.mktemp("rows")
     teacher = make_gpt_teacher(recipe, work / "teacher.pt")
-    extract(recipe, work / "s.zarr", ExtractOptions(dtype="float32", chunk_rows=8, batch_size=8, device="cpu", shuffle=False),
+    extract(recipe, work / "s.zarr",
+            ExtractOptions(dtype="float32", chunk_rows=8, batch_size=8, device="cpu", shuffle=False),
             teacher_checkpoint=teacher, progress=False, log=quiet)
     store = open_store(work / "s.zarr")
     got = StoreDataset(store, ["labels", "lengths", "boundaries/2", "logits"]).__getitems__(range(len(lengths)))
@@ -225,7 +230,8 @@ def test_bench_show_and_a_damaged_token_store(gpt_recipe, tmp_path):
     result = run_cli("bench", str(GPT), "--store", store, "--device", "cpu", "--batch-size", "8", "--json")
     assert result.exit_code == 0, result.output
     shown = run_cli("show", str(GPT), env={"LITCACHE_GPT_SECTIONS": "4"})  # gpt2: 2 blocks for 4 sections
-    assert shown.exit_code == 0 and "vocabulary 256" in shown.output and "cannot be cut with these sections" in shown.output
+    assert (shown.exit_code == 0 and "vocabulary 256" in shown.output
+            and "cannot be cut with these sections" in shown.output)
     # A token store whose manifest is damaged is still recognised as litcache's, so --overwrite may replace it.
     (store / "zarr.json").write_text("{ not json")
     result = run_cli("extract", str(GPT), "--teacher", teacher, "--out", store, "--logit-topk", "4", "--limit", "32",

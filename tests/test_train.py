@@ -70,7 +70,8 @@ def test_lit_step_from_store_equals_online_teacher_step(tiny_recipe, teacher_ckp
 @pytest.mark.parametrize("mode", ["lit", "ir", "kd", "hints"])
 def test_each_mode_decreases_its_loss(tiny_recipe, tiny_store, tmp_path, mode):
     epochs = 6 if mode == "hints" else 4
-    [result] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode=mode, epochs=epochs, lr=0.02), **QUIET)
+    [result] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode=mode, epochs=epochs, lr=0.02),
+                            **QUIET)
     history = result["history"]
     key = "hint" if mode == "hints" else "loss"
     first, last = history[0][key], history[(epochs // 2 - 1) if mode == "hints" else -1][key]
@@ -112,8 +113,8 @@ def test_the_head_trains_where_its_mode_does_unless_told(tiny_recipe, tiny_store
                             _options(mode="kd", epochs=1, train_head=False), **QUIET)
     assert _head_is_the_teachers(frozen["checkpoint"], tiny_recipe, store)
     with pytest.raises(CheckpointError, match=r"train_head False -> True"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "kd-frozen", _options(mode="kd", epochs=2), resume=True,
-                     **QUIET)
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "kd-frozen", _options(mode="kd", epochs=2),
+                     resume=True, **QUIET)
     with pytest.raises(OptionError, match="never runs the head"):
         _options(mode="ir", train_head=True)
 
@@ -125,7 +126,8 @@ def test_a_checkpoint_from_before_train_head_resumes(tiny_recipe, tiny_store, tm
     state = torch.load(last, weights_only=False)
     del state["config"]["train_head"]
     torch.save(state, last)
-    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="kd", epochs=2), resume=True, **QUIET)
+    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(mode="kd", epochs=2), resume=True,
+                             **QUIET)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
 
 
@@ -145,7 +147,8 @@ def test_accuracy_gives_each_module_its_own_mode_back(tiny_recipe):
 def test_block_training_then_assembly_gives_the_trained_sections(tiny_recipe, tiny_store, tmp_path):
     parts = []
     for block in (1, 2, 3):
-        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}", _options(mode="ir", section=block), **QUIET)
+        [r] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / f"b{block}",
+                           _options(mode="ir", section=block), **QUIET)
         parts.append(r["checkpoint"])
     with pytest.raises(CheckpointError, match=r"sections \[3\]"):
         assemble(parts[:2], tmp_path / "partial.pt")
@@ -178,8 +181,10 @@ def test_resume_continues_where_it_stopped(tiny_recipe, tiny_store, tmp_path):
     with pytest.raises(CheckpointError, match="--resume"):
         train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), **QUIET)
     with pytest.raises(CheckpointError, match=r"with other settings \(lr 0.05 -> 0.1\)"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4, lr=0.1), resume=True, **QUIET)
-    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), resume=True, **QUIET)
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4, lr=0.1), resume=True,
+                     **QUIET)
+    [resumed] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "b", _options(epochs=4), resume=True,
+                             **QUIET)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     a = load_student(straight["checkpoint"]).state_dict()
     b = load_student(resumed["checkpoint"]).state_dict()
@@ -189,7 +194,8 @@ def test_resume_continues_where_it_stopped(tiny_recipe, tiny_store, tmp_path):
 
 def test_student_that_does_not_fit_the_store_is_refused(tiny_store, tmp_path):
     recipe = load_recipe(RECIPES / "tiny_wide_student.py")
-    with pytest.raises(StoreMismatchError, match=r"section 3 maps \(8, 4, 4\) to \(16, 2, 2\), but the store's boundary 3 is \(8, 2, 2\)"):
+    with pytest.raises(StoreMismatchError, match=r"section 3 maps \(8, 4, 4\) to \(16, 2, 2\), "
+                                                 r"but the store's boundary 3 is \(8, 2, 2\)"):
         train_blocks(recipe, tiny_store, ["wide"], tmp_path, _options(), **QUIET)
     assert not (tmp_path / "wide").exists()
 
@@ -206,7 +212,8 @@ def test_corrupt_store_is_refused_unless_verification_is_skipped(tiny_recipe, ti
     assert verified == [] and not (tmp_path / "verified").exists()  # refused before training starts
     # Skipped: training starts, and the damaged chunk is still named when a batch reads it.
     with pytest.raises(CorruptStoreError, match=r"Cannot read shard 0 of 'boundaries/2'"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "skipped", _options(verify=False), log=skipped.append)
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "skipped", _options(verify=False),
+                     log=skipped.append)
     assert skipped[0].startswith("resnet8: lit, ") and (tmp_path / "skipped" / "resnet8").is_dir()
 
 
@@ -225,8 +232,10 @@ def test_several_students_and_cli_end_to_end(tiny_store, teacher_ckpt, tmp_path)
     assert report["student"]["compression_by_depth"] == pytest.approx(14 / 8, rel=1e-3)
     assert 0.0 <= report["student"]["accuracy"] <= 1.0 and report["student"]["samples"] == 16
 
-    result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "nope", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and result.output.startswith("Error: Expected a student of recipe 'tiny' (resnet8), got 'nope'")
+    result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "nope",
+                                  "--out", str(tmp_path / "x")])
+    assert (result.exit_code == 1
+            and result.output.startswith("Error: Expected a student of recipe 'tiny' (resnet8), got 'nope'"))
     result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "resnet8", "--out",
                                   str(tmp_path / "y"), "--mode", "lit", "--block", "1"])
     assert result.exit_code == 1 and "Error: --block trains one section alone" in result.output
@@ -259,7 +268,8 @@ def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store
     from litcache.store.arrays import Store
 
     [cached] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "cached", _options(epochs=1), **QUIET)
-    [memory] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "memory", _options(epochs=1, in_memory=True), **QUIET)
+    [memory] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "memory",
+                            _options(epochs=1, in_memory=True), **QUIET)
 
     def no_reads(self, name, *args):
         raise AssertionError(f"the online run read store array {name}")
@@ -284,7 +294,8 @@ def test_online_run_matches_the_cached_run(tiny_recipe, teacher_ckpt, tiny_store
     assert json.loads((tmp_path / "cached" / "resnet8" / "metrics.json").read_text())["online"] is False
 
 
-def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teacher_ckpt, tiny_store, tmp_path, monkeypatch):
+def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teacher_ckpt, tiny_store, tmp_path,
+                                                             monkeypatch):
     """LIT then fine-tune with fresh views is one stream of distinct views: the fine-tune's epochs
     continue after the LIT phase's (views and row orders) instead of replaying its first ones, and a
     resumed fine-tune continues its own stream."""
@@ -292,7 +303,8 @@ def test_a_finetune_draws_new_views_not_the_lit_phases_again(tiny_recipe, teache
 
     views, orders = [], []
     make_view = ViewRows.make_view
-    monkeypatch.setattr(ViewRows, "make_view", lambda self, index, view: (views.append(view), make_view(self, index, view))[1])
+    monkeypatch.setattr(ViewRows, "make_view",
+                        lambda self, index, view: (views.append(view), make_view(self, index, view))[1])
     monkeypatch.setattr(ChunkShuffleSampler, "__iter__", lambda self: iter(orders.append(b := self._batches()) or b))
     fresh = dict(online_teacher=str(teacher_ckpt), fresh_views=True, batch_size=48)
     [lit] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "lit", _options(epochs=2, **fresh), **QUIET)
@@ -326,7 +338,8 @@ def test_online_teacher_of_other_weights_is_refused(tiny_recipe, tiny_store, oth
     store_hash = open_store(tiny_store).manifest.identity.teacher_hash
     other_hash = load_teacher(tiny_recipe, other_teacher_ckpt)[1]
     with pytest.raises(StoreMismatchError, match=f"weights hash {other_hash}.*weights hash {store_hash}"):
-        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(online_teacher=str(other_teacher_ckpt)), **QUIET)
+        train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path, _options(online_teacher=str(other_teacher_ckpt)),
+                     **QUIET)
     assert not (tmp_path / "resnet8").exists()
     with pytest.raises(OptionError, match="--online-teacher"):
         _options(online_teacher=str(other_teacher_ckpt), in_memory=True)

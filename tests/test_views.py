@@ -151,7 +151,10 @@ def test_viewrows_seed_changes_views_and_no_augment():
     layout = RowLayout(7, 2, 4)
     a = ViewRows(data, layout, seed=0, augment=CropFlip(padding=2))
     b = ViewRows(data, layout, seed=1, augment=CropFlip(padding=2))
-    params = lambda rows: {rows.locate(r): tuple(rows[r][4].tolist()) for r in range(len(rows))}
+
+    def params(rows):
+        return {rows.locate(r): tuple(rows[r][4].tolist()) for r in range(len(rows))}
+
     assert params(a) != params(b)
     plain = ViewRows(data, layout, seed=0, augment=None)
     assert plain.num_params == 0

@@ -74,7 +74,8 @@ def test_vit_defaults_and_split():
 
 def test_a_student_too_shallow_for_the_sections_is_refused():
     recipe = load_recipe(VIT)  # 4 sections: a 2-block student cannot have one block per section
-    with pytest.raises(RecipeError, match="Expected a transformer depth divisible by the recipe's 4 sections, got 2 blocks"):
+    with pytest.raises(RecipeError,
+                       match="Expected a transformer depth divisible by the recipe's 4 sections, got 2 blocks"):
         cut_sections(recipe.students["vit2"](), recipe)
 
 
@@ -105,7 +106,8 @@ def test_cosine_ir_loss():
 
 
 def test_adamw_is_an_optimizer():
-    optimizer = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05).make_optimizer([torch.nn.Parameter(torch.ones(2))])
+    optimizer = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05).make_optimizer(
+        [torch.nn.Parameter(torch.ones(2))])
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.05
 
 
@@ -128,8 +130,8 @@ def test_vit_through_the_cli(vit_recipe, vit_store, tmp_path):
     parts = []
     for block in (1, 2):
         out = tmp_path / f"ir{block}"
-        result = run_cli("train-blocks", str(VIT), *common, "--mode", "ir", "--block", str(block), "--ir-loss", "cosine",
-                         "--out", out)
+        result = run_cli("train-blocks", str(VIT), *common, "--mode", "ir", "--block", str(block),
+                         "--ir-loss", "cosine", "--out", out)
         assert result.exit_code == 0, result.output
         parts.append(out / "vit2" / "student.pt")
     assert read_student(parts[0])["config"]["ir_loss"] == "cosine"
@@ -173,7 +175,8 @@ def test_teacher_blocks_from_a_store_without_section_weights_is_refused(vit_reci
     kept = {part: tensors for part, tensors in manifest.teacher_modules.items() if not part.startswith("section")}
     write_manifest(store, replace(manifest, teacher_modules=kept))
     with pytest.raises(StoreMismatchError, match="holds no weights of the teacher's sections"):
-        train_blocks(vit_recipe, store, ["vit2"], tmp_path / "lit", BlockTrainOptions(epochs=1, device="cpu"), log=quiet)
+        train_blocks(vit_recipe, store, ["vit2"], tmp_path / "lit", BlockTrainOptions(epochs=1, device="cpu"),
+                     log=quiet)
     result = run_cli("train-blocks", str(VIT), "--store", store, "--student", "vit2", "--out", tmp_path / "cli",
                      "--epochs", "1", "--device", "cpu", "-q")
     assert_clean_error(result, f"Store {str(store)!r} holds no weights of the teacher's sections")

@@ -36,7 +36,8 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator["object"
         try:
             client = Client(scheduler)
         except (OSError, ValueError) as exc:  # unreachable, or not an address
-            raise OptionError(f"Expected a running dask scheduler at --scheduler {scheduler!r}, could not connect: {exc}.") from None
+            raise OptionError(f"Expected a running dask scheduler at --scheduler {scheduler!r}, could not "
+                              f"connect: {exc}.") from None
         with client:
             yield client
         return
@@ -75,8 +76,8 @@ def extract_task(recipe_source: str, options: ExtractOptions, checkpoint: str, s
     writer = StoreWriter.reopen(store)
     diff = identity_diff(writer.manifest.identity, plan.identity)
     if diff:  # e.g. a worker on another machine with other data or another teacher file
-        raise StoreMismatchError(f"A dask worker sees another recipe, teacher or data than store {store!r} was started with "
-                                 f"({'; '.join(diff)}). Give every worker the same files.")
+        raise StoreMismatchError(f"A dask worker sees another recipe, teacher or data than store {store!r} was started "
+                                 f"with ({'; '.join(diff)}). Give every worker the same files.")
     ranges = shard_ranges(plan.rows, plan.shard_rows)
     return run_pending(plan, writer, ranges, shards, resolve_device(options.device), False, background_writer)
 
@@ -114,7 +115,7 @@ def run_distributed(plan: ExtractPlan, out: StoreLocation, pending: list[int], c
     if failures:
         done, total = len(read_ledger(out)), len(shard_ranges(plan.rows, plan.shard_rows))
         raise IncompleteStoreError(
-            f"Extraction into {str(out)!r} did not finish: {'; '.join(failures)}. The {done} of {total} shards committed "
-            "are kept; fix the cause and run the same command with --resume to finish it."
+            f"Extraction into {str(out)!r} did not finish: {'; '.join(failures)}. The {done} of {total} shards "
+            "committed are kept; fix the cause and run the same command with --resume to finish it."
         )
     return teacher_seconds, rows_done

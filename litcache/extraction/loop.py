@@ -26,7 +26,8 @@ from .teacher_outputs import teacher_fields
 __all__ = ["ShardWriter", "shard_batches", "run_pending"]
 
 #: Largest magnitude each storage dtype holds without becoming Inf.
-_FINITE_LIMIT = {"float32": torch.finfo(torch.float32).max, "float16": 65504.0, "bfloat16": torch.finfo(torch.bfloat16).max}
+_FINITE_LIMIT = {"float32": torch.finfo(torch.float32).max, "float16": 65504.0,
+                 "bfloat16": torch.finfo(torch.bfloat16).max}
 
 
 class ShardWriter(threading.Thread):
@@ -87,8 +88,8 @@ class ShardWriter(threading.Thread):
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             done = len(self.writer.committed())
             raise DiskSpaceError(
-                f"Disk full while writing store {str(self.writer.path)!r}. The {done} shards committed so far are kept; "
-                "free some space and run the same command with --resume."
+                f"Disk full while writing store {str(self.writer.path)!r}. The {done} shards committed so far are "
+                "kept; free some space and run the same command with --resume."
             ) from exc
         raise exc
 
@@ -190,7 +191,8 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
                 shard = buffers = None
             bar.update(n)
             elapsed = time.perf_counter() - t0
-            bar.set_postfix_str(f"{rows_done * plan.bytes_per_row / max(elapsed, 1e-9) / 1e6:.1f} MB/s raw", refresh=False)
+            bar.set_postfix_str(f"{rows_done * plan.bytes_per_row / max(elapsed, 1e-9) / 1e6:.1f} MB/s raw",
+                                refresh=False)
         background.put(None)
         background.join()
         background.raise_if_failed()

@@ -66,9 +66,9 @@ class ExtractOptions:
         if self.codec not in CODECS:
             raise OptionError(f"Expected --codec in {list(CODECS)}, got {self.codec!r} instead.")
         if self.keep_bits is not None and not 1 <= self.keep_bits < MANTISSA_BITS[self.dtype]:
-            raise OptionError(f"Expected --keep-bits between 1 and {MANTISSA_BITS[self.dtype] - 1} for --dtype {self.dtype} "
-                              f"(it has {MANTISSA_BITS[self.dtype]} mantissa bits), got {self.keep_bits} instead. "
-                              "Leave it out to store the values exactly.")
+            raise OptionError(f"Expected --keep-bits between 1 and {MANTISSA_BITS[self.dtype] - 1} for --dtype "
+                              f"{self.dtype} (it has {MANTISSA_BITS[self.dtype]} mantissa bits), got {self.keep_bits} "
+                              "instead. Leave it out to store the values exactly.")
         if self.logit_topk is not None and self.logit_topk < 1:
             raise OptionError(f"Expected --logit-topk >= 1 (or none: every logit), got {self.logit_topk} instead.")
         if self.loader_workers < 0:
@@ -107,7 +107,8 @@ def _bytes_per_row(specs: list[ArraySpec]) -> int:
     return sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
 
 
-def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint: str | Path | None = None) -> ExtractPlan:
+def plan_extraction(recipe: Recipe, options: ExtractOptions,
+                    teacher_checkpoint: str | Path | None = None) -> ExtractPlan:
     """Load teacher and data, check the sections, and work out shapes and identity."""
     recipe.check_split_name(options.split)
     teacher, teacher_hash, checkpoint = load_teacher(recipe, teacher_checkpoint)
@@ -119,7 +120,8 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions, teacher_checkpoint:
     if augment is None and options.views > 1:
         raise OptionError(f"Split {options.split!r} of recipe {recipe.name!r} has no augmentation, so --views "
                           f"{options.views} would store {options.views} identical copies of every row. Use --views 1.")
-    rows = ViewRows(dataset, RowLayout(samples, options.views, options.chunk_rows), options.seed, augment, options.shuffle)
+    rows = ViewRows(dataset, RowLayout(samples, options.views, options.chunk_rows), options.seed, augment,
+                    options.shuffle)
 
     sectioned = cut_sections(teacher, recipe)
     compute = resolve_compute(options.precision or recipe.precision, resolve_device(options.device), teacher)
@@ -195,7 +197,8 @@ def check_finite(name: str, stored: torch.Tensor, row0: int, rows_dataset: ViewR
     bad = ~torch.isfinite(stored).flatten(1).all(1) if stored.dim() > 1 else ~torch.isfinite(stored)
     if bad.any():
         rows = (bad.nonzero().flatten() + row0).tolist()
-        where = ", ".join(f"row {r} (sample {rows_dataset.locate(r)[0]}, view {rows_dataset.locate(r)[1]})" for r in rows[:5])
+        where = ", ".join(f"row {r} (sample {rows_dataset.locate(r)[0]}, view {rows_dataset.locate(r)[1]})"
+                          for r in rows[:5])
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         hint = (f" The values may exceed the {dtype} range; try --dtype bfloat16 or float32."
                 if dtype == "float16" else "")

@@ -44,7 +44,8 @@ def verify_store(path: str | Path, replay: int = 0, recipe: Recipe | None = None
 def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: int, report: VerifyReport) -> None:
     identity = store.manifest.identity
     teacher, teacher_hash, _ = load_teacher(recipe, teacher_checkpoint or store.manifest.teacher.checkpoint)
-    for key, stored, have in (("recipe", identity.recipe, recipe.name), ("teacher_hash", identity.teacher_hash, teacher_hash)):
+    for key, stored, have in (("recipe", identity.recipe, recipe.name),
+                              ("teacher_hash", identity.teacher_hash, teacher_hash)):
         if stored != have:
             raise StoreMismatchError(f"Cannot replay: the store's {key} is {stored!r} but the given one is {have!r}.")
     # Replay in the precision the store was computed in (a store without the key: fp32), on the CPU.
@@ -62,39 +63,46 @@ def _replay(store: Store, count: int, recipe: Recipe, teacher_checkpoint, seed: 
         stored_label = torch.from_numpy(np.asarray(store.array("labels")[r])).to(torch.int64)
         if stored_index != index or not torch.equal(stored_label, y):
             shown = y.tolist() if y.dim() == 0 else f"({y.numel()} targets)"
-            report.replay_failures.append(f"row {r}: stored sample {stored_index} / label, expected sample {index} label {shown}")
+            report.replay_failures.append(f"row {r}: stored sample {stored_index} / label, expected sample {index} "
+                                          f"label {shown}")
             continue
         if "view_params" in store.manifest.arrays:
             stored_params = torch.from_numpy(store.array("view_params")[r])
             if not torch.equal(stored_params, params):
-                report.replay_failures.append(f"row {r}: view parameters {stored_params.tolist()} do not replay (got {params.tolist()})")
+                report.replay_failures.append(f"row {r}: view parameters {stored_params.tolist()} do not replay "
+                                              f"(got {params.tolist()})")
                 continue
         with torch.inference_mode(), compute.autocast():
             outs, logits = sectioned.boundaries(compute.input(x.unsqueeze(0)))
             # Every logit (zeroed past the length, as stored): a top-k store is checked against them below.
             fields = teacher_fields(outs, logits, y.unsqueeze(0))
-        live = {name: (to_storage(z, dtype, keep_bits), dtype) for name, z in fields.items() if name.startswith("boundaries/")}
+        live = {name: (to_storage(z, dtype, keep_bits), dtype) for name, z in fields.items()
+                if name.startswith("boundaries/")}
         every_logit = fields["logits"].float()
         if identity.logit_topk is None:
             live["logits"] = (to_storage(every_logit, "float32"), "float32")
-        else:  # top-k: the live logits at the stored indices (near-ties may order differently from one batch to another)
+        else:  # top-k: the live logits at the stored indices (near-ties may order differently from one batch to
+            # another)
             indices = torch.from_numpy(np.asarray(store.array("topk_indices")[r:r + 1])).long()
             live["topk_values"] = (to_storage(every_logit.gather(-1, indices), "float32"), "float32")
             # ...and those are the K largest: the live top-K values, sorted (ties cannot reorder values).
-            live["topk_values (the top K)"] = (to_storage(every_logit.topk(indices.shape[-1], dim=-1).values, "float32"), "float32")
+            live["topk_values (the top K)"] = (
+                to_storage(every_logit.topk(indices.shape[-1], dim=-1).values, "float32"), "float32")
         if "lengths" in fields and int(store.array("lengths")[r]) != int(fields["lengths"][0]):
             report.replay_failures.append(f"row {r} (sample {index}): stored length {int(store.array('lengths')[r])}, "
                                           f"expected {int(fields['lengths'][0])}")
             continue
         for name, (value, value_dtype) in live.items():
             stored = store.read(name.split(" ")[0], r, r + 1).float()
-            got = torch.from_numpy(value).view(torch.bfloat16).float() if value_dtype == "bfloat16" else torch.from_numpy(value).float()
+            got = (torch.from_numpy(value).view(torch.bfloat16).float() if value_dtype == "bfloat16"
+                   else torch.from_numpy(value).float())
             # A value near a rounding boundary may land one kept bit away from the stored one.
-            tol = max(REPLAY_RTOL[value_dtype], 2.0 ** -keep_bits if keep_bits and name.startswith("boundaries/") else 0.0,
+            tol = max(REPLAY_RTOL[value_dtype],
+                      2.0 ** -keep_bits if keep_bits and name.startswith("boundaries/") else 0.0,
                       REPLAY_COMPUTE_RTOL[precision])
             err = ((got - stored).abs() / (stored.abs().max() + 1e-12)).max().item()
             report.replay_max_error[name] = max(report.replay_max_error.get(name, 0.0), err)
             if not torch.allclose(got, stored, rtol=tol, atol=tol * float(stored.abs().max())):
-                report.replay_failures.append(f"row {r} (sample {index}, view {view}): {name} differs from the live teacher "
-                                              f"(max relative error {err:.3g})")
+                report.replay_failures.append(f"row {r} (sample {index}, view {view}): {name} differs from the live "
+                                              f"teacher (max relative error {err:.3g})")
         report.replayed_rows += 1

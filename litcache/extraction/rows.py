@@ -57,7 +57,8 @@ class ViewRows(Dataset):
                  shuffle: bool = True) -> None:
         self.dataset, self.layout, self.seed, self.augment, self.shuffle = dataset, layout, seed, augment, shuffle
         self.samples, self.views = layout.samples, layout.views
-        self.order = np.random.default_rng([seed, 0x5EED]).permutation(self.samples) if shuffle else np.arange(self.samples)
+        self.order = (np.random.default_rng([seed, 0x5EED]).permutation(self.samples) if shuffle
+                      else np.arange(self.samples))
         self.num_params = len(augment.param_names) if augment is not None else 0
 
     @classmethod
@@ -85,7 +86,8 @@ class ViewRows(Dataset):
         if self.augment is None:
             params = torch.zeros((len(index), 0), dtype=torch.float32)
         else:
-            params = torch.tensor([self.augment.sample(view_generator(self.seed, i, v), x.shape[1:]) for i, v in located],
+            params = torch.tensor([self.augment.sample(view_generator(self.seed, i, v), x.shape[1:])
+                                   for i, v in located],
                                   dtype=torch.float32)
             if hasattr(self.augment, "apply_batch"):
                 x = self.augment.apply_batch(x, params)
@@ -119,7 +121,8 @@ def batch_of(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.
         x, y = dataset.tensors[0][indices], dataset.tensors[1][indices]
     else:
         items = [dataset[i][:2] for i in indices]
-        x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0])) for it in items])
+        x = torch.stack([it[0] if isinstance(it[0], torch.Tensor) else torch.as_tensor(np.asarray(it[0]))
+                         for it in items])
         labels = [it[1] for it in items]
         y = torch.stack(labels) if is_per_position(labels[0]) else torch.tensor([int(label) for label in labels])
     return x, torch.as_tensor(y).to(torch.int64)

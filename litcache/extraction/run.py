@@ -173,11 +173,14 @@ def extract(
         ratios = _ESTIMATED_RATIO["float32" if options.dtype == "float32" else "16-bit"]
         estimate = pending_rows * plan.bytes_per_row * ratios[options.codec]
         free = _free_bytes(out)
-        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}" for s in plan.specs if s.name.startswith("boundaries/"))
-        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, {len(ranges) - len(committed)}/{len(ranges)} "
-            f"shards), boundaries {shapes}, {human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
-            f"({options.dtype}+{options.codec}), free disk {'unknown (remote store)' if free is None else human_bytes(free)}, "
-            f"device {device}, {plan.compute.describe()}")
+        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}"
+                           for s in plan.specs if s.name.startswith("boundaries/"))
+        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, "
+            f"{len(ranges) - len(committed)}/{len(ranges)} shards), boundaries {shapes}, "
+            f"{human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
+            f"({options.dtype}+{options.codec}), free disk "
+            f"{'unknown (remote store)' if free is None else human_bytes(free)}, device {device}, "
+            f"{plan.compute.describe()}")
         if free is not None and estimate > free:
             raise DiskSpaceError(
                 f"The store needs about {human_bytes(estimate)} but only {human_bytes(free)} is free at {str(out)!r}. "
@@ -245,5 +248,6 @@ def _initial_manifest(plan: ExtractPlan) -> Manifest:
         versions={"litcache": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
                   "numcodecs": numcodecs.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
         created=utc_now(),
-        format_version=TOKEN_FORMAT_VERSION if any(s.name in ("lengths", "topk_values") for s in plan.specs) else FORMAT_VERSION,
+        format_version=(TOKEN_FORMAT_VERSION if any(s.name in ("lengths", "topk_values") for s in plan.specs)
+                        else FORMAT_VERSION),
     )

@@ -33,8 +33,9 @@ def teacher_fields(outs: list[torch.Tensor], logits: torch.Tensor, labels: torch
         valid = (labels != IGNORE_INDEX).to(logits.device)
         lengths = valid.sum(1)
         if not torch.equal(valid, token_mask(lengths, labels.shape[1])):
-            raise RecipeError("Expected rows of tokens to be right-padded (every target -100 after the last valid one), "
-                              "but a row has -100 between valid targets. litcache stores a length per row; pad at the end.")
+            raise RecipeError("Expected rows of tokens to be right-padded (every target -100 after the last valid "
+                              "one), but a row has -100 between valid targets. litcache stores a length per row; pad "
+                              "at the end.")
         fields["lengths"] = lengths.to(torch.int32)
         keep = valid.unsqueeze(-1)
         outs = [torch.where(keep, z, torch.zeros((), dtype=z.dtype, device=z.device)) for z in outs]

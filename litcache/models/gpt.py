@@ -204,5 +204,6 @@ def init_from_blocks(student: CausalTransformer, teacher: CausalTransformer, pic
                 student.blocks[j].load_state_dict(teacher.blocks[p].state_dict())
             except RuntimeError as exc:
                 raise RecipeError(f"Expected student block {j} to have the shape of teacher block {p} (same width, "
-                                  f"heads and mlp_ratio), but they differ: {str(exc).splitlines()[-1].strip()}") from None
+                                  "heads and mlp_ratio), but they differ: "
+                                  f"{str(exc).splitlines()[-1].strip()}") from None
     return student

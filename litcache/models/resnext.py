@@ -79,5 +79,6 @@ class CifarResNeXt(nn.Module):
 def cifar_resnext(depth: int, **kwargs) -> CifarResNeXt:
     """ResNeXt-``depth`` for depth = 9n + 2 (11, 20, 29, ..., 110): 3 convs per bottleneck, 3 stages."""
     if depth < 11 or (depth - 2) % 9:
-        raise ValueError(f"Expected a CIFAR ResNeXt depth of the form 9n + 2 (11, 20, 29, ..., 110), got {depth} instead.")
+        raise ValueError("Expected a CIFAR ResNeXt depth of the form 9n + 2 (11, 20, 29, ..., 110), got "
+                         f"{depth} instead.")
     return CifarResNeXt((depth - 2) // 9, **kwargs)

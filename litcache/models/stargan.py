@@ -43,10 +43,12 @@ class StarGANGenerator(nn.Module):
 
     def __init__(self, residual_blocks: int = 6, conv_dim: int = 64, c_dim: int = 5) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _instance_norm(conv_dim), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _instance_norm(conv_dim),
+                                   nn.ReLU(inplace=True)]
         channels = conv_dim
         for _ in range(2):
-            layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False), _instance_norm(channels * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False), _instance_norm(channels * 2),
+                       nn.ReLU(inplace=True)]
             channels *= 2
         self.stem = nn.Sequential(*layers)
         self.blocks = nn.Sequential(*(InstanceNormResidualBlock(channels) for _ in range(residual_blocks)))
@@ -84,7 +86,8 @@ def convert_stargan_state(state: dict, residual_blocks: int = 6) -> dict:
             continue
         if key.startswith(("downsampling_layers.", "bottleneck_section1.", "upsampling_layers.")):
             prefix, rest = key.split(".", 1)
-            new = {"downsampling_layers": "stem", "bottleneck_section1": "blocks", "upsampling_layers": "head"}[prefix] + "." + rest
+            new = {"downsampling_layers": "stem", "bottleneck_section1": "blocks",
+                   "upsampling_layers": "head"}[prefix] + "." + rest
         elif key.startswith("main."):
             _, index, rest = key.split(".", 2)
             i = int(index)

@@ -39,7 +39,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Expected a checkpoint file at {str(path)!r}, but there is none. Train one with `litcache train-teacher`.")
+        raise CheckpointError(f"Expected a checkpoint file at {str(path)!r}, but there is none. Train one with "
+                              "`litcache train-teacher`.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -68,7 +69,8 @@ def fit_state(model: nn.Module, state: dict, what: str) -> None:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if wrong:
             parts.append(f"{len(wrong)} of another shape (e.g. {'; '.join(wrong[:3])})")
-        raise CheckpointError(f"{what} does not fit the architecture: " + ", ".join(parts) + ". Is it the recipe's teacher?")
+        raise CheckpointError(f"{what} does not fit the architecture: " + ", ".join(parts)
+                              + ". Is it the recipe's teacher?")
     model.load_state_dict(state)
 
 

@@ -53,6 +53,6 @@ def resolve_device(device: str) -> torch.device:
     count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
     if d.index is not None and d.index >= count:
         names = ", ".join(f"{d.type}:{i}" for i in range(count))
-        raise OptionError(f"Expected --device {device} to be one of this machine's {count} {d.type} device(s) ({names}), "
-                          f"got index {d.index} instead. Use one of those, or --device auto.")
+        raise OptionError(f"Expected --device {device} to be one of this machine's {count} {d.type} device(s) "
+                          f"({names}), got index {d.index} instead. Use one of those, or --device auto.")
     return d

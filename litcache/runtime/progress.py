@@ -45,7 +45,8 @@ class PlainProgress:
 
     def _write(self, now: float) -> None:
         elapsed = now - self.start
-        done = f"{self.n:,}/{self.total:,} {self.unit}s ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n:,} {self.unit}s"
+        done = (f"{self.n:,}/{self.total:,} {self.unit}s ({100 * self.n / self.total:.0f}%)" if self.total
+                else f"{self.n:,} {self.unit}s")
         parts = [done, f"{elapsed:.0f} s"]
         if self.total and 0 < self.n < self.total and elapsed > 0:
             parts.append(f"about {(self.total - self.n) * elapsed / self.n:.0f} s left")

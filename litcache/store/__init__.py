@@ -47,8 +47,8 @@ from .arrays import (
 )
 from .manifest import FORMAT, FORMAT_VERSION, TOKEN_FORMAT_VERSION, Manifest, read_manifest
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "TOKEN_FORMAT_VERSION", "Manifest", "read_manifest", "ArraySpec", "Store", "StoreWriter",
-           "checksum", "open_store", "read_ledger", "shard_ranges", "store_sizes", "verify_checksums"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "TOKEN_FORMAT_VERSION", "Manifest", "read_manifest", "ArraySpec", "Store",
+           "StoreWriter", "checksum", "open_store", "read_ledger", "shard_ranges", "store_sizes", "verify_checksums"]
 
 
 def __getattr__(name: str):

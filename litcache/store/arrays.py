@@ -35,8 +35,8 @@ from .manifest import (
 from .shards import ShardFormat, shard_io_pool
 from .space import disk_full_error, human_bytes, is_disk_full
 
-__all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum", "verify_checksums",
-           "store_sizes"]
+__all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum",
+           "verify_checksums", "store_sizes"]
 
 
 def checksum(array: np.ndarray) -> str:
@@ -123,11 +123,13 @@ class Store:
         shard, within = divmod(chunk, fmt.chunks_per_shard)
         key = ShardFormat.shard_key(name, shard, 1 + len(fmt.row_shape))
         try:
-            rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within, self._shard_indexes.get(key))
+            rows, index = fmt.read_chunk(lambda a, b: self.location.read_range(key, a, b), within,
+                                         self._shard_indexes.get(key))
         except (CorruptStoreError, FileNotFoundError) as exc:
             reason = "it is missing" if isinstance(exc, FileNotFoundError) else str(exc).rstrip(".")
             raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
-                                    "`litcache verify` checks every shard; extract the store again to repair it.") from None
+                                    "`litcache verify` checks every shard; extract the store again to "
+                                    "repair it.") from None
         self._shard_indexes[key] = index
         return rows[: stop - start]
 
@@ -162,8 +164,8 @@ def open_store(path: str | Path, require_complete: bool = True) -> Store:
     if require_complete and not store.complete:
         done = len(store.committed())
         raise IncompleteStoreError(
-            f"Store {str(path)!r} is incomplete ({done} of {len(store.shards)} shards committed): its extraction did not finish. "
-            f"Finish it with `litcache extract RECIPE --out {path} --resume` and the same options."
+            f"Store {str(path)!r} is incomplete ({done} of {len(store.shards)} shards committed): its extraction did "
+            f"not finish. Finish it with `litcache extract RECIPE --out {path} --resume` and the same options."
         )
     return store
 
@@ -201,7 +203,8 @@ class StoreWriter:
                 _clear_store_dir(loc)  # nothing is committed yet: give the space back
             rows = manifest.layout.rows
             raw = rows * sum(int(np.prod(s.row_shape, dtype=np.int64)) * s.storage_dtype.itemsize for s in specs)
-            raise disk_full_error(loc, "creating store", f"up to {human_bytes(raw)} uncompressed (less once compressed)",
+            raise disk_full_error(loc, "creating store",
+                                  f"up to {human_bytes(raw)} uncompressed (less once compressed)",
                                   "Nothing was committed, and the half-made store was removed; free some space "
                                   "(or choose another --out) and run the same command again.") from exc
 
@@ -231,7 +234,8 @@ class StoreWriter:
             teacher_modules[part] = {}
             for key, tensor in state.items():
                 value = tensor.detach().cpu().contiguous().numpy()
-                group.create_array(f"teacher/{part}/{key}", shape=value.shape, dtype=value.dtype, fill_value=0)[...] = value
+                group.create_array(f"teacher/{part}/{key}", shape=value.shape, dtype=value.dtype,
+                                   fill_value=0)[...] = value
                 teacher_modules[part][key] = TensorRecord(value.shape, value.dtype.name, checksum(value))
         manifest = replace(manifest, arrays=arrays, teacher_modules=teacher_modules, complete=False)
         loc.makedirs(LEDGER_DIR)
@@ -259,7 +263,8 @@ class StoreWriter:
                 self.location, f"writing shard {index} of store",
                 f"up to {human_bytes(_raw_bytes(self.manifest, sum(b - a for a, b in left)))} uncompressed "
                 f"for the {len(left)} shards not committed yet",
-                f"The {len(ledger)} shards committed so far are kept; free some space and run the same command with --resume.",
+                f"The {len(ledger)} shards committed so far are kept; free some space and run the same "
+                "command with --resume.",
             ) from exc
 
     def _write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
@@ -292,7 +297,8 @@ class StoreWriter:
 
     def _put_shard(self, name: str, index: int, start: int, fmt: ShardFormat, chunks: list) -> None:
         if start != index * fmt.chunk_rows * fmt.chunks_per_shard:
-            raise ValueError(f"Shard {index} of {name!r} must start at row {index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
+            raise ValueError(f"Shard {index} of {name!r} must start at row "
+                             f"{index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
         # Whole or absent: tmp + fsync + rename locally, one PUT remotely.
         self.location.write_bytes(ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)), fmt.assemble(chunks))
 
@@ -307,7 +313,8 @@ class StoreWriter:
         expected = shard_ranges(self.manifest.layout.rows, self.manifest.layout.shard_rows)
         missing = [i for i in range(len(expected)) if i not in ledger]
         if missing:
-            raise IncompleteStoreError(f"Cannot finalize store {str(self.path)!r}: shards {missing[:10]} are not committed.")
+            raise IncompleteStoreError(f"Cannot finalize store {str(self.path)!r}: shards {missing[:10]} "
+                                       "are not committed.")
         shards = [ShardRecord(i, ledger[i]["rows"], ledger[i]["xxh3_64"]) for i in range(len(expected))]
         manifest = replace(self.manifest, completed=completed or utc_now(), timing=timing or self.manifest.timing,
                            shards=shards, complete=True)
@@ -317,7 +324,8 @@ class StoreWriter:
             if not is_disk_full(exc):
                 raise
             raise disk_full_error(
-                self.location, "committing the manifest of store", f"{human_bytes(len(json.dumps(manifest.to_dict())))} for the manifest",
+                self.location, "committing the manifest of store",
+                f"{human_bytes(len(json.dumps(manifest.to_dict())))} for the manifest",
                 f"All {len(expected)} shards are committed and the store is as it was, incomplete; free some space "
                 "and run the same command with --resume to finish it.",
             ) from exc
@@ -349,10 +357,12 @@ def verify_checksums(store: Store) -> list[str]:
             try:
                 got = checksum(store.array(name)[start:stop])
             except Exception as exc:  # a corrupt chunk can fail to decode at all
-                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): unreadable ({type(exc).__name__}: {exc})")
+                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): unreadable "
+                                f"({type(exc).__name__}: {exc})")
                 continue
             if got != expected:
-                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): checksum {got} != recorded {expected}")
+                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): checksum {got} != "
+                                f"recorded {expected}")
     return problems
 
 

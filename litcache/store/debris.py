@@ -32,7 +32,8 @@ class Debris:
         return len(self.files)
 
     def describe(self) -> str:
-        return f"{len(self.files)} temporary file{'s' if len(self.files) != 1 else ''} ({human_bytes(self.bytes)}) of killed writers"
+        return (f"{len(self.files)} temporary file{'s' if len(self.files) != 1 else ''} ({human_bytes(self.bytes)}) "
+                "of killed writers")
 
 def find_debris(location: StoreLocation) -> Debris:
     """Every temporary file of a writer that is gone, at the store root and in the folders litcache makes."""

@@ -35,7 +35,8 @@ class FrozenMapping(Mapping):
         return len(self._data)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is read-only; make a new one (dataclasses.replace on the manifest).")
+        raise AttributeError(f"{type(self).__name__} is read-only; make a new one (dataclasses.replace "
+                             "on the manifest).")
 
     def __reduce__(self):
         return type(self), (self._data,)
@@ -45,7 +46,8 @@ class FrozenMapping(Mapping):
 
     def to_dict(self) -> dict:
         """A plain (JSON-able) dict; records inside become their ``to_dict()``."""
-        return {key: value.to_dict() if hasattr(value, "to_dict") else copy.deepcopy(value) for key, value in self._data.items()}
+        return {key: value.to_dict() if hasattr(value, "to_dict") else copy.deepcopy(value)
+                for key, value in self._data.items()}
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ COUNT = Expect(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 POSITIVE = Expect(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 STRING = Expect(lambda v: isinstance(v, str), "a string")
 BOOL = Expect(lambda v: isinstance(v, bool), "true or false")
-SECONDS = Expect(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number of seconds >= 0")
+SECONDS = Expect(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                 "a number of seconds >= 0")
 SHAPE = Expect(_is_shape, "a list of integers >= 0")
 STRINGS = Expect(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings")
 CODEC = Expect(lambda v: v in CODECS, f"one of {', '.join(map(repr, CODECS))}")
@@ -97,7 +100,8 @@ class JsonObject:
 
     def wrong(self, key: str, expected: str) -> None:
         """Refuse the value at ``key``: it is not ``expected``."""
-        raise ManifestError.at(self.where, f"holds {_shown(self.value[key])} at {self.key_path(key)} where {expected} is expected")
+        raise ManifestError.at(self.where,
+                               f"holds {_shown(self.value[key])} at {self.key_path(key)} where {expected} is expected")
 
     def get(self, key: str, expect: Expect) -> Any:
         if key not in self.value:

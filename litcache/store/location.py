@@ -37,7 +37,8 @@ def storage_options() -> dict:
     try:
         options = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise OptionError(f"Expected {STORAGE_OPTIONS_ENV} to be a JSON object, but it does not parse: {exc}.") from None
+        raise OptionError(f"Expected {STORAGE_OPTIONS_ENV} to be a JSON object, but it does "
+                          f"not parse: {exc}.") from None
     if not isinstance(options, dict):
         raise OptionError(f"Expected {STORAGE_OPTIONS_ENV} to be a JSON object, got {type(options).__name__} instead.")
     return options
@@ -131,7 +132,8 @@ class StoreLocation:
             sizes = self.fs.du(self._full(key), total=False) if self.fs.exists(self._full(key)) else {}
             return sum(size for name, size in sizes.items() if not name.endswith((".partial", ".tmp")))
         directory = self._local(key)
-        return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.name.endswith((".partial", ".tmp")))
+        return sum(f.stat().st_size for f in directory.rglob("*")
+                   if f.is_file() and not f.name.endswith((".partial", ".tmp")))
 
     def free_bytes(self) -> int | None:
         """Free disk space where the store would go; None when unknown (object stores)."""

@@ -69,7 +69,8 @@ def _read_owner(loc: StoreLocation) -> dict | None:
 def _locked_error(path: StoreLocation, owner: dict) -> StoreLockedError:
     return StoreLockedError(
         f"Store {str(path)!r} is locked by process {owner.get('pid', '?')} on host {owner.get('host', '?')}: "
-        f"another extraction is writing it. Wait for it to finish; if that process is gone, delete {str(path / LOCK_FILE)!r}."
+        "another extraction is writing it. Wait for it to finish; if that process is gone, delete "
+        f"{str(path / LOCK_FILE)!r}."
     )
 
 

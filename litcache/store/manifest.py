@@ -131,7 +131,8 @@ class ArrayRecord:
                    storage_dtype=obj.get("storage_dtype", STRING), codec=obj.get("codec", CODEC))
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "storage_dtype": self.storage_dtype, "codec": self.codec}
+        return {"shape": list(self.shape), "dtype": self.dtype, "storage_dtype": self.storage_dtype,
+                "codec": self.codec}
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,8 @@ class Manifest:
                 root.wrong("boundaries", f"names of arrays (arrays has no {name!r})")
         modules = None
         if "teacher_modules" in data:
-            modules = root.object("teacher_modules").records(lambda part: FrozenMapping(part.records(TensorRecord.read)))
+            modules = root.object("teacher_modules").records(
+                lambda part: FrozenMapping(part.records(TensorRecord.read)))
         shards = None
         if "shards" in data:
             shards = tuple(ShardRecord.read(item) for item in root.items("shards"))
@@ -347,7 +349,8 @@ class Manifest:
     def to_dict(self) -> dict:
         """The JSON object written into zarr.json (keys in the order litcache has always written them)."""
         out = {"format": self.format, "format_version": self.format_version, "complete": self.complete,
-               "identity": self.identity.to_dict(), "layout": self.layout.to_dict(), "boundaries": list(self.boundaries),
+               "identity": self.identity.to_dict(), "layout": self.layout.to_dict(),
+               "boundaries": list(self.boundaries),
                "view_param_names": list(self.view_param_names), "recipe": self.recipe.to_dict(),
                "teacher": self.teacher.to_dict(), "options": self.options.to_dict()}
         if self.compute is not None:
@@ -390,7 +393,8 @@ def read_manifest(path: str | Path | StoreLocation) -> Manifest:
     loc = StoreLocation(path)
     path = loc.path
     if not loc.exists():
-        raise StoreNotFoundError(f"Expected a litcache store at {str(path)!r}, but nothing is there. Create one with `litcache extract`.")
+        raise StoreNotFoundError(f"Expected a litcache store at {str(path)!r}, but nothing is there. Create one with "
+                                 "`litcache extract`.")
     if not loc.is_dir():
         raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a file with no Zarr group in it.")
     if not loc.is_file("zarr.json"):
@@ -400,12 +404,14 @@ def read_manifest(path: str | Path | StoreLocation) -> Manifest:
         meta_json = json.loads(loc.read_bytes("zarr.json").decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         _refuse_if_damaged(loc, f"does not parse ({exc})")
-        raise NotAStoreError(f"Expected {loc / 'zarr.json'!r} to be Zarr group metadata, but it does not parse: {exc}.") from None
+        raise NotAStoreError(f"Expected {loc / 'zarr.json'!r} to be Zarr group metadata, but it does not "
+                             f"parse: {exc}.") from None
     attrs = meta_json.get("attributes") if isinstance(meta_json, dict) else None
     manifest = attrs.get(MANIFEST_ATTR) if isinstance(attrs, dict) else None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         _refuse_if_damaged(loc, "holds no litcache manifest")
-        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a Zarr group without a litcache manifest.")
+        raise NotAStoreError(f"Expected a litcache store at {str(path)!r}, found a Zarr group without a "
+                             "litcache manifest.")
     try:
         return Manifest.from_dict(manifest, where=str(loc))
     except ManifestError as exc:  # (a subclass of StoreFormatError: caught before the clause below)
@@ -427,6 +433,7 @@ def write_manifest(location: str | Path | StoreLocation, manifest: Manifest, new
     """Write the manifest into the root group's zarr.json whole and durably (``StoreLocation.write_bytes``);
     ``new``: make that zarr.json (an empty Zarr v3 group), else keep the rest of the one there."""
     loc = StoreLocation(location)
-    meta = {"attributes": {}, "zarr_format": 3, "node_type": "group"} if new else json.loads(loc.read_bytes("zarr.json"))
+    meta = ({"attributes": {}, "zarr_format": 3, "node_type": "group"} if new
+            else json.loads(loc.read_bytes("zarr.json")))
     meta.setdefault("attributes", {})[MANIFEST_ATTR] = manifest.to_dict()
     loc.write_bytes("zarr.json", json.dumps(meta, indent=2).encode())

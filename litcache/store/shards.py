@@ -77,7 +77,8 @@ def _compressor(codecs: list[dict]) -> "numcodecs.abc.Codec | None | bool":
     if name == "zstd":
         return numcodecs.Zstd(level=config.get("level", 0), checksum=config.get("checksum", False))
     if name == "blosc":
-        return numcodecs.Blosc(cname=config["cname"], clevel=config["clevel"], shuffle=_BLOSC_SHUFFLE[config["shuffle"]],
+        return numcodecs.Blosc(cname=config["cname"], clevel=config["clevel"],
+                               shuffle=_BLOSC_SHUFFLE[config["shuffle"]],
                                blocksize=config.get("blocksize", 0), typesize=config.get("typesize"))
     return False
 
@@ -140,10 +141,11 @@ class ShardFormat:
     def submit(self, data: np.ndarray, pool: ThreadPoolExecutor | None = None) -> list[Future]:
         """Queue the chunks of one whole shard holding ``data`` (from the shard's first row) for encoding."""
         if data.shape[1:] != self.row_shape or len(data) > self.chunk_rows * self.chunks_per_shard:
-            raise ValueError(f"Expected at most {self.chunk_rows * self.chunks_per_shard} rows of shape {self.row_shape}, "
-                             f"got {data.shape}.")
+            raise ValueError(f"Expected at most {self.chunk_rows * self.chunks_per_shard} rows of shape "
+                             f"{self.row_shape}, got {data.shape}.")
         pool = pool or encoder_pool()
-        return [pool.submit(self._encode_chunk, data[i : i + self.chunk_rows]) for i in range(0, len(data), self.chunk_rows)]
+        return [pool.submit(self._encode_chunk, data[i : i + self.chunk_rows])
+                for i in range(0, len(data), self.chunk_rows)]
 
     def assemble(self, chunks: list[Future]) -> bytes:
         """The shard file: the encoded chunks, then their index and its crc32c."""
@@ -182,7 +184,8 @@ class ShardFormat:
             raise CorruptStoreError(f"A chunk does not decode ({exc}): the shard file is damaged.") from None
         expected = math.prod(shape) * self.dtype.itemsize
         if len(raw) != expected:
-            raise CorruptStoreError(f"A decoded chunk holds {len(raw)} bytes, expected {expected}: the shard file is damaged.")
+            raise CorruptStoreError(f"A decoded chunk holds {len(raw)} bytes, expected {expected}: the shard "
+                                    "file is damaged.")
         return np.frombuffer(raw, dtype=self.dtype).reshape(shape)
 
     def read_chunk(self, read_range: Callable[[int, int | None], bytes], chunk_in_shard: int,

@@ -28,4 +28,5 @@ def disk_full_error(location: StoreLocation, doing: str, needs: str, kept: str) 
     """``Disk full while DOING 'STORE': F free, and it needs N. KEPT`` (KEPT: what is safe, and what to do)."""
     free = StoreLocation(location).free_bytes()
     return DiskFullError(f"Disk full while {doing} {str(location)!r}: "
-                         f"{'free space unknown' if free is None else human_bytes(free) + ' free'}, and it needs {needs}. {kept}")
+                         f"{'free space unknown' if free is None else human_bytes(free) + ' free'}, and it needs "
+                         f"{needs}. {kept}")

@@ -81,7 +81,8 @@ def format_store_info(info: dict) -> str:
     """The text `litcache info` prints for a :func:`store_info` result."""
     m = info["manifest"]
     ident, layout = m.identity, m.layout
-    state = "complete" if info["complete"] else f"INCOMPLETE ({info['committed_shards']}/{layout.num_shards} shards; resume with --resume)"
+    state = ("complete" if info["complete"]
+             else f"INCOMPLETE ({info['committed_shards']}/{layout.num_shards} shards; resume with --resume)")
     lines = [
         f"store        {info['path']}  (format {m.format} v{m.format_version}, {state})",
         f"recipe       {ident.recipe}  (hash {ident.recipe_hash}, {m.recipe.source})",
@@ -92,8 +93,10 @@ def format_store_info(info: dict) -> str:
         f"values       {ident.dtype}, " + (f"rounded to {ident.keep_bits} mantissa bits (lossy)" if ident.keep_bits
                                           else "exact in that dtype"),
         f"computed     teacher forward in {ident.precision}"
-        + (f", {'channels_last' if m.compute.channels_last else 'contiguous'} on {m.compute.device}" if m.compute else ""),
-        f"layout       {layout.chunk_rows} rows/chunk, {layout.shard_rows} rows/shard, {layout.num_shards} shards, {layout.row_order}",
+        + (f", {'channels_last' if m.compute.channels_last else 'contiguous'} on {m.compute.device}"
+           if m.compute else ""),
+        f"layout       {layout.chunk_rows} rows/chunk, {layout.shard_rows} rows/shard, {layout.num_shards} "
+        f"shards, {layout.row_order}",
         f"created      {m.created}   completed {m.completed or '-'}",
         "versions     " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
         "arrays:",

@@ -166,7 +166,8 @@ def prepare_student(recipe: Recipe, store: Store, student: str, config: RunConfi
 def wanted_fields(store: Store, config: RunConfig) -> list[str]:
     """The store arrays a step of ``config`` reads (the same for every student of the run)."""
     sections = len(store.boundary_names) - 1
-    return store_fields(config.phase.fields_read(sections, config.hint(sections), config.losses.beta), store.manifest.arrays)
+    return store_fields(config.phase.fields_read(sections, config.hint(sections), config.losses.beta),
+                        store.manifest.arrays)
 
 
 def _refuse_before_training(recipe: Recipe, store: Store, students: Sequence[str], config: RunConfig) -> None:
@@ -175,8 +176,8 @@ def _refuse_before_training(recipe: Recipe, store: Store, students: Sequence[str
         raise OptionError(f"Recipe {recipe.name!r} is a {recipe.task} task: its students train with the IR losses only "
                           "(--mode ir, or --mode lit with --beta 0); KD needs class logits.")
     if store.manifest.identity.recipe != recipe.name:
-        raise StoreMismatchError(f"Store {str(store.path)!r} was extracted for recipe {store.manifest.identity.recipe!r}, "
-                                 f"not {recipe.name!r}.")
+        raise StoreMismatchError(f"Store {str(store.path)!r} was extracted for recipe "
+                                 f"{store.manifest.identity.recipe!r}, not {recipe.name!r}.")
     if config.views is not None and config.views > store.manifest.layout.views:
         raise OptionError(f"Expected --views at most the store's {store.manifest.layout.views} views, "
                           f"got {config.views} instead.")
@@ -197,11 +198,12 @@ def _online_teacher(recipe: Recipe, store: Store, config: RunConfig) -> OnlineTe
     """The online baseline's teacher, loaded once, and a wrong teacher refused before any training."""
     device = resolve_device(config.device)
     if device.type == "cuda" and config.loader_workers:
-        raise OptionError("--online-teacher runs the teacher on the GPU in the training process: use --loader-workers 0.")
+        raise OptionError("--online-teacher runs the teacher on the GPU in the training process: "
+                          "use --loader-workers 0.")
     if config.fresh_views and config.loader_workers:
         raise OptionError("--fresh-views draws each epoch's views in the training process: use --loader-workers 0.")
-    return OnlineTeacherDataset(recipe, store, config.online_teacher, wanted_fields(store, config), device, precision=config.precision,
-                                fresh_views=config.fresh_views)
+    return OnlineTeacherDataset(recipe, store, config.online_teacher, wanted_fields(store, config), device,
+                                precision=config.precision, fresh_views=config.fresh_views)
 
 
 def _same_store(state: dict, store: Store, last: Path) -> None:
@@ -209,7 +211,8 @@ def _same_store(state: dict, store: Store, last: Path) -> None:
         raise CheckpointError(f"Cannot resume {str(last)!r}: it was trained from another store.")
 
 
-def _resumed_config(config: RunConfig, state: dict | None, last: Path, log: Callable[[str], None], student: str) -> RunConfig:
+def _resumed_config(config: RunConfig, state: dict | None, last: Path, log: Callable[[str], None],
+                    student: str) -> RunConfig:
     """A resumed run continues its own data stream (a checkpoint from before the offset existed had none)."""
     if state is None:
         return config
@@ -247,8 +250,8 @@ def _run_data(store: Store, config: RunConfig, wanted: list[str], online: Online
         if config.in_memory:
             t = time.perf_counter()
             dataset = MemoryDataset.from_store(dataset)
-            log(f"{student}: read {len(dataset)} rows of {', '.join(wanted)} into memory in {time.perf_counter() - t:.1f} s "
-                "(not counted in the epochs' seconds)")
+            log(f"{student}: read {len(dataset)} rows of {', '.join(wanted)} into memory in "
+                f"{time.perf_counter() - t:.1f} s (not counted in the epochs' seconds)")
     sampler = ChunkShuffleSampler.for_store(store, config.optim.batch_size, buffer_chunks=config.buffer_chunks,
                                             num_workers=config.loader_workers, seed=config.seed, views=config.views)
     pin = resolve_device(config.device).type == "cuda" and online is None  # online batches are on the device already
@@ -267,8 +270,8 @@ def _warn_on_view_reuse(config: RunConfig, store: Store, log: Callable[[str], No
     views = config.views or store.manifest.layout.views
     if not config.fresh_views and config.epochs > VIEW_REUSE_WARNING * views:
         log(f"warning: {config.epochs} epochs over {views} stored views: every view is seen about "
-            f"{config.epochs / views:.0f} times, where the original LIT code draws a fresh crop every epoch. Fixed views "
-            "cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
+            f"{config.epochs / views:.0f} times, where the original LIT code draws a fresh crop every epoch. Fixed "
+            "views cost accuracy on long schedules (see benchmarks/README.md, fidelity); extract more --views.")
 
 
 def _store_record(store: Store) -> dict:
@@ -323,8 +326,8 @@ def recalibrate_batchnorm(sectioned: SectionedModel, loader, compute: Compute) -
     return rows
 
 
-def _recalibrate(sectioned: SectionedModel, data: _RunData, compute: Compute, eval_set: Dataset | None, model: nn.Module,
-                 log: Callable[[str], None], student: str, task: str) -> None:
+def _recalibrate(sectioned: SectionedModel, data: _RunData, compute: Compute, eval_set: Dataset | None,
+                 model: nn.Module, log: Callable[[str], None], student: str, task: str) -> None:
     """BatchNorm recalibration before fine-tuning, logged with the test accuracy (or perplexity) before and after."""
     before = test_score(model, eval_set, compute, task) if eval_set is not None else None
     loader = make_loader(data.dataset, data.sampler, num_workers=data.loader.num_workers)
@@ -344,10 +347,11 @@ def _teacher_sections(store: Store) -> list[dict]:
     sections = len(store.boundary_names) - 1
     parts = store.manifest.teacher_modules or {}
     if any(f"section{i}" not in parts for i in range(1, sections + 1)):
-        raise StoreMismatchError(f"Store {str(store.path)!r} holds no weights of the teacher's sections (stores keep them "
-                                 "for recipes with student_init='teacher-blocks', and only since litcache kept them), so "
-                                 "--student-init teacher-blocks has nothing to copy. Train with --student-init scratch, or "
-                                 "set the recipe's student_init and extract the store again.")
+        raise StoreMismatchError(f"Store {str(store.path)!r} holds no weights of the teacher's sections (stores keep "
+                                 "them for recipes with student_init='teacher-blocks', and only since litcache kept "
+                                 "them), so --student-init teacher-blocks has nothing to copy. Train with "
+                                 "--student-init scratch, or set the recipe's student_init and extract "
+                                 "the store again.")
     return [store.module_state(f"section{i}") for i in range(1, sections + 1)]
 
 

@@ -71,7 +71,8 @@ class Phase:
         if self.mode == "lit":
             return every_boundary if beta == 0 else every_boundary + ["logits", "labels"]  # beta 0: IR only
         if self.mode == "ir":
-            return every_boundary if self.section is None else [f"boundaries/{self.section - 1}", f"boundaries/{self.section}"]
+            return every_boundary if self.section is None else [f"boundaries/{self.section - 1}",
+                                                                f"boundaries/{self.section}"]
         if self.mode == "hints":
             return ["boundaries/0", f"boundaries/{hint}", "logits", "labels"]
         return ["boundaries/0", "logits", "labels"]
@@ -150,7 +151,8 @@ class BlockTrainOptions:
 
     def __post_init__(self, block: int | None) -> None:
         if block is not None:
-            warnings.warn("BlockTrainOptions(block=I) is now BlockTrainOptions(section=I).", DeprecationWarning, stacklevel=3)
+            warnings.warn("BlockTrainOptions(block=I) is now BlockTrainOptions(section=I).", DeprecationWarning,
+                          stacklevel=3)
             if self.section is not None and self.section != block:
                 raise OptionError(f"Expected one section to train alone, got section={self.section} and block={block}.")
             object.__setattr__(self, "section", block)
@@ -175,18 +177,21 @@ class BlockTrainOptions:
         if self.fresh_views and self.online_teacher is None:
             raise OptionError("--fresh-views draws new views for the teacher to compute: it needs --online-teacher.")
         if self.amp and self.precision not in (None, "bf16"):
-            raise OptionError(f"--amp is the old spelling of --precision bf16; it contradicts --precision {self.precision}.")
+            raise OptionError("--amp is the old spelling of --precision bf16; it contradicts "
+                              f"--precision {self.precision}.")
         if self.recalibrate_bn and self.mode != "finetune":
-            raise OptionError("--recalibrate-bn re-estimates an assembled student's BatchNorm statistics before fine-tuning: "
-                              "use it with --mode finetune.")
+            raise OptionError("--recalibrate-bn re-estimates an assembled student's BatchNorm statistics before "
+                              "fine-tuning: use it with --mode finetune.")
         if self.ir_loss is not None and self.ir_loss not in IR_LOSSES:
             raise OptionError(f"Expected --ir-loss in {IR_LOSSES}, got {self.ir_loss!r} instead.")
         if self.train_head and self.mode == "ir":
-            raise OptionError("--mode ir trains each section on its boundaries alone and never runs the head: drop --train-head.")
+            raise OptionError("--mode ir trains each section on its boundaries alone and never runs the head: "
+                              "drop --train-head.")
         if self.student_init is not None and self.student_init not in STUDENT_INITS:
             raise OptionError(f"Expected --student-init in {STUDENT_INITS}, got {self.student_init!r} instead.")
         if self.online_teacher is not None and self.in_memory:
-            raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store into memory.")
+            raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store "
+                              "into memory.")
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,8 @@ class RunConfig:
     def record(self) -> dict:
         """The JSON-able dict checkpoints keep under "config", with the keys every release has written."""
         optim = {**asdict(self.optim), "milestones": list(self.optim.milestones), "betas": list(self.optim.betas)}
-        record = {**optim, **asdict(self.losses), "student_init": self.student_init, "train_head": self.phase.train_head,
+        record = {**optim, **asdict(self.losses), "student_init": self.student_init,
+                  "train_head": self.phase.train_head,
                   "mode": self.phase.mode, "block": self.phase.section, "hint_boundary": self.hint_boundary,
                   "init": self.init, "seed": self.seed, "views": self.views, "buffer_chunks": self.buffer_chunks,
                   "loader_workers": self.loader_workers, "device": self.device, "precision": self.precision,
@@ -261,8 +267,9 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> RunConfig:
     """defaults < recipe < flags."""
     distill = recipe.distill
     phase_config = distill.finetune if options.mode == "finetune" else distill.lit
-    optim = phase_config.with_flags(**{k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                                                        "milestones", "schedule", "warmup", "nesterov")})
+    optim = phase_config.with_flags(**{k: getattr(options, k)
+                                       for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                                 "milestones", "schedule", "warmup", "nesterov")})
     lit_phase = options.mode in ("lit", "ir")
     losses = LossWeights(
         alpha=_given(options.alpha, distill.alpha), tau=_given(options.tau, distill.tau),
@@ -273,9 +280,10 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> RunConfig:
     train_head = head_trains_by_default(options.mode) if options.train_head is None else options.train_head
     return RunConfig(
         optim=optim, phase=Phase(options.mode, options.section, train_head), losses=losses,
-        student_init=options.student_init or recipe.student_init, hint_boundary=options.hint_boundary, init=options.init,
-        seed=options.seed, views=options.views, buffer_chunks=options.buffer_chunks, loader_workers=options.loader_workers,
-        device=options.device, precision=_requested_precision(recipe, options), verify=options.verify,
+        student_init=options.student_init or recipe.student_init, hint_boundary=options.hint_boundary,
+        init=options.init, seed=options.seed, views=options.views, buffer_chunks=options.buffer_chunks,
+        loader_workers=options.loader_workers, device=options.device, precision=_requested_precision(recipe, options),
+        verify=options.verify,
         evaluate=options.evaluate, online_teacher=options.online_teacher, fresh_views=options.fresh_views,
         recalibrate_bn=options.recalibrate_bn, in_memory=options.in_memory)
 

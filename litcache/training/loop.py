@@ -86,8 +86,8 @@ def resume_or_start(path: Path, resume: bool, *, read: Callable[[Path], dict], s
     if not path.exists():
         return Resumed()
     if not resume:
-        raise CheckpointError(f"{str(where or path)!r} already holds a training run. Pass --resume to continue it, or choose "
-                              "another --out.")
+        raise CheckpointError(f"{str(where or path)!r} already holds a training run. Pass --resume to continue it, or "
+                              "choose another --out.")
     state = read(path)
     check(state)
     changed = changed_settings(saved_record(state), record, keys, {})

@@ -24,7 +24,8 @@ __all__ = ["accuracy", "perplexity", "test_score", "depth", "model_stats", "cpu_
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu",
+             batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (already on the device) over ``dataset``, computed as ``compute``
     says (a plain device: fp32)."""
     compute = as_compute(compute)
@@ -48,7 +49,8 @@ def _is_block(module: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def perplexity(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu", batch_size: int = 64) -> float:
+def perplexity(model: nn.Module, dataset: Dataset, compute: Compute | torch.device | str = "cpu",
+               batch_size: int = 64) -> float:
     """exp(mean next-token negative log-likelihood) of a language model over the valid positions of
     ``dataset`` (targets padded with IGNORE_INDEX); lower is better, the vocabulary size is chance."""
     compute = as_compute(compute)
@@ -77,7 +79,8 @@ def depth(model: nn.Module) -> int:
     if blocks:
         return blocks
     return sum(1 for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.ConvTranspose2d)) and "shortcut" not in name and "downsample" not in name)
+               if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.ConvTranspose2d))
+               and "shortcut" not in name and "downsample" not in name)
 
 
 @torch.inference_mode()
@@ -96,7 +99,8 @@ def model_stats(model: nn.Module, sample: torch.Tensor) -> dict:
         elif isinstance(module, nn.MultiheadAttention):  # its projections are called functionally, not as modules
             tokens, width = inputs[0].shape[-2:] if module.batch_first else (inputs[0].shape[0], inputs[0].shape[-1])
             macs += 4 * tokens * width * width + 2 * tokens * tokens * width  # q, k, v, out; q k^T and attention @ v
-        elif callable(getattr(module, "attention_macs", None)):  # a model's own attention (scaled_dot_product_attention)
+        elif callable(getattr(module, "attention_macs", None)):
+            # a model's own attention (scaled_dot_product_attention)
             macs += module.attention_macs(inputs, output)
 
     counted = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MultiheadAttention)

@@ -63,22 +63,26 @@ class OnlineTeacherDataset(Dataset):
         teacher, teacher_hash, path = load_teacher(recipe, teacher_checkpoint)
         if teacher_hash != identity.teacher_hash:
             raise StoreMismatchError(
-                f"Online teacher {path!r} has weights hash {teacher_hash}, but store {str(self.store.path)!r} was extracted "
-                f"from a teacher with weights hash {identity.teacher_hash} ({self.store.manifest.teacher.checkpoint!r}). "
-                "An online baseline must run the store's teacher: give that checkpoint.")
+                f"Online teacher {path!r} has weights hash {teacher_hash}, but store {str(self.store.path)!r} was "
+                f"extracted from a teacher with weights hash {identity.teacher_hash} "
+                f"({self.store.manifest.teacher.checkpoint!r}). An online baseline must run the store's teacher: give "
+                "that checkpoint.")
         split = identity.split
         dataset = recipe.load_split(split)
         augment = recipe.augmentation_for(split)
         described = json.loads(json.dumps(augment.describe())) if augment is not None else None
         if described != identity.transforms:
             raise StoreMismatchError(f"The recipe's augmentation of split {split!r} is {described}, but store "
-                                     f"{str(self.store.path)!r} recorded {identity.transforms}: the views would differ.")
+                                     f"{str(self.store.path)!r} recorded {identity.transforms}: the "
+                                     "views would differ.")
         fingerprint = data_fingerprint(dataset, identity.samples)
         if fingerprint != identity.data_fingerprint:
-            raise StoreMismatchError(f"Split {split!r} of recipe {recipe.name!r} has data fingerprint {fingerprint}, but store "
-                                     f"{str(self.store.path)!r} recorded {identity.data_fingerprint}: the rows would differ.")
+            raise StoreMismatchError(f"Split {split!r} of recipe {recipe.name!r} has data fingerprint {fingerprint}, "
+                                     f"but store {str(self.store.path)!r} recorded {identity.data_fingerprint}: the "
+                                     "rows would differ.")
         if fresh_views and augment is None:
-            raise StoreMismatchError(f"--fresh-views needs an augmentation, but split {split!r} of recipe {recipe.name!r} has none.")
+            raise StoreMismatchError(f"--fresh-views needs an augmentation, but split {split!r} of recipe "
+                                     f"{recipe.name!r} has none.")
         self.rows = ViewRows.from_identity(dataset, identity, augment)
         self.device = torch.device(device)
         self.compute = resolve_compute(precision, self.device, teacher)
@@ -110,7 +114,8 @@ class OnlineTeacherDataset(Dataset):
             with torch.inference_mode(), self.compute.autocast():
                 outs, logits = self.teacher.boundaries(self.compute.input(torch.stack(x)))
                 # The same fields as extraction keeps: top-k logits, lengths and zeroed padding of token rows.
-                outputs = teacher_fields(outs, logits, labels.to(logits.device), self.store.manifest.identity.logit_topk)
+                outputs = teacher_fields(outs, logits, labels.to(logits.device),
+                                         self.store.manifest.identity.logit_topk)
         for name in self.fields:
             if name in outputs:
                 # Outside inference mode: a training step saves these for its backward pass.

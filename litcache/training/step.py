@@ -15,7 +15,8 @@ from .losses import ir_loss, kd_loss, lit_loss
 
 __all__ = ["TOPK_FIELDS", "store_fields", "step_losses", "train_step", "trainable_parameters", "set_train_mode"]
 
-#: Arrays a store of top-k logits holds instead of ``logits``: the k largest values per position, and their vocabulary indices.
+#: Arrays a store of top-k logits holds instead of ``logits``: the k largest values per position, and their
+#: vocabulary indices.
 TOPK_FIELDS = ("topk_values", "topk_indices")
 
 
@@ -48,7 +49,8 @@ def step_losses(sectioned: SectionedModel, batch: dict[str, torch.Tensor], phase
         mask = token_mask(lengths, tokens)
 
     def ir(student_out: torch.Tensor, boundary: int) -> torch.Tensor:
-        return ir_loss(student_out.float(), batch[f"boundaries/{boundary}"].float(), losses.ir_loss, mask, losses.ir_feature_axis)
+        return ir_loss(student_out.float(), batch[f"boundaries/{boundary}"].float(), losses.ir_loss, mask,
+                       losses.ir_feature_axis)
 
     def kd(student_logits: torch.Tensor) -> torch.Tensor:
         if "topk_values" in batch:

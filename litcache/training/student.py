@@ -13,8 +13,8 @@ from ..recipe import Recipe, load_recipe
 from ..runtime.checkpoint import load_checkpoint, save_atomic
 from ..sections import SectionedModel, cut_sections
 
-__all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "adopt_teacher_blocks", "block_picks", "save_student",
-           "read_student", "load_student", "assemble"]
+__all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "adopt_teacher_blocks", "block_picks",
+           "save_student", "read_student", "load_student", "assemble"]
 
 STUDENT_KIND = "litcache-student"
 STUDENT_FORMAT_VERSION = 1
@@ -52,8 +52,9 @@ def _teacher_blocks(state: dict, section: int, name: str) -> int:
     """Blocks in a stored teacher section: an ``nn.Sequential``'s state keys start with the block's position."""
     heads = {key.split(".", 1)[0] for key in state}
     if not heads or not all(h.isdigit() for h in heads):
-        raise RecipeError(f"--student-init teacher-blocks copies blocks of the teacher's sections, but its section {section} is "
-                          f"not a run of blocks (an nn.Sequential). Use --student-init scratch for student {name!r}.")
+        raise RecipeError("--student-init teacher-blocks copies blocks of the teacher's sections, but its section "
+                          f"{section} is not a run of blocks (an nn.Sequential). Use --student-init scratch for "
+                          f"student {name!r}.")
     return max(int(h) for h in heads) + 1
 
 
@@ -67,9 +68,9 @@ def adopt_teacher_blocks(sectioned: SectionedModel, name: str, section_states: l
         teacher_blocks = _teacher_blocks(state, i, name)
         if not isinstance(section, nn.Sequential) or not 1 <= len(section) <= teacher_blocks:
             raise RecipeError(
-                f"--student-init teacher-blocks copies teacher blocks into student {name!r}, whose section {i} must then be a "
-                f"run of at most {teacher_blocks} blocks (an nn.Sequential, e.g. zoo.block_group), but it is a "
-                f"{type(section).__name__}{f' of {len(section)}' if isinstance(section, nn.Sequential) else ''}. "
+                f"--student-init teacher-blocks copies teacher blocks into student {name!r}, whose section {i} must "
+                f"then be a run of at most {teacher_blocks} blocks (an nn.Sequential, e.g. zoo.block_group), but it is "
+                f"a {type(section).__name__}{f' of {len(section)}' if isinstance(section, nn.Sequential) else ''}. "
                 "Use --student-init scratch.")
         picks = block_picks(teacher_blocks, len(section))
         for block, pick in zip(section, picks):
@@ -113,7 +114,8 @@ def save_student(path: str | Path, model: nn.Module, *, recipe: Recipe, student:
 def read_student(path: str | Path) -> dict:
     obj = load_checkpoint(path)
     if obj.get("kind") != STUDENT_KIND:
-        raise CheckpointError(f"Expected a litcache student checkpoint at {str(path)!r}, found another kind of checkpoint.")
+        raise CheckpointError(f"Expected a litcache student checkpoint at {str(path)!r}, found another "
+                              "kind of checkpoint.")
     if obj.get("format_version") != STUDENT_FORMAT_VERSION:
         raise CheckpointError(f"Student checkpoint {str(path)!r} has format version {obj.get('format_version')!r}; "
                               f"this litcache reads version {STUDENT_FORMAT_VERSION}.")
@@ -128,7 +130,8 @@ def load_student(path: str | Path, recipe: Recipe | None = None) -> nn.Module:
     obj = read_student(path)
     recipe = recipe or load_recipe(obj["recipe_source"])
     if recipe.name != obj["recipe"]:
-        raise CheckpointError(f"Student checkpoint {str(path)!r} belongs to recipe {obj['recipe']!r}, not {recipe.name!r}.")
+        raise CheckpointError(f"Student checkpoint {str(path)!r} belongs to recipe {obj['recipe']!r}, "
+                              f"not {recipe.name!r}.")
     model = recipe.student_builder(obj["student"])()
     try:
         model.load_state_dict(obj["state_dict"])
@@ -145,19 +148,23 @@ def assemble(paths: Sequence[str | Path], out: str | Path, recipe: Recipe | None
     for path, obj in parts[1:]:
         for key in ("recipe", "student"):
             if obj[key] != first[key]:
-                raise CheckpointError(f"Cannot assemble: {str(path)!r} has {key} {obj[key]!r}, {str(parts[0][0])!r} has {first[key]!r}.")
+                raise CheckpointError(f"Cannot assemble: {str(path)!r} has {key} {obj[key]!r}, {str(parts[0][0])!r} "
+                                      f"has {first[key]!r}.")
         if obj["store"].get("identity") != first["store"].get("identity"):
-            raise CheckpointError(f"Cannot assemble: {str(path)!r} was trained from another store than {str(parts[0][0])!r}.")
+            raise CheckpointError(f"Cannot assemble: {str(path)!r} was trained from another store than "
+                                  f"{str(parts[0][0])!r}.")
     recipe = recipe or load_recipe(first["recipe_source"])
     owner: dict[int, Path] = {}
     for path, obj in parts:
         for i in obj["sections_trained"]:
             if i in owner:
-                raise CheckpointError(f"Cannot assemble: section {i} is trained in both {str(owner[i])!r} and {str(path)!r}.")
+                raise CheckpointError(f"Cannot assemble: section {i} is trained in both {str(owner[i])!r} "
+                                      f"and {str(path)!r}.")
             owner[i] = path
     wanted = set(range(1, len(recipe.sections) + 1))
     if set(owner) != wanted:
-        raise CheckpointError(f"Cannot assemble: sections {sorted(wanted - set(owner))} are not trained in any of the given checkpoints.")
+        raise CheckpointError(f"Cannot assemble: sections {sorted(wanted - set(owner))} are not trained in any of the "
+                              "given checkpoints.")
 
     model = recipe.student_builder(first["student"])()
     model.load_state_dict(first["state_dict"])  # stem and head: the teacher's, identical in every part
@@ -168,6 +175,7 @@ def assemble(paths: Sequence[str | Path], out: str | Path, recipe: Recipe | None
         donor.load_state_dict(by_path[path]["state_dict"])
         sectioned.sections[i - 1].load_state_dict(cut_sections(donor, recipe).sections[i - 1].state_dict())
     history = {str(p): obj["history"] for p, obj in parts}
-    save_student(out, model, recipe=recipe, student=first["student"], mode="ir-assembled", sections_trained=sorted(owner),
-                 store=first["store"], config=first["config"], history=[history], epoch=max(o["epoch"] for _, o in parts))
+    save_student(out, model, recipe=recipe, student=first["student"], mode="ir-assembled",
+                 sections_trained=sorted(owner), store=first["store"], config=first["config"], history=[history],
+                 epoch=max(o["epoch"] for _, o in parts))
     return {"checkpoint": str(out), "sections": {i: str(p) for i, p in sorted(owner.items())}}

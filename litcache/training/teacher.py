@@ -24,8 +24,8 @@ from .student import save_student
 __all__ = ["train_teacher"]
 
 #: Settings a resumed train-teacher run must share with the run it continues (--epochs may grow).
-_RESUME_KEYS = ["batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "schedule", "warmup",
-                "nesterov", "precision"]
+_RESUME_KEYS = ["batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "schedule",
+                "warmup", "nesterov", "precision"]
 #: What a checkpoint written before a setting was recorded had instead.
 _BEFORE_THE_KEY = {"schedule": "multistep", "warmup": 0.0, "nesterov": False, "precision": "fp32"}
 
@@ -108,7 +108,8 @@ def train_teacher(
 
     def check(state: dict) -> None:
         if state.get("recipe") != recipe.name or "optimizer" not in state or state.get("student") != student:
-            raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot resume from it.")
+            raise CheckpointError(f"{str(out)!r} is not a train-teacher checkpoint of recipe {recipe.name!r}; cannot "
+                                  "resume from it.")
         if state["epoch"] < config.epochs:  # a finished run trains nothing more, so no stream can mix
             _check_resumed_seed(state, seed, out)
 
@@ -124,8 +125,8 @@ def train_teacher(
     test_set = recipe.load_split(eval_split)
     steps_per_epoch = -(-len(train_set) // config.batch_size)
     who = f"student {student}" if student else "teacher"
-    log(f"{who}: {len(train_set)} training samples, {config.epochs} epochs of batch {config.batch_size}, {config.schedule} "
-        f"schedule, {compute.describe()}")
+    log(f"{who}: {len(train_set)} training samples, {config.epochs} epochs of batch {config.batch_size}, "
+        f"{config.schedule} schedule, {compute.describe()}")
     for epoch in range(resumed.epoch, config.epochs):
         model.train()
         sums, t0, lr = LossSums(who, epoch), time.perf_counter(), config.lr
@@ -139,7 +140,8 @@ def train_teacher(
         elapsed = time.perf_counter() - t0
         mean_loss = sums.means()["loss"]
         score = test_score(model, test_set, compute, recipe.task)
-        history.append({"epoch": epoch + 1, "loss": mean_loss, **score, "seconds": elapsed, "img_per_s": sums.rows / elapsed})
+        history.append({"epoch": epoch + 1, "loss": mean_loss, **score, "seconds": elapsed,
+                        "img_per_s": sums.rows / elapsed})
         shown = (f"test acc {score['test_accuracy']:.4f}" if "test_accuracy" in score
                  else f"test perplexity {score['test_perplexity']:.3f}")
         log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  {shown}  "
@@ -171,9 +173,10 @@ def _check_resumed_seed(state: dict, seed: int, out: Path) -> None:
     saved = state.get("config", {})
     saved_seed = saved.get("seed", state.get("seed", seed))
     if saved_seed != seed:
-        raise CheckpointError(f"Cannot resume {str(out)!r} with --seed {seed}: it was trained with --seed {saved_seed}. "
-                              "Resume with that seed, or choose another --out.")
+        raise CheckpointError(f"Cannot resume {str(out)!r} with --seed {seed}: it was trained with --seed "
+                              f"{saved_seed}. Resume with that seed, or choose another --out.")
     if saved.get("epoch_seeds", "seed+epoch") != EPOCH_SEEDS and seed != 0:
         raise CheckpointError(f"Cannot resume {str(out)!r}: it was started before litcache seeded each --seed's epochs "
-                              f"on a stream of their own (seed + epoch, now {EPOCH_SEEDS}), so its remaining epochs would "
-                              "draw another seed's data. Train it again in another --out (seed 0 runs resume: it is unchanged).")
+                              f"on a stream of their own (seed + epoch, now {EPOCH_SEEDS}), so its remaining epochs "
+                              "would draw another seed's data. Train it again in another --out (seed 0 runs resume: "
+                              "it is unchanged).")
