@@ -31,7 +31,7 @@ __all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHE
 #: "language_model" (next-token logits (T, vocab) per row, targets (T,) padded with -100; perplexity).
 TASKS = ("classification", "generation", "language_model")
 
-#: Where a piece of the split lives in a model: a dotted module name, several names run in
+#: Where a piece of the cut (stem, a section, head) lives in a model: a dotted module name, several names run in
 #: order, or a callable that takes the model and returns a module.
 ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
 

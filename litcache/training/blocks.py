@@ -84,7 +84,9 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, config: Ru
     data = _run_data(store, config, wanted_fields(store, config), online, log, student)
     sections = len(sectioned.sections)
     eval_set = _eval_set(recipe, config)
-    hint, hint_epochs = config.hint(sections), config.epochs // 2 if config.mode == "hints" else 0
+    hint = config.hint(sections)
+    hint_epochs = config.epochs // 2 if config.mode == "hints" else 0  # hints regress a boundary first, then KD
+    steps_per_epoch = len(data.sampler)
     what = config.mode + (" online" if config.online else "") + (" fresh views" if config.fresh_views else "")
     log(f"{student}: {what}, {compute.describe()}")
     _warn_on_view_reuse(config, store, log)
@@ -106,7 +108,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, config: Ru
         sums, t0, lr = LossSums(student, epoch), time.perf_counter(), config.optim.lr
         for step, batch in enumerate(data.loader):
             batch = {k: compute.input(v) for k, v in batch.items()}
-            lr = config.optim.apply_schedule(optimizer, epoch, step, len(data.sampler))
+            lr = config.optim.apply_schedule(optimizer, epoch, step, steps_per_epoch)
             parts = train_step(sectioned, batch, config.phase, config.losses, optimizer, scaler, compute, hint=hint,
                                hint_phase=epoch < hint_epochs)
             sums.add(parts, len(next(iter(batch.values()))))

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from ..errors import OptionError
-from ..recipe import IR_LOSSES, STUDENT_INITS, Recipe, TrainConfig
+from ..recipe import IR_LOSSES, STUDENT_INITS, DistillConfig, Recipe, TrainConfig
 from ..runtime.checkpoint import changed_settings
 from ..sections import SectionedModel
 
@@ -80,14 +80,15 @@ class Phase:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The loss of a step: KD's ``alpha`` and ``tau``, LIT's ``beta`` and ``loss_scale``, and the IR loss."""
+    """The loss of a step: KD's ``alpha`` and ``tau``, LIT's ``beta`` and ``loss_scale``, and the IR loss
+    (defaults: the recipe's ``DistillConfig``'s)."""
 
-    alpha: float = 0.95
-    tau: float = 6.0
-    beta: float = 0.75
-    loss_scale: float = 1.0
-    ir_loss: str = "mse"
-    ir_feature_axis: int = 1
+    alpha: float = DistillConfig.alpha
+    tau: float = DistillConfig.tau
+    beta: float = DistillConfig.beta
+    loss_scale: float = DistillConfig.loss_scale
+    ir_loss: str = DistillConfig.ir_loss
+    ir_feature_axis: int = DistillConfig.ir_feature_axis
 
     @classmethod
     def from_record(cls, record: dict) -> LossWeights:

@@ -3,7 +3,7 @@
 The baseline a store is measured against. ``OnlineTeacherDataset`` has the interface of
 ``StoreDataset`` (rows -> a batch keyed by store array name), but it makes each row's view again
 from the store's identity (``ViewRows.from_identity``: the same samples, views and seeds) and runs
-the teacher's split on the batch every time. The store supplies only its manifest (layout, view
+the teacher's sections on the batch every time. The store supplies only its manifest (layout, view
 seeds, teacher hash); its activation arrays are never read. So a cached and an online run see the
 same rows in the same order, and differ only in where the teacher's boundaries come from (and in
 their precision: online ones are the teacher's outputs in float32, not rounded to the store's
