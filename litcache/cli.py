@@ -34,10 +34,15 @@ from .extraction.replay import verify_store
 from .extraction.run import extract
 from .recipe import IR_LOSSES, STUDENT_INITS, load_recipe
 from .runtime.devices import resolve_device
+from .runtime.seeds import SEED_MAX
 from .store.encoding import CODECS, DTYPES
+from .store.location import access_error
 from .store.verify import format_store_info, store_info
 from .sweeps import SWEEP_MODES
 from .training.config import MODES
+
+#: Every command's --seed: 0 .. 2^32 - 1 (``litcache.runtime.seeds``).
+SEED = click.IntRange(0, SEED_MAX)
 
 
 def _friendly_errors(fn):
@@ -47,6 +52,11 @@ def _friendly_errors(fn):
             return fn(*args, **kwargs)
         except LitcacheError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            refused = access_error(exc)  # a remote store's filesystem without credentials: one line, no traceback
+            if refused is None:
+                raise
+            raise click.ClickException(str(refused)) from None
         except KeyboardInterrupt:
             click.echo(_interrupted_message(click.get_current_context(silent=True)), err=True)
             sys.exit(130)
@@ -86,7 +96,7 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (atomically, every epoch).")
 @training_options(epochs_note=" (of the teacher's training)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @device_option
 @precision_option
 @click.option("--resume", is_flag=True, help="Continue the training saved in --out.")
@@ -137,11 +147,14 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--shard-rows", type=click.IntRange(min=1),
               help="Multiple of --chunk-rows (default: about 64 MB of rows).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds every view and the row order.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds every view and the row order.")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True,
               help="Store rows in a seeded permutation of the samples, so chunks mix classes.")
 @click.option("--loader-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Finish an interrupted extraction into --out.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted extraction into --out. Committed shards whose "
+              "files are missing or of another size are extracted again (on a complete store too).")
+@click.option("--repair", is_flag=True, help="--resume, and also read every committed shard: those whose checksums "
+              "fail are extracted again, the rest kept.")
 @click.option("--overwrite", is_flag=True, help="Replace a store made from something else.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Extract on a local dask cluster of N single-threaded processes (1: in this process).")
@@ -149,8 +162,8 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @report_options
 @click.option("-v", "--verbose", is_flag=True, help="Also print the store identity (on stderr).")
 @_friendly_errors
-def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, scheduler, quiet, as_json, verbose,
-                **options):
+def extract_cmd(recipe, out, teacher_checkpoint, resume, repair, overwrite, workers, scheduler, quiet, as_json,
+                verbose, **options):
     """Run RECIPE's teacher once and store its section boundaries, logits and labels in a Zarr store.
 
     Example: litcache extract pipelines/mnist_resnet.py --teacher runs/mnist/teacher.pt --out runs/mnist/train.zarr
@@ -159,7 +172,8 @@ def extract_cmd(recipe, out, teacher_checkpoint, resume, overwrite, workers, sch
     r = load_recipe(recipe)
     options["views"] = options["views"] or r.views
     result = extract(r, out, ExtractOptions(**options), teacher_checkpoint=teacher_checkpoint, resume=resume,
-                     overwrite=overwrite, progress=not quiet, log=logger(quiet), workers=workers, scheduler=scheduler)
+                     repair=repair, overwrite=overwrite, progress=not quiet, log=logger(quiet), workers=workers,
+                     scheduler=scheduler)
     if verbose:
         click.echo(json.dumps(store_info(out)["manifest"].identity.to_dict(), indent=2), err=True)
     if as_json:
@@ -191,7 +205,7 @@ def info_cmd(store, store_option, as_json, quiet):
 @click.option("--recipe", "recipe_option", help="The same as RECIPE.")
 @click.option("--teacher", "teacher_checkpoint", type=click.Path(),
               help="Teacher checkpoint for --replay (default: the recorded one).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which rows --replay picks.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Which rows --replay picks.")
 @report_options
 @_friendly_errors
 def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_checkpoint, seed, as_json, quiet):
@@ -248,7 +262,7 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
                    "lit and finetune keep it frozen, as the released LIT code]")
 @click.option("--hint-boundary", type=click.IntRange(min=1),
               help="--mode hints: the boundary to regress (default: middle).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(min=1),
               help="Train on the first K of the store's views only (default: all), e.g. to measure what "
                    "fewer views give.")
@@ -319,7 +333,7 @@ def assemble_cmd(parts, out):
 @click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to sweep several.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Sweep folder; each variant gets OUT/VARIANT/.")
-@click.option("--seed", "seeds", type=int, multiple=True, help="Training seed; repeat to sweep.  [default: 0]")
+@click.option("--seed", "seeds", type=SEED, multiple=True, help="Training seed; repeat to sweep.  [default: 0]")
 @click.option("--mode", type=click.Choice(SWEEP_MODES), default="lit", show_default=True,
               help="ir: one task per (variant, section), then assembled.")
 @training_options(sweep=True, epochs_note=" (of the lit phase)")

@@ -18,6 +18,7 @@ __all__ = [
     "IncompleteStoreError",
     "StoreMismatchError",
     "StoreLockedError",
+    "OutputLockedError",
     "CorruptStoreError",
     "NonFiniteOutputError",
     "DiskSpaceError",
@@ -69,6 +70,10 @@ class StoreMismatchError(LitcacheError, ValueError):
 
 class StoreLockedError(LitcacheError, RuntimeError):
     """Another live process is extracting into the store."""
+
+
+class OutputLockedError(LitcacheError, RuntimeError):
+    """Another live process is writing the same training output (a run folder or checkpoint file)."""
 
 
 class CorruptStoreError(LitcacheError, RuntimeError):

@@ -133,8 +133,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"Expected TrainConfig.{name} >= 1, got {getattr(self, name)} instead.")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup"):
+            if not math.isfinite(getattr(self, name)):
+                raise RecipeError(f"Expected TrainConfig.{name} to be a finite number, got {getattr(self, name)} "
+                                  "instead.")
         if self.lr <= 0:
             raise RecipeError(f"Expected TrainConfig.lr > 0, got {self.lr} instead.")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise RecipeError(f"Expected TrainConfig.milestones to be epochs >= 1 in increasing order (the lr drops at "
+                              f"the start of each), got {list(self.milestones)} instead.")
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"Expected TrainConfig.schedule in {SCHEDULES}, got {self.schedule!r} instead.")
         if not 0.0 <= self.warmup < 1.0:
@@ -310,6 +317,10 @@ def load_recipe(ref: str | Path) -> Recipe:
         sys.modules[module_name] = module  # dataclasses and pickling need the module registered
         try:
             spec.loader.exec_module(module)
+        except SystemExit as exc:  # sys.exit() in a recipe would end litcache silently, with the recipe's code
+            sys.modules.pop(module_name, None)
+            raise RecipeError(f"Recipe file {ref!r} called sys.exit({exc.code!r}) while loading; a recipe must define "
+                              "`recipe = litcache.Recipe(...)` and return. Remove the exit from the recipe.") from None
         except Exception as exc:  # a recipe is user code: report any failure as a recipe error
             sys.modules.pop(module_name, None)
             raise RecipeError(f"Recipe file {ref!r} failed to load: {type(exc).__name__}: {exc}") from exc
@@ -318,6 +329,9 @@ def load_recipe(ref: str | Path) -> Recipe:
         module_path, attr = ref.split(":", 1)
         try:
             module = importlib.import_module(module_path)
+        except SystemExit as exc:
+            raise RecipeError(f"Recipe module {module_path!r} called sys.exit({exc.code!r}) while importing; a recipe "
+                              "module must define the recipe and return.") from None
         except Exception as exc:
             raise RecipeError(f"Recipe module {module_path!r} failed to import: {type(exc).__name__}: {exc}") from exc
         source_file = Path(module.__file__) if getattr(module, "__file__", None) else None

@@ -29,6 +29,7 @@ from .store.verify import require_intact
 from .sweep_report import SweepResult, teacher_point, write_results
 from .training.blocks import BlockTrainOptions, train_blocks
 from .training.config import resolve_config, training_differences
+from .training.outputs import claim_output
 from .training.student import assemble, read_student
 
 __all__ = ["HYPERPARAMETERS", "SWEEP_MODES", "Variant", "SweepResult", "plan_variants", "variant_name", "sweep"]
@@ -279,58 +280,58 @@ def sweep(recipe: Recipe, store: str | Path, students: Sequence[str], out: str |
     configs = {v.name: resolve_config(recipe, v.options(device)).record() for v in variants}
     teacher_record = teacher_point(recipe, teacher)  # a bad --teacher fails before any training
     out = Path(out)
-    sections = len(opened.boundary_names) - 1
+    with claim_output(out):  # one sweep at a time writes OUT
+        sections = len(opened.boundary_names) - 1
 
-    rows = {v.name: {"variant": v.name, "student": v.student, "seed": v.seed, "mode": v.mode,
-                     **{k: configs[v.name][k] for k in HYPERPARAMETERS}, "params": None, "macs": None, "depth": None,
-                     "accuracy": None, "train_seconds": None, "status": None, "pareto_params": False,
-                     "pareto_macs": False, "checkpoint": None, "error": None} for v in variants}
-    jobs = []
-    for v in variants:
-        done = {s: v.section_dir(out, s) / v.student / "student.pt" for s in range(1, sections + 1)}
-        try:
-            record = _read_back(recipe, v, out, opened.manifest.identity, configs[v.name], sections)
-            if record is None and v.mode == "ir":  # sections finished by an earlier run are reused: check them too
-                for path in (p for p in done.values() if p.is_file()):
-                    _check_same_training(path, opened.manifest.identity, configs[v.name], out / v.name)
-        except LitcacheError as exc:
-            rows[v.name].update(status="failed", error=_error_text(exc))
-            log(f"{v.name}: failed: {rows[v.name]['error']}")
-            continue
-        if record is not None:
-            rows[v.name].update(record, status="skipped")
-            log(f"{v.name}: skipped, already trained ({record['checkpoint']})")
-        elif v.mode == "lit":
-            jobs.append(_Job(v))
-        else:
-            jobs.append(_Job(v, {s: str(p) if p.is_file() else None for s, p in done.items()}))
-
-    if jobs:
-        require_intact(opened)  # once here, instead of once per task
-        in_process = workers == 1 or (workers is None and not scheduler and (os.cpu_count() or 1) == 1)
-        where = "in this process" if in_process else (f"on the dask cluster at {scheduler}" if scheduler else
-                                                      f"on a local dask cluster of {workers or os.cpu_count()} workers")
-        log(f"sweep {recipe.name}: {len(variants)} variants, {len(jobs)} to train {where}")
-        finished = [0]
-
-        def on_done(variant: Variant, outcome) -> None:
-            finished[0] += 1
-            row = rows[variant.name]
-            if isinstance(outcome, BaseException):
-                row.update(status="failed", error=_error_text(outcome))
-                log(f"[{finished[0]}/{len(jobs)}] {variant.name}: failed: {row['error']}")
+        rows = {v.name: {"variant": v.name, "student": v.student, "seed": v.seed, "mode": v.mode,
+                         **{k: configs[v.name][k] for k in HYPERPARAMETERS}, "params": None, "macs": None,
+                         "depth": None, "accuracy": None, "train_seconds": None, "status": None,
+                         "pareto_params": False, "pareto_macs": False, "checkpoint": None, "error": None}
+                for v in variants}
+        jobs = []
+        for v in variants:
+            done = {s: v.section_dir(out, s) / v.student / "student.pt" for s in range(1, sections + 1)}
+            try:
+                record = _read_back(recipe, v, out, opened.manifest.identity, configs[v.name], sections)
+                if record is None and v.mode == "ir":  # sections finished by an earlier run are reused: check them too
+                    for path in (p for p in done.values() if p.is_file()):
+                        _check_same_training(path, opened.manifest.identity, configs[v.name], out / v.name)
+            except LitcacheError as exc:
+                rows[v.name].update(status="failed", error=_error_text(exc))
+                log(f"{v.name}: failed: {rows[v.name]['error']}")
+                continue
+            if record is not None:
+                rows[v.name].update(record, status="skipped")
+                log(f"{v.name}: skipped, already trained ({record['checkpoint']})")
+            elif v.mode == "lit":
+                jobs.append(_Job(v))
             else:
-                row.update(outcome, status="trained")
-                log(f"[{finished[0]}/{len(jobs)}] {variant.name}: test accuracy {row['accuracy']:.4f}, "
-                    f"{row['train_seconds']:.1f} s of training")
+                jobs.append(_Job(v, {s: str(p) if p.is_file() else None for s, p in done.items()}))
 
-        args = (jobs, portable_path(recipe.source), portable_path(str(store)), str(out.resolve()), device, on_done)
-        if in_process:
-            _run_in_process(*args)
-        else:
-            with dask_client(workers, scheduler) as client:
-                _run_on_dask(client, *args)
+        if jobs:
+            require_intact(opened)  # once here, instead of once per task
+            in_process = workers == 1 or (workers is None and not scheduler and (os.cpu_count() or 1) == 1)
+            where = ("in this process" if in_process else f"on the dask cluster at {scheduler}" if scheduler
+                     else f"on a local dask cluster of {workers or os.cpu_count()} workers")
+            log(f"sweep {recipe.name}: {len(variants)} variants, {len(jobs)} to train {where}")
+            finished = [0]
 
-    return write_results(recipe, store, list(rows.values()), teacher_record, out, COLUMNS)
+            def on_done(variant: Variant, outcome) -> None:
+                finished[0] += 1
+                row = rows[variant.name]
+                if isinstance(outcome, BaseException):
+                    row.update(status="failed", error=_error_text(outcome))
+                    log(f"[{finished[0]}/{len(jobs)}] {variant.name}: failed: {row['error']}")
+                else:
+                    row.update(outcome, status="trained")
+                    log(f"[{finished[0]}/{len(jobs)}] {variant.name}: test accuracy {row['accuracy']:.4f}, "
+                        f"{row['train_seconds']:.1f} s of training")
 
+            args = (jobs, portable_path(recipe.source), portable_path(str(store)), str(out.resolve()), device, on_done)
+            if in_process:
+                _run_in_process(*args)
+            else:
+                with dask_client(workers, scheduler) as client:
+                    _run_on_dask(client, *args)
 
+        return write_results(recipe, store, list(rows.values()), teacher_record, out, COLUMNS)

@@ -3,6 +3,7 @@ its dataset split, the rows, the arrays' shapes and the store's identity."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -14,10 +15,12 @@ from ..errors import NonFiniteOutputError, OptionError
 from ..recipe import Recipe
 from ..runtime.devices import resolve_device
 from ..runtime.precision import Compute, resolve_compute
+from ..runtime.seeds import check_seed
 from ..sections import check_sections, cut_sections
 from ..store.arrays import ArraySpec
 from ..store.encoding import CODECS, DTYPES, MANTISSA_BITS
 from ..store.layout import RowLayout
+from ..store.space import human_bytes
 from .rows import ViewRows, data_fingerprint
 from .teacher import load_teacher
 from .teacher_outputs import teacher_fields
@@ -26,6 +29,8 @@ __all__ = ["ExtractOptions", "ExtractPlan", "plan_extraction", "identity_diff", 
 
 #: Auto shard size: as many whole chunks as fit in this many raw bytes.
 SHARD_TARGET_BYTES = 64 * 2**20
+#: More shards than this is a mistake (64 TB at the automatic shard size), refused before it is planned.
+MAX_SHARDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class ExtractOptions:
     loader_workers: int = 0
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("views", "batch_size", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise OptionError(f"Expected {_flag(name)} >= 1, got {getattr(self, name)} instead.")
@@ -163,6 +169,7 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions,
         chunks_per_shard = max(1, SHARD_TARGET_BYTES // (bytes_per_row * options.chunk_rows))
         chunks_needed = -(-len(rows) // options.chunk_rows)
         shard_rows = options.chunk_rows * min(chunks_per_shard, chunks_needed)
+    _check_sizes(len(rows), options.chunk_rows, shard_rows, len(specs), bytes_per_row)
 
     identity = {
         "recipe": recipe.name,
@@ -184,6 +191,35 @@ def plan_extraction(recipe: Recipe, options: ExtractOptions,
         "shard_rows": shard_rows,
     }
     return ExtractPlan(recipe, options, teacher, sectioned, checkpoint, rows, specs, identity, shard_rows, compute)
+
+
+def _check_sizes(rows: int, chunk_rows: int, shard_rows: int, arrays: int, bytes_per_row: int) -> None:
+    """Refuse a store too large to plan, or chunks and shards too large to hold in memory, before anything
+    is allocated for them (an absurd --views or --shard-rows once grew memory until the kernel killed the
+    process)."""
+    shards = -(-rows // shard_rows)
+    if shards > MAX_SHARDS:
+        raise OptionError(f"Expected a store of at most {MAX_SHARDS:,} shards, but {rows:,} rows of "
+                          f"{human_bytes(bytes_per_row)} (about {human_bytes(rows * bytes_per_row)} before "
+                          f"compression) make {shards:,} shards of {shard_rows:,} rows. Lower --views or --limit, or "
+                          "raise --shard-rows.")
+    # A shard is assembled in memory (up to the store's rows), each chunk is encoded whole, and a shard's
+    # index holds 16 bytes for every chunk the shard can hold, in every array.
+    needed = (max(min(shard_rows, rows), chunk_rows) * bytes_per_row
+              + arrays * 16 * (shard_rows // chunk_rows))
+    memory = _memory_bytes()
+    if memory is not None and needed > memory // 2:
+        raise OptionError(f"Expected a chunk, a shard and its index to fit in memory, but --chunk-rows {chunk_rows:,} "
+                          f"and --shard-rows {shard_rows:,} of {human_bytes(bytes_per_row)} rows need about "
+                          f"{human_bytes(needed)}, and this machine has {human_bytes(memory)}. Lower --shard-rows or "
+                          "--chunk-rows.")
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return None
 
 
 def identity_diff(old: Mapping, new: Mapping) -> list[str]:

@@ -29,8 +29,8 @@ from ..errors import (
 )
 from ..recipe import Recipe
 from ..runtime.devices import resolve_device
-from ..runtime.files import temp_writer_pid
-from ..store.arrays import StoreWriter, read_ledger, shard_ranges
+from ..runtime.files import temp_writer_pid, unwritable_reason
+from ..store.arrays import StoreWriter, damaged_shards, forget_shards, read_ledger, shard_ranges
 from ..store.debris import find_debris
 from ..store.layout import LOCK_FILE, ROW_ORDER
 from ..store.location import StoreLocation
@@ -44,6 +44,8 @@ from ..store.manifest import (
     RecipeRecord,
     TeacherRecord,
     Timing,
+    enclosing_store,
+    foreign_names,
     read_manifest,
     utc_now,
 )
@@ -102,6 +104,13 @@ def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -
             "Choose another --out, or remove it yourself if it is yours to delete."
         ) from None
     if overwrite:
+        foreign = foreign_names(out)
+        if foreign:  # --overwrite replaces what litcache wrote, never what someone keeps beside it
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise NotAStoreError(
+                f"Store {str(out)!r} also holds files litcache did not write ({shown}), which --overwrite would "
+                "delete. Move them out of the store, or choose another --out."
+            )
         return "create"
     diff = identity_diff(manifest.identity, identity)
     if diff:
@@ -120,6 +129,25 @@ def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -
     return "resume" if read_ledger(out) else "create"
 
 
+def _check_out(out: StoreLocation, resume: bool, overwrite: bool) -> None:
+    """Before any work: a local --out must not lie inside another store, and must be writable when this
+    run will write it (a new store, --resume, --overwrite; reusing a complete store writes nothing)."""
+    if out.remote:
+        return
+    outer = enclosing_store(out.path.parent)
+    if outer is not None:
+        raise OptionError(f"Expected --out outside any other litcache store, got {str(out)!r}, inside store "
+                          f"{str(outer)!r}. Choose an --out outside it.")
+    if out.exists() and not (resume or overwrite):
+        return
+    folders = [out.path] + [out.path / name for name in out.listdir() if (out.path / name).is_dir()]
+    # --overwrite and --resume write in the store's folders too, not only at its root
+    reason = next(filter(None, (unwritable_reason(folder, folder=True) for folder in folders)), None)
+    if reason is not None:
+        raise OptionError(f"Expected --out {str(out)!r} to be writable, but {reason}. Choose another --out, or make it "
+                          "writable; nothing was done.")
+
+
 def _free_bytes(path: StoreLocation) -> int | None:
     """Free disk space at the store; None when unknown (an object store)."""
     # A wrapper of its own: the seam test_extract.py::test_disk_space_refused_before_writing patches.
@@ -134,6 +162,7 @@ def extract(
     teacher_checkpoint: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    repair: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     workers: int | None = None,
@@ -155,6 +184,8 @@ def extract(
         raise OptionError(f"Recipe {recipe.name!r} has no source path; dask workers load the recipe by it. "
                           "Load it with litcache.load_recipe.")
     out = StoreLocation(out)  # a local directory or an fsspec URL
+    resume = resume or repair
+    _check_out(out, resume, overwrite)
     t_start = time.perf_counter()
     plan = plan_extraction(recipe, options, teacher_checkpoint)
     device = resolve_device(options.device)
@@ -163,12 +194,14 @@ def extract(
     if out.is_dir():
         check_unlocked(out)
     action = _decide(out, plan.identity, resume, overwrite)
+    if action == "unchanged" and (repair or (resume and damaged_shards(out))):
+        action = "repair"  # checked (--repair: every checksum) and mended under the lock
     if action == "unchanged" and not find_debris(out):
         # Reusing a complete store writes nothing, not even the lock: jobs that share one store
         # can all start at once (taking the lock, one of them would see another's and be refused).
         return _unchanged(out, plan, t_start, log)
     if action != "unchanged":
-        committed = read_ledger(out) if action == "resume" else {}
+        committed = read_ledger(out) if action in ("resume", "repair") else {}
         pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
         ratios = _ESTIMATED_RATIO["float32" if options.dtype == "float32" else "16-bit"]
         estimate = pending_rows * plan.bytes_per_row * ratios[options.codec]
@@ -191,7 +224,13 @@ def extract(
         if debris:  # taking the lock removed what killed writers left
             log(f"removed {debris.describe()}")
         action = _decide(out, plan.identity, resume, overwrite)
-        if action == "unchanged":  # complete, and the lock removed its debris
+        damaged = damaged_shards(out, checksums=repair) if action in ("unchanged", "resume") and resume else {}
+        if damaged:  # never trust the ledger over the disk: extract those shards again, keep the rest
+            for index, problem in damaged.items():
+                log(f"shard {index} of {out}: {problem}; extracting it again")
+            forget_shards(out, list(damaged))
+            action = "resume"
+        if action == "unchanged":  # complete (and intact, with --resume), and the lock removed its debris
             return _unchanged(out, plan, t_start, log)
         client = None
         if distributed:  # connected before the store is touched: an unreachable scheduler changes nothing
@@ -222,8 +261,9 @@ def extract(
     seconds = time.perf_counter() - t_start
     log(f"{out}: complete, {manifest.layout.rows} rows in {len(manifest.shards)} shards "
         f"({rows_done} extracted in {seconds:.1f} s, {rows_done / max(seconds, 1e-9):.0f} rows/s)")
-    return ExtractResult(str(out), "created" if action == "create" else "resumed", plan.rows, rows_done, seconds,
-                         teacher_seconds, rows_done * plan.bytes_per_row)
+    status = "created" if action == "create" else "repaired" if damaged else "resumed"
+    return ExtractResult(str(out), status, plan.rows, rows_done, seconds, teacher_seconds,
+                         rows_done * plan.bytes_per_row)
 
 
 def _initial_manifest(plan: ExtractPlan) -> Manifest:

@@ -44,14 +44,24 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # torch's own text runs to several lines and suggests weights_only=False, which would run
-        # arbitrary code from the file: keep its first line only.
-        reason = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"Checkpoint {str(path)!r} does not load as weights-only torch data "
-                              f"({type(exc).__name__}: {reason}). Is it a file written by torch.save?") from None
+                              f"({type(exc).__name__}: {_load_failure(exc)}). Is it a file written by torch.save? "
+                              "litcache loads only tensors and plain containers, never code.") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"Expected checkpoint {str(path)!r} to hold a dict, found {type(obj).__name__}.")
     return obj
+
+
+def _load_failure(exc: Exception) -> str:
+    """What went wrong in torch.load, without torch's advice to retry with weights_only=False (which
+    would run whatever code the file holds): the unpickler's own reason where torch gives one."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = " ".join(text.split(marker, 1)[1].split("Check the documentation")[0].split())
+        return reason.split(" Please use ")[0].rstrip(".") or "not a torch file"
+    lines = [line for line in text.splitlines() if "weights_only" not in line]
+    return lines[0] if lines else "not a torch file"
 
 
 def fit_state(model: nn.Module, state: dict, what: str) -> None:

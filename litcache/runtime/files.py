@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["temp_name", "temp_writer_pid", "process_alive", "write_atomic"]
+__all__ = ["temp_name", "temp_writer_pid", "process_alive", "write_atomic", "unwritable_reason"]
 
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
 
@@ -58,3 +58,28 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def unwritable_reason(path: str | Path, folder: bool) -> str | None:
+    """Why ``path`` (a ``folder`` to create or write into, else a file to create or replace atomically)
+    cannot be written here, or None when it can. Asked before any work starts, so a run never learns it
+    only when it saves. ``os.access`` also sees read-only mounts, for root too."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{str(path)!r} is a file, not a folder"
+        if not folder and path.is_dir():
+            return f"{str(path)!r} is a folder, not a file"
+        if folder:
+            return None if os.access(path, os.W_OK | os.X_OK) else f"folder {str(path)!r} is not writable here"
+        path = path.parent  # a file is replaced by a rename in its folder: the folder must be writable
+    else:
+        path = path.parent if not folder else path
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{str(existing)!r} is a file, so nothing can be created under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder {str(existing)!r} is not writable here"
+    return None

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from .shards import ShardFormat, shard_io_pool
 from .space import disk_full_error, human_bytes, is_disk_full
 
 __all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum",
+           "damaged_shards", "forget_shards",
            "verify_checksums", "store_sizes"]
 
 
@@ -155,6 +157,54 @@ def read_ledger(path: str | Path | StoreLocation) -> dict[int, dict]:
             entry = json.loads(loc.read_bytes(f"{LEDGER_DIR}/{name}"))
             entries[entry["index"]] = entry
     return entries
+
+
+def damaged_shards(location: str | Path | StoreLocation, checksums: bool = False) -> dict[int, str]:
+    """Committed shards (ledger entries) that the disk no longer backs, with what is wrong: a shard file
+    missing, or of another size than its entry records; with ``checksums``, also stored bytes whose
+    xxh3 differs from the entry's (every committed row is read). A resume re-extracts these."""
+    loc = StoreLocation(location)
+    manifest = read_manifest(loc)
+    ledger = read_ledger(loc)
+    damaged: dict[int, str] = {}
+    for index, entry in sorted(ledger.items()):
+        recorded = entry.get("bytes", {})
+        for name, array in manifest.arrays.items():
+            key = ShardFormat.shard_key(name, index, 1 + len(array.row_shape))
+            size = loc.size(key)
+            if size is None and (recorded.get(name) or _shard_format(loc, name) is not None):
+                damaged[index] = f"the shard file of {name!r} ({key}) is missing"
+                break
+            if size is not None and recorded.get(name) not in (None, size):
+                damaged[index] = f"the shard file of {name!r} ({key}) is {size} bytes, not the {recorded[name]} written"
+                break
+    if checksums:
+        store = Store(loc, manifest)
+        for index, entry in sorted(ledger.items()):
+            if index in damaged:
+                continue
+            start, stop = entry["rows"]
+            for name, expected in entry["xxh3_64"].items():
+                try:
+                    got = checksum(store.array(name)[start:stop])
+                except Exception as exc:  # a damaged chunk can fail to decode at all
+                    damaged[index] = f"{name!r} does not decode ({type(exc).__name__})"
+                    break
+                if got != expected:
+                    damaged[index] = f"{name!r} has checksum {got}, not the {expected} written"
+                    break
+    return damaged
+
+
+def forget_shards(location: str | Path | StoreLocation, shards: Sequence[int]) -> None:
+    """Uncommit ``shards`` so that a resume extracts them again: the store is marked incomplete first (a
+    reader must not use it meanwhile), then their ledger entries go. Hold the store's lock."""
+    loc = StoreLocation(location)
+    manifest = read_manifest(loc)
+    if manifest.complete:
+        write_manifest(loc, replace(manifest, complete=False))
+    for index in shards:
+        loc.delete(f"{LEDGER_DIR}/shard-{index:06d}.json")
 
 
 def open_store(path: str | Path, require_complete: bool = True) -> Store:
@@ -286,6 +336,9 @@ class StoreWriter:
             "index": index,
             "rows": [start, start + rows],
             "xxh3_64": {name: checksum(data[name]) for name in self._arrays},
+            # What a resume checks before it trusts the entry (entries written before 0.2 lack it).
+            "bytes": {name: self.location.size(ShardFormat.shard_key(name, index, array.ndim))
+                      for name, array in self._arrays.items()},
             "committed": time.time(),
         }
         key, data = f"{LEDGER_DIR}/shard-{index:06d}.json", json.dumps(entry).encode()

@@ -20,13 +20,26 @@ from typing import Callable
 from ..errors import OptionError
 from ..runtime.files import write_atomic
 
-__all__ = ["StoreLocation", "is_url", "storage_options"]
+__all__ = ["StoreLocation", "is_url", "storage_options", "access_error"]
 
 STORAGE_OPTIONS_ENV = "LITCACHE_STORAGE_OPTIONS"
 
 
 def is_url(path) -> bool:
     return isinstance(path, str) and "://" in path
+
+
+def access_error(exc: BaseException) -> OptionError | None:
+    """The error to report for a remote filesystem that refused us for want of credentials (botocore's
+    NoCredentialsError, google-auth's DefaultCredentialsError), or None for any other exception:
+    one line instead of the cloud SDK's long traceback."""
+    name = type(exc).__name__
+    if "Credential" not in name:
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return OptionError(f"Expected credentials for the remote store, but its filesystem found none: {name}: {first}. "
+                       "Give them the filesystem's own way (for s3://: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                       f"~/.aws), or as \"key\" and \"secret\" in {STORAGE_OPTIONS_ENV}.")
 
 
 def storage_options() -> dict:
@@ -57,7 +70,13 @@ class StoreLocation:
 
             self.url = path.rstrip("/")
             self.options = storage_options()
-            self.fs, root = url_to_fs(self.url, **self.options)
+            try:
+                self.fs, root = url_to_fs(self.url, **self.options)
+            except (ValueError, ImportError) as exc:  # an unknown protocol, or its package is not installed
+                protocol = self.url.split("://", 1)[0]
+                raise OptionError(f"Expected a local path or a URL whose protocol fsspec knows (s3://, gs://, "
+                                  f"memory://, ...), got {self.url!r}: {str(exc).splitlines()[0]}. Check the URL, or "
+                                  f"install the package of the {protocol!r} filesystem.") from None
             self.root = root.rstrip("/")
             self.path: str | Path = self.url
         else:
@@ -124,6 +143,16 @@ class StoreLocation:
         with open(self._local(key), "rb") as f:
             f.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
             return f.read(-1 if stop is None else stop - f.tell())
+
+    def size(self, key: str) -> int | None:
+        """Bytes of file ``key``; None when there is no such file."""
+        try:
+            if self.remote:
+                self._fresh()
+                return int(self.fs.size(self._full(key)))
+            return self._local(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def tree_size(self, key: str) -> int:
         """Bytes stored under ``key`` (leftover ``.partial`` and ``.tmp`` files of killed writers excluded)."""

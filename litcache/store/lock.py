@@ -21,7 +21,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import StoreLockedError
 from ..runtime.files import process_alive
@@ -30,7 +30,7 @@ from .layout import LOCK_FILE
 from .location import StoreLocation
 from .space import disk_full_error, is_disk_full
 
-__all__ = ["store_lock", "check_unlocked"]
+__all__ = ["store_lock", "check_unlocked", "exclusive_lock"]
 
 #: Each failed attempt means another process created or removed the lock meanwhile: a handful is plenty.
 _ATTEMPTS = 10
@@ -56,10 +56,10 @@ def _is_stale(owner: dict) -> bool:
     return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
 
 
-def _read_owner(loc: StoreLocation) -> dict | None:
-    """The lock's owner, or None when there is no lock."""
+def _read_owner(loc: StoreLocation, name: str = LOCK_FILE) -> dict | None:
+    """The owner of lock ``name``, or None when there is no lock."""
     try:
-        return _owner(loc.read_bytes(LOCK_FILE))
+        return _owner(loc.read_bytes(name))
     except FileNotFoundError:
         return None
     except OSError:  # there, but unreadable here: held by someone
@@ -88,17 +88,32 @@ def check_unlocked(path: str | Path | StoreLocation) -> None:
         raise _locked_error(loc, owner)
 
 
-def _acquire(loc: StoreLocation, mine: bytes) -> None:
+def _acquire(loc: StoreLocation, name: str, mine: bytes, refuse: Callable[[dict], Exception]) -> None:
     for _ in range(_ATTEMPTS):
-        if loc.create_exclusive(LOCK_FILE, mine):
+        if loc.create_exclusive(name, mine):
             return
-        if loc.delete_if(LOCK_FILE, lambda data: _is_stale(_owner(data))):
+        if loc.delete_if(name, lambda data: _is_stale(_owner(data))):
             continue  # its owner died without cleaning up: ours to take
-        owner = _read_owner(loc)
+        owner = _read_owner(loc, name)
         if owner is not None and not _is_stale(owner):
-            raise _locked_error(loc, owner)
+            raise refuse(owner)
         # Gone, or stale and being taken over by another process right now: try again.
-    raise _locked_error(loc, _read_owner(loc) or {})
+    raise refuse(_read_owner(loc, name) or {})
+
+
+@contextmanager
+def exclusive_lock(path: str | Path | StoreLocation, name: str, refuse: Callable[[dict], Exception]) -> Iterator[None]:
+    """Hold lock file ``name`` in directory ``path`` (made if missing) as the store's lock is held:
+    created only if absent, taken over when its process is gone, removed when done. ``refuse(owner)``
+    is the error for a lock another live process holds. Training runs lock their outputs with it."""
+    loc = StoreLocation(path)
+    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+    loc.makedirs()
+    _acquire(loc, name, mine, refuse)
+    try:
+        yield
+    finally:
+        loc.delete_if(name, lambda data: data == mine)  # never a lock that is not ours
 
 
 @contextmanager
@@ -111,7 +126,7 @@ def store_lock(path: str | Path | StoreLocation) -> Iterator[Debris]:
     mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
     try:
         loc.makedirs()
-        _acquire(loc, mine)
+        _acquire(loc, LOCK_FILE, mine, lambda owner: _locked_error(loc, owner))
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_error(loc, "creating the lock of store", "a few bytes",

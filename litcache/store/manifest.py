@@ -16,6 +16,7 @@ store may be replaced with ``--overwrite``, which never touches a directory of a
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -48,11 +49,11 @@ from .json_fields import (
     JsonObject,
 )
 from .layout import LOCK_FILE, STORE_FOLDERS
-from .location import StoreLocation
+from .location import StoreLocation, is_url
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Manifest", "Layout", "ArrayRecord", "TensorRecord", "RecipeRecord",
            "TeacherRecord", "ComputeRecord", "ShardRecord", "Timing", "Identity", "OptionsRecord", "FrozenMapping",
-           "ManifestError", "read_manifest", "write_manifest", "utc_now"]
+           "ManifestError", "read_manifest", "write_manifest", "utc_now", "foreign_names", "enclosing_store"]
 
 FORMAT = "litcache-store"
 FORMAT_VERSION = 1
@@ -381,6 +382,36 @@ def _is_litcache_root(loc: StoreLocation, manifest_says_so: bool) -> bool:
     if any(not _LEDGER_ENTRY.fullmatch(name) and temp_writer_pid(name) is None for name in ledger):
         return False
     return manifest_says_so or loc.is_dir(LEDGER_DIR)
+
+
+def foreign_names(location: str | Path | StoreLocation) -> list[str]:
+    """What a store directory holds that litcache does not make: names at its root (a user's
+    ``NOTES.txt``, a training run's folder) and in its ledger. ``--overwrite`` refuses a store with any."""
+    loc = StoreLocation(location)
+    names = [name for name in loc.listdir() if name not in ROOT_NAMES and temp_writer_pid(name) is None]
+    names += [f"{LEDGER_DIR}/{name}" for name in loc.listdir(LEDGER_DIR)
+              if not _LEDGER_ENTRY.fullmatch(name) and temp_writer_pid(name) is None]
+    return names
+
+
+def enclosing_store(path: str | Path) -> Path | None:
+    """The litcache store that a local ``path`` is or lies inside (its manifest names litcache's
+    format, or it holds litcache's names alone with a ledger), or None; always None for a URL."""
+    if is_url(path):
+        return None
+    here = Path(os.path.abspath(path))
+    for candidate in (here, *here.parents):
+        if not candidate.is_dir():
+            continue
+        try:
+            meta = json.loads((candidate / "zarr.json").read_bytes())
+            if meta.get("attributes", {}).get(MANIFEST_ATTR, {}).get("format") == FORMAT:
+                return candidate
+        except (OSError, ValueError, AttributeError):
+            pass
+        if (candidate / LEDGER_DIR).is_dir() and _is_litcache_root(StoreLocation(candidate), manifest_says_so=False):
+            return candidate
+    return None
 
 
 def _refuse_if_damaged(loc: StoreLocation, problem: str, manifest_says_so: bool = False) -> None:

@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..errors import OptionError
 from ..recipe import IR_LOSSES, STUDENT_INITS, DistillConfig, Recipe, TrainConfig
 from ..runtime.checkpoint import changed_settings
+from ..runtime.seeds import check_seed
 from ..sections import SectionedModel
 
 __all__ = ["MODES", "BlockTrainOptions", "Phase", "LossWeights", "RunConfig", "resolve_config", "upgrade_record",
@@ -159,6 +160,15 @@ class BlockTrainOptions:
             object.__setattr__(self, "section", block)
         if self.mode not in MODES:
             raise OptionError(f"Expected --mode in {MODES}, got {self.mode!r} instead.")
+        check_seed(self.seed)
+        for name in ("lr", "momentum", "weight_decay", "tau", "loss_scale", "warmup"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise OptionError(f"Expected --{name.replace('_', '-')} to be a finite number, got {value} instead.")
+        for name in ("lr", "tau", "loss_scale"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise OptionError(f"Expected --{name.replace('_', '-')} > 0, got {value} instead.")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -3,15 +3,17 @@ loaded back as plain modules, and assembled from sections trained separately."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import torch.nn as nn
 
-from ..errors import CheckpointError, RecipeError
+from ..errors import CheckpointError, OptionError, RecipeError
 from ..recipe import Recipe, load_recipe
 from ..runtime.checkpoint import load_checkpoint, save_atomic
 from ..sections import SectionedModel, cut_sections
+from .outputs import check_output, claim_output
 
 __all__ = ["STUDENT_KIND", "build_student", "adopt_teacher_parts", "adopt_teacher_blocks", "block_picks",
            "save_student", "read_student", "load_student", "assemble"]
@@ -143,6 +145,11 @@ def load_student(path: str | Path, recipe: Recipe | None = None) -> nn.Module:
 
 def assemble(paths: Sequence[str | Path], out: str | Path, recipe: Recipe | None = None) -> dict:
     """Join sections trained separately (``--mode ir --block I``) into one student checkpoint."""
+    for path in paths:  # before reading anything: writing the result over a part would lose that part
+        if _same_file(path, out):
+            raise OptionError(f"Expected --out to be a new checkpoint, but {str(out)!r} is one of the parts to "
+                              "assemble: the assembled student would replace that part. Choose another --out.")
+    check_output(out, folder=False)
     parts = [(Path(p), read_student(p)) for p in paths]
     first = parts[0][1]
     for path, obj in parts[1:]:
@@ -175,7 +182,16 @@ def assemble(paths: Sequence[str | Path], out: str | Path, recipe: Recipe | None
         donor.load_state_dict(by_path[path]["state_dict"])
         sectioned.sections[i - 1].load_state_dict(cut_sections(donor, recipe).sections[i - 1].state_dict())
     history = {str(p): obj["history"] for p, obj in parts}
-    save_student(out, model, recipe=recipe, student=first["student"], mode="ir-assembled",
-                 sections_trained=sorted(owner), store=first["store"], config=first["config"], history=[history],
-                 epoch=max(o["epoch"] for _, o in parts))
+    with claim_output(out, folder=False):
+        save_student(out, model, recipe=recipe, student=first["student"], mode="ir-assembled",
+                     sections_trained=sorted(owner), store=first["store"], config=first["config"], history=[history],
+                     epoch=max(o["epoch"] for _, o in parts))
     return {"checkpoint": str(out), "sections": {i: str(p) for i, p in sorted(owner.items())}}
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (one that exists, through any link, or the same path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)

@@ -16,9 +16,11 @@ from ..recipe import Recipe, TrainConfig
 from ..runtime.checkpoint import fit_state, load_checkpoint, save_atomic, weights_hash
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_compute
+from ..runtime.seeds import check_seed
 from .loop import EPOCH_SEEDS, LossSums, epoch_seed, optimizer_step, resume_or_start
 from .losses import supervised_loss
 from .metrics import test_score
+from .outputs import claim_output
 from .student import save_student
 
 __all__ = ["train_teacher"]
@@ -94,9 +96,15 @@ def train_teacher(
         raise NotAClassifierError(f"train-teacher trains classifiers and language models with cross-entropy; recipe "
                                   f"{recipe.name!r} is a {recipe.task} task. Bring its teacher's checkpoint (see the "
                                   "recipe's docstring).")
-    config = config or recipe.teacher_training
+    check_seed(seed)
     dev = resolve_device(device)
-    out = Path(out)
+    with claim_output(out, folder=False):
+        return _train(recipe, Path(out), config or recipe.teacher_training, seed, resume, dev, precision, eval_split,
+                      student, log)
+
+
+def _train(recipe: Recipe, out: Path, config: TrainConfig, seed: int, resume: bool, dev: torch.device,
+           precision: str | None, eval_split: str, student: str | None, log: Callable[[str], None]) -> dict:
     torch.manual_seed(seed)
     model = (recipe.student_builder(student) if student else recipe.build_teacher)()
     compute = resolve_compute(precision or recipe.precision, dev, model)
