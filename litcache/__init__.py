@@ -15,7 +15,8 @@ from .extraction.replay import verify_store  # noqa: E402
 from .extraction.run import ExtractResult, extract  # noqa: E402
 from .extraction.teacher import load_teacher  # noqa: E402
 from .recipe import DistillConfig, Recipe, TrainConfig, load_recipe  # noqa: E402
-from .sections import SectionedModel, SplitModel, check_sections, check_split, cut_sections, split_model  # noqa: E402  # noqa: E402  (names of earlier releases)
+# SplitModel, split_model and check_split: the names of earlier releases (CHANGELOG.md, 0.2)
+from .sections import SectionedModel, SplitModel, check_sections, check_split, cut_sections, split_model  # noqa: E402
 from .show import show_recipe  # noqa: E402
 from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
 from .store.verify import VerifyReport, store_info  # noqa: E402

@@ -148,6 +148,30 @@ def _check_out(out: StoreLocation, resume: bool, overwrite: bool) -> None:
                           "writable; nothing was done.")
 
 
+def _preflight(out: StoreLocation, plan: ExtractPlan, ranges: list, action: str, device: torch.device,
+               log: Callable[[str], None]) -> None:
+    """Log what is about to be extracted, and refuse a store that will not fit the free disk."""
+    options = plan.options
+    committed = read_ledger(out) if action in ("resume", "repair") else {}
+    pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
+    ratios = _ESTIMATED_RATIO["float32" if options.dtype == "float32" else "16-bit"]
+    estimate = pending_rows * plan.bytes_per_row * ratios[options.codec]
+    free = _free_bytes(out)
+    shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}"
+                       for s in plan.specs if s.name.startswith("boundaries/"))
+    log(f"extract {plan.recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, "
+        f"{len(ranges) - len(committed)}/{len(ranges)} shards), boundaries {shapes}, "
+        f"{human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
+        f"({options.dtype}+{options.codec}), free disk "
+        f"{'unknown (remote store)' if free is None else human_bytes(free)}, device {device}, "
+        f"{plan.compute.describe()}")
+    if free is not None and estimate > free:
+        raise DiskSpaceError(
+            f"The store needs about {human_bytes(estimate)} but only {human_bytes(free)} is free at {str(out)!r}. "
+            "Free some space, or reduce --limit/--views, or use a smaller --dtype."
+        )
+
+
 def _free_bytes(path: StoreLocation) -> int | None:
     """Free disk space at the store; None when unknown (an object store)."""
     # A wrapper of its own: the seam test_extract.py::test_disk_space_refused_before_writing patches.
@@ -201,24 +225,7 @@ def extract(
         # can all start at once (taking the lock, one of them would see another's and be refused).
         return _unchanged(out, plan, t_start, log)
     if action != "unchanged":
-        committed = read_ledger(out) if action in ("resume", "repair") else {}
-        pending_rows = sum(stop - start for i, (start, stop) in enumerate(ranges) if i not in committed)
-        ratios = _ESTIMATED_RATIO["float32" if options.dtype == "float32" else "16-bit"]
-        estimate = pending_rows * plan.bytes_per_row * ratios[options.codec]
-        free = _free_bytes(out)
-        shapes = ", ".join(f"{s.name.split('/')[-1]}:{'x'.join(map(str, s.row_shape))}"
-                           for s in plan.specs if s.name.startswith("boundaries/"))
-        log(f"extract {recipe.name}/{options.split}: {plan.rows} rows ({pending_rows} to do, "
-            f"{len(ranges) - len(committed)}/{len(ranges)} shards), boundaries {shapes}, "
-            f"{human_bytes(plan.bytes_per_row)}/row, est. store {human_bytes(estimate)} "
-            f"({options.dtype}+{options.codec}), free disk "
-            f"{'unknown (remote store)' if free is None else human_bytes(free)}, device {device}, "
-            f"{plan.compute.describe()}")
-        if free is not None and estimate > free:
-            raise DiskSpaceError(
-                f"The store needs about {human_bytes(estimate)} but only {human_bytes(free)} is free at {str(out)!r}. "
-                "Free some space, or reduce --limit/--views, or use a smaller --dtype."
-            )
+        _preflight(out, plan, ranges, action, device, log)
     # Decide again under the lock: another extraction may have started or finished meanwhile.
     with store_lock(out) as debris, contextlib.ExitStack() as cluster:
         if debris:  # taking the lock removed what killed writers left
