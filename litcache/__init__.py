@@ -7,6 +7,7 @@ The folders follow the pipeline (README, "Package map"): a ``recipe`` says what 
 
 __version__ = "0.2.0"
 
+# SplitModel, split_model and check_split below are the names of earlier releases (CHANGELOG.md, 0.2).
 from . import _compat  # noqa: E402
 from .errors import LitcacheError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
@@ -15,7 +16,6 @@ from .extraction.replay import verify_store  # noqa: E402
 from .extraction.run import ExtractResult, extract  # noqa: E402
 from .extraction.teacher import load_teacher  # noqa: E402
 from .recipe import DistillConfig, Recipe, TrainConfig, load_recipe  # noqa: E402
-# SplitModel, split_model and check_split: the names of earlier releases (CHANGELOG.md, 0.2)
 from .sections import SectionedModel, SplitModel, check_sections, check_split, cut_sections, split_model  # noqa: E402
 from .show import show_recipe  # noqa: E402
 from .store import FORMAT_VERSION, Store, open_store  # noqa: E402
