@@ -138,8 +138,8 @@ def _check_out(out: StoreLocation, resume: bool, overwrite: bool) -> None:
     if outer is not None:
         raise OptionError(f"Expected --out outside any other litcache store, got {str(out)!r}, inside store "
                           f"{str(outer)!r}. Choose an --out outside it.")
-    if out.exists() and not (resume or overwrite):
-        return
+    if out.exists() and (not out.is_dir() or not (resume or overwrite)):
+        return  # a file is refused as not a store (_decide); a store reused as it is gets no write
     folders = [out.path] + [out.path / name for name in out.listdir() if (out.path / name).is_dir()]
     # --overwrite and --resume write in the store's folders too, not only at its root
     reason = next(filter(None, (unwritable_reason(folder, folder=True) for folder in folders)), None)

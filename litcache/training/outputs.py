@@ -52,5 +52,22 @@ def claim_output(path: str | Path, folder: bool = True) -> Iterator[Path]:
             f"{owner.get('host', '?')}): two runs into one output would overwrite each other. Wait for it to finish, "
             f"or choose another --out; if that process is gone, delete {str(directory / name)!r}.")
 
-    with exclusive_lock(directory, name, refuse):
-        yield path
+    made = _missing_folders(directory)
+    try:
+        with exclusive_lock(directory, name, refuse):
+            yield path
+    finally:
+        for folder in made:  # a run refused before it wrote anything leaves nothing behind, not even a folder
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote into it
+                break
+
+
+def _missing_folders(directory: Path) -> list[Path]:
+    """The folders of ``directory`` (itself included) that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    return missing
