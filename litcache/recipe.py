@@ -139,9 +139,10 @@ class TrainConfig:
                                   "instead.")
         if self.lr <= 0:
             raise RecipeError(f"Expected TrainConfig.lr > 0, got {self.lr} instead.")
-        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
-            raise RecipeError(f"Expected TrainConfig.milestones to be epochs >= 1 in increasing order (the lr drops at "
-                              f"the start of each), got {list(self.milestones)} instead.")
+        # An epoch below 1, or one given twice, silently divides every epoch's lr once more by 1/gamma.
+        if any(m < 1 for m in self.milestones) or len(set(self.milestones)) != len(self.milestones):
+            raise RecipeError(f"Expected TrainConfig.milestones to be distinct epochs >= 1 (the lr drops at the start "
+                              f"of each), got {list(self.milestones)} instead.")
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"Expected TrainConfig.schedule in {SCHEDULES}, got {self.schedule!r} instead.")
         if not 0.0 <= self.warmup < 1.0:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import litcache
+import litcache.errors
 from litcache import _compat
 
 PACKAGE = Path(litcache.__file__).parent
@@ -38,6 +42,7 @@ LAYERS = {
     "sweep_report": 9, "bench": 9,
     "sweeps": 10,
     "cli": 11,
+    "_legacy": 12,
 }
 
 
@@ -210,7 +215,8 @@ def test_old_names_resolve_to_the_same_objects():
     assert train_teacher is teacher.train_teacher and save_atomic is checkpoint.save_atomic
     assert (weights_hash, load_checkpoint, changed_settings) == (checkpoint.weights_hash, checkpoint.load_checkpoint,
                                                                  checkpoint.changed_settings)
-    assert step_losses is step.step_losses and kd_loss is losses.kd_loss
+    assert kd_loss is losses.kd_loss and step_losses.__module__ == "litcache._legacy"  # its 0.1 signature
+    assert step.step_losses.__module__ == "litcache.training.step"
     assert RowLayout is NewRowLayout and resolve_device is new_resolve_device
     assert old_extract is litcache.extract and callable(litcache.extract)
 
@@ -256,3 +262,57 @@ def test_an_old_module_as_an_attribute_of_the_package():
     assert old.save_atomic is save_atomic
     with pytest.raises(AttributeError):
         litcache.no_such_module
+
+
+def test_an_old_import_path_warns_where_the_user_wrote_it():
+    # Python shows a DeprecationWarning by default only when it is blamed on __main__: the warning must
+    # point past litcache's shims and the import machinery, at the line that imported the old path.
+    code = "import litcache.train\nfrom litcache.store import DTYPES\nimport litcache\nlitcache.checkpoint\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": ""})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "DeprecationWarning" in line]
+    assert [line.split(": ")[0] for line in lines] == ["<string>:1", "<string>:2", "<string>:4"], done.stderr
+    assert "litcache.store.DTYPES moved to litcache.store.encoding" in lines[1]
+
+
+def test_old_modules_star_import_and_monkeypatch_the_real_module(monkeypatch):
+    namespace: dict = {}
+    exec("from litcache.zoo import *", namespace)
+    assert {"cifar_resnet", "vdcnn", "stargan_generator", "cifar_vit"} <= set(namespace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old_extract = importlib.import_module("litcache.extract")
+    from litcache.extraction import run
+
+    monkeypatch.setattr(old_extract, "_free_bytes", lambda path: 7)  # a seam of 0.1, patched through its old path
+    assert run._free_bytes("anywhere") == 7
+
+
+def test_functions_of_0_1_keep_their_old_signatures_on_their_old_paths(tiny_recipe, tiny_store):
+    from litcache import BlockTrainOptions, open_store
+    from litcache.training import config, step
+    from litcache.training.student import build_student
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from litcache.block_step import MODES, check_finite_loss, fields_read, head_trains_by_default
+        from litcache.train import RESUME_KEYS, resolve_config, step_losses, trainable_parameters
+
+    assert MODES == config.MODES and head_trains_by_default("kd") and len(RESUME_KEYS) == 29
+    assert fields_read("ir", 3, 2, 1, 0.0) == ["boundaries/1", "boundaries/2"]
+    record = resolve_config(tiny_recipe, BlockTrainOptions(lr=0.05))
+    assert isinstance(record, dict) and record["lr"] == 0.05  # 0.1 returned the dict checkpoints hold
+    assert set(RESUME_KEYS) == set(config.resume_keys(record))
+    store = open_store(tiny_store)
+    batch = {k: v for k, v in __import__("litcache").StoreDataset(store, [*store.boundary_names, "logits", "labels"])
+             .__getitems__(range(8)).items()}
+    _, sectioned = build_student(tiny_recipe, "resnet8", store.module_state("stem"), store.module_state("head"))
+    old, _ = step_losses(sectioned, batch, "lit", {"alpha": 0.9, "tau": 4.0, "beta": 0.5})
+    new, _ = step.step_losses(sectioned, batch, config.Phase("lit"), config.LossWeights(alpha=0.9, tau=4.0, beta=0.5))
+    assert float(old) == float(new)
+    assert trainable_parameters(sectioned, "ir", 2) == list(sectioned.sections[1].parameters())
+    with pytest.raises(litcache.errors.DivergedError, match="resnet8: the loss became nan in epoch 3"):
+        check_finite_loss(torch.tensor(float("nan")), "resnet8", 2)
+    with pytest.warns(DeprecationWarning, match="section=I"):
+        assert BlockTrainOptions(mode="ir", block=2).block == 2

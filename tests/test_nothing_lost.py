@@ -90,14 +90,14 @@ def test_two_train_blocks_into_one_out_at_once_the_second_is_refused(tiny_store,
     out = tmp_path / "runCC2"
     first = _start_held(tmp_path, "train-blocks", TINY, "--store", tiny_store, "--out", out, *BLOCKS, "--lr", "0.05",
                         "--epochs", "2")
-    _wait_for(out / ".lock", first)
+    _wait_for(out / "resnet8" / ".lock", first)
     second = _cli("train-blocks", TINY, "--store", tiny_store, "--out", out, *BLOCKS, "--lr", "0.01", "--epochs", "3")
-    _assert_refused_as_busy(second, out)
+    _assert_refused_as_busy(second, out / "resnet8")
     (tmp_path / "go").touch()
     assert first.wait(timeout=300) == 0, first.communicate()
     saved = torch.load(out / "resnet8" / "student.pt", weights_only=True)
     assert saved["config"]["lr"] == 0.05 and saved["epoch"] == 2  # the first run's, whole
-    assert not (out / ".lock").exists()
+    assert not (out / "resnet8" / ".lock").exists()
 
 
 def test_two_train_teachers_into_one_file_at_once_the_second_is_refused(tmp_path):
@@ -185,6 +185,47 @@ def test_a_complete_store_with_a_lost_shard_is_mended_by_resume_and_a_flipped_by
     assert json.loads(repaired.stdout)["status"] == "repaired" and json.loads(repaired.stdout)["rows_written"] == 16
     assert verify_store(tiny_store).ok and shard_checksums(tiny_store) == before
     assert json.loads(run_cli(*args, "--repair").stdout)["status"] == "unchanged"
+
+
+def _extract_args(store: Path) -> list:
+    return ["extract", TINY, "--out", store, "--teacher", _teacher(store), "--views", "2", "--dtype", "float32",
+            "--chunk-rows", "8", "--shard-rows", "16", "--batch-size", "8", "--json", "-q"]
+
+
+def test_a_repair_killed_after_marking_the_store_unfinished_is_finished_by_resume(tiny_store):
+    """Killed between the two steps of uncommitting a damaged shard (the manifest says unfinished, the
+    ledger still holds every entry): --resume must not finalize the damaged bytes as they are."""
+    from litcache.store.arrays import forget_shards
+
+    before = shard_checksums(tiny_store)
+    shard = tiny_store / "boundaries" / "1" / "c" / "2" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[30] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    forget_shards(tiny_store, [])  # the first step only: marked unfinished, nothing uncommitted
+    done = run_cli(*_extract_args(tiny_store), "--resume")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "repaired" and json.loads(done.stdout)["rows_written"] == 16
+    assert verify_store(tiny_store).ok and shard_checksums(tiny_store) == before
+
+
+def test_repair_writes_a_damaged_teacher_tensor_again(tiny_store):
+    from litcache.store.arrays import damaged_teacher_tensors
+
+    weight = next(p for p in (tiny_store / "teacher" / "stem").iterdir() if p.is_dir())
+    chunk = next(f for f in weight.rglob("*") if f.is_file() and f.name != "zarr.json")
+    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
+    assert not verify_store(tiny_store).ok and damaged_teacher_tensors(tiny_store) == [f"teacher/stem/{weight.name}"]
+    done = run_cli(*_extract_args(tiny_store), "--repair")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "repaired" and json.loads(done.stdout)["rows_written"] == 0
+    assert verify_store(tiny_store).ok
+
+
+def test_repair_and_overwrite_together_are_refused(tiny_store):
+    result = run_cli(*_extract_args(tiny_store), "--repair", "--overwrite")
+    assert_clean_error(result, "--repair mends a store in place and --overwrite replaces it", 1)
+    assert verify_store(tiny_store).ok
 
 
 def _teacher(store: Path) -> str:
@@ -279,8 +320,8 @@ def test_the_library_refuses_the_same_seeds(tiny_recipe, tiny_store, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--milestones=-1,0",), "Expected --milestones to be epochs >= 1 in increasing order"),
-    (("--milestones", "5,2"), "Expected --milestones to be epochs >= 1 in increasing order"),
+    (("--milestones=-1,0",), "Expected --milestones to be distinct epochs >= 1"),
+    (("--milestones", "5,5"), "Expected --milestones to be distinct epochs >= 1"),
     (("--lr", "nan"), "Expected --lr to be a finite number, got nan"),
     (("--lr", "inf"), "Expected --lr to be a finite number, got inf"),
 ])
@@ -325,6 +366,12 @@ def read_only_store(tiny_store, tmp_path):
         yield view
     finally:
         subprocess.run(["umount", str(view)], capture_output=True)
+
+
+def test_resume_of_an_intact_read_only_store_writes_nothing_and_succeeds(read_only_store):
+    done = run_cli(*_extract_args(read_only_store), "--resume")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["status"] == "unchanged"
 
 
 def test_overwrite_of_a_read_only_store_is_refused_before_any_work(read_only_store, teacher_ckpt):
@@ -388,8 +435,8 @@ def test_a_stale_train_blocks_lock_is_taken_over(tiny_recipe, tiny_store, tmp_pa
     out = tmp_path / "run"
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()
-    out.mkdir()
-    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": 0}))
+    (out / "resnet8").mkdir(parents=True)
+    (out / "resnet8" / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": 0}))
     [result] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], out, BlockTrainOptions(epochs=1, batch_size=16,
                                                                                           evaluate=False), log=quiet)
-    assert Path(result["checkpoint"]).exists() and not (out / ".lock").exists()
+    assert Path(result["checkpoint"]).exists() and not (out / "resnet8" / ".lock").exists()

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import (
     DiskSpaceError,
     IncompleteStoreError,
+    LitcacheError,
     NotAStoreError,
     OptionError,
     StoreFormatError,
@@ -30,7 +31,14 @@ from ..errors import (
 from ..recipe import Recipe
 from ..runtime.devices import resolve_device
 from ..runtime.files import temp_writer_pid, unwritable_reason
-from ..store.arrays import StoreWriter, damaged_shards, forget_shards, read_ledger, shard_ranges
+from ..store.arrays import (
+    StoreWriter,
+    damaged_shards,
+    damaged_teacher_tensors,
+    forget_shards,
+    read_ledger,
+    shard_ranges,
+)
 from ..store.debris import find_debris
 from ..store.layout import LOCK_FILE, ROW_ORDER
 from ..store.location import StoreLocation
@@ -66,7 +74,7 @@ _ESTIMATED_RATIO = {"float32": {"zstd": 0.55, "lz4": 0.65, "none": 1.0},
 @dataclass
 class ExtractResult:
     path: str
-    status: str  # "created", "resumed" or "unchanged"
+    status: str  # "created", "resumed", "repaired" (damaged shards extracted again) or "unchanged"
     rows: int
     rows_written: int
     seconds: float
@@ -131,7 +139,8 @@ def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -
 
 def _check_out(out: StoreLocation, resume: bool, overwrite: bool) -> None:
     """Before any work: a local --out must not lie inside another store, and must be writable when this
-    run will write it (a new store, --resume, --overwrite; reusing a complete store writes nothing)."""
+    run will write it: a new store, --overwrite, --resume of an unfinished one. (A complete store is
+    checked once a resume finds something to mend: reusing an intact one, read-only too, writes nothing.)"""
     if out.remote:
         return
     outer = enclosing_store(out.path.parent)
@@ -140,6 +149,21 @@ def _check_out(out: StoreLocation, resume: bool, overwrite: bool) -> None:
                           f"{str(outer)!r}. Choose an --out outside it.")
     if out.exists() and (not out.is_dir() or not (resume or overwrite)):
         return  # a file is refused as not a store (_decide); a store reused as it is gets no write
+    if out.exists() and resume and not overwrite and _is_complete(out):
+        return
+    _refuse_unwritable(out)
+
+
+def _is_complete(out: StoreLocation) -> bool:
+    try:
+        return read_manifest(out).complete
+    except LitcacheError:  # not a store, or damaged: _decide says so
+        return False
+
+
+def _refuse_unwritable(out: StoreLocation) -> None:
+    if out.remote:
+        return
     folders = [out.path] + [out.path / name for name in out.listdir() if (out.path / name).is_dir()]
     # --overwrite and --resume write in the store's folders too, not only at its root
     reason = next(filter(None, (unwritable_reason(folder, folder=True) for folder in folders)), None)
@@ -207,6 +231,8 @@ def extract(
     if distributed and not recipe.source:
         raise OptionError(f"Recipe {recipe.name!r} has no source path; dask workers load the recipe by it. "
                           "Load it with litcache.load_recipe.")
+    if repair and overwrite:
+        raise OptionError("--repair mends a store in place and --overwrite replaces it: give one of them.")
     out = StoreLocation(out)  # a local directory or an fsspec URL
     resume = resume or repair
     _check_out(out, resume, overwrite)
@@ -225,17 +251,19 @@ def extract(
         # can all start at once (taking the lock, one of them would see another's and be refused).
         return _unchanged(out, plan, t_start, log)
     if action != "unchanged":
+        _refuse_unwritable(out)
+    if action == "repair":
+        log(f"{out}: complete; checking its committed shards against the disk"
+            + (" and their checksums" if repair else ""))
+    elif action != "unchanged":
         _preflight(out, plan, ranges, action, device, log)
     # Decide again under the lock: another extraction may have started or finished meanwhile.
     with store_lock(out) as debris, contextlib.ExitStack() as cluster:
         if debris:  # taking the lock removed what killed writers left
             log(f"removed {debris.describe()}")
         action = _decide(out, plan.identity, resume, overwrite)
-        damaged = damaged_shards(out, checksums=repair) if action in ("unchanged", "resume") and resume else {}
-        if damaged:  # never trust the ledger over the disk: extract those shards again, keep the rest
-            for index, problem in damaged.items():
-                log(f"shard {index} of {out}: {problem}; extracting it again")
-            forget_shards(out, list(damaged))
+        damaged, tensors = _mend(out, len(ranges), repair, action, log) if resume else ({}, [])
+        if damaged or tensors:
             action = "resume"
         if action == "unchanged":  # complete (and intact, with --resume), and the lock removed its debris
             return _unchanged(out, plan, t_start, log)
@@ -243,12 +271,11 @@ def extract(
         if distributed:  # connected before the store is touched: an unreachable scheduler changes nothing
             client = cluster.enter_context(dask_client(workers, scheduler))
         if action == "create":
-            modules = {"stem": plan.sectioned.stem.state_dict(), "head": plan.sectioned.head.state_dict()}
-            if plan.recipe.student_init == "teacher-blocks":  # its students start from the teacher's blocks
-                modules.update({f"section{i}": s.state_dict() for i, s in enumerate(plan.sectioned.sections, start=1)})
-            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, modules)
+            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, _teacher_modules(plan))
         else:
             writer = StoreWriter.reopen(out)
+            if tensors:
+                writer.rewrite_teacher_tensors(_teacher_modules(plan), tensors)
             # Resume with the batching the store was started with, so every shard is computed alike.
             stored = writer.manifest.options.batch_size
             batch_size = options.batch_size if stored is None else stored
@@ -268,9 +295,39 @@ def extract(
     seconds = time.perf_counter() - t_start
     log(f"{out}: complete, {manifest.layout.rows} rows in {len(manifest.shards)} shards "
         f"({rows_done} extracted in {seconds:.1f} s, {rows_done / max(seconds, 1e-9):.0f} rows/s)")
-    status = "created" if action == "create" else "repaired" if damaged else "resumed"
+    status = "created" if action == "create" else "repaired" if damaged or tensors else "resumed"
     return ExtractResult(str(out), status, plan.rows, rows_done, seconds, teacher_seconds,
                          rows_done * plan.bytes_per_row)
+
+
+def _mend(out: StoreLocation, shards: int, repair: bool, action: str,
+          log: Callable[[str], None]) -> tuple[dict[int, str], list[str]]:
+    """Never trust the ledger over the disk: find the committed shards (and, with ``repair``, the
+    teacher tensors) the store no longer holds intact, and uncommit those shards so that the run
+    extracts them again. Returns both. Hold the store's lock."""
+    if action not in ("unchanged", "resume"):
+        return {}, []
+    # Every shard committed but the store unfinished: killed while finishing or mending it, so the
+    # checksums are checked too (a flipped byte being mended keeps its file's size).
+    every_shard = len(read_ledger(out)) == shards
+    damaged = damaged_shards(out, checksums=repair or (action == "resume" and every_shard))
+    tensors = damaged_teacher_tensors(out) if repair else []
+    for index, problem in damaged.items():
+        log(f"shard {index} of {out}: {problem}; extracting it again")
+    for name in tensors:
+        log(f"{out}: {name!r} does not match its checksum; writing it again")
+    if damaged or tensors:
+        forget_shards(out, list(damaged))  # marks the store unfinished first
+    return damaged, tensors
+
+
+def _teacher_modules(plan: ExtractPlan) -> dict[str, dict]:
+    """The teacher's weights a store keeps: its stem and head, for every student, and its sections for
+    recipes whose students start from the teacher's blocks."""
+    modules = {"stem": plan.sectioned.stem.state_dict(), "head": plan.sectioned.head.state_dict()}
+    if plan.recipe.student_init == "teacher-blocks":
+        modules.update({f"section{i}": s.state_dict() for i, s in enumerate(plan.sectioned.sections, start=1)})
+    return modules
 
 
 def _initial_manifest(plan: ExtractPlan) -> Manifest:

@@ -55,6 +55,6 @@ def __getattr__(name: str):
     """Names ``litcache.store`` held when it was one module (``DTYPES``, ``store_lock``, ...), with a warning."""
     if name.startswith("__"):
         raise AttributeError(name)
-    value = _compat.find(name, _compat.STORE_MODULE, __name__)
-    _compat.deprecated(f"litcache.store.{name}", _compat.STORE_MODULE)
-    return value
+    module = _compat.holder(name, _compat.STORE_MODULE, __name__)
+    _compat.deprecated(f"litcache.store.{name}", module.__name__)
+    return getattr(module, name)

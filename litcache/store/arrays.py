@@ -37,7 +37,7 @@ from .shards import ShardFormat, shard_io_pool
 from .space import disk_full_error, human_bytes, is_disk_full
 
 __all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum",
-           "damaged_shards", "forget_shards",
+           "damaged_shards", "damaged_teacher_tensors", "forget_shards",
            "verify_checksums", "store_sizes"]
 
 
@@ -130,8 +130,8 @@ class Store:
         except (CorruptStoreError, FileNotFoundError) as exc:
             reason = "it is missing" if isinstance(exc, FileNotFoundError) else str(exc).rstrip(".")
             raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
-                                    "`litcache verify` checks every shard; extract the store again to "
-                                    "repair it.") from None
+                                    "`litcache verify` checks every shard; `litcache extract ... --repair` "
+                                    "extracts the damaged ones again.") from None
         self._shard_indexes[key] = index
         return rows[: stop - start]
 
@@ -193,6 +193,24 @@ def damaged_shards(location: str | Path | StoreLocation, checksums: bool = False
                 if got != expected:
                     damaged[index] = f"{name!r} has checksum {got}, not the {expected} written"
                     break
+    return damaged
+
+
+def damaged_teacher_tensors(location: str | Path | StoreLocation) -> list[str]:
+    """The teacher tensors a store keeps (``teacher/...``) whose stored bytes no longer match the
+    manifest's checksums; ``StoreWriter.rewrite_teacher_tensors`` writes them again."""
+    loc = StoreLocation(location)
+    manifest = read_manifest(loc)
+    store, damaged = Store(loc, manifest), []
+    for part, params in (manifest.teacher_modules or {}).items():
+        for key, meta in params.items():
+            name = f"teacher/{part}/{key}"
+            try:
+                intact = checksum(np.asarray(store.array(name)[...])) == meta.xxh3_64
+            except Exception:  # missing or undecodable
+                intact = False
+            if not intact:
+                damaged.append(name)
     return damaged
 
 
@@ -299,6 +317,19 @@ class StoreWriter:
 
     def committed(self) -> dict[int, dict]:
         return read_ledger(self.location)
+
+    def rewrite_teacher_tensors(self, modules: dict[str, dict[str, torch.Tensor]], names: Sequence[str]) -> None:
+        """Write the teacher tensors ``names`` (``teacher/PART/KEY``) again from ``modules``; each must
+        give back the checksum the manifest recorded (the same teacher, as the identity guarantees)."""
+        group = self.location.open_group(mode="r+")
+        for name in names:
+            _, part, key = name.split("/", 2)
+            value = modules[part][key].detach().cpu().contiguous().numpy()
+            recorded = self.manifest.teacher_modules[part][key].xxh3_64
+            if checksum(value) != recorded:
+                raise CorruptStoreError(f"Cannot repair {name!r} of store {str(self.path)!r}: the teacher's tensor has "
+                                        f"checksum {checksum(value)}, not the recorded {recorded}.")
+            group.create_array(name, shape=value.shape, dtype=value.dtype, fill_value=0, overwrite=True)[...] = value
 
     def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
         """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""

@@ -64,7 +64,8 @@ def require_intact(store: Store) -> None:
     if problems:
         raise CorruptStoreError(f"Store {str(store.path)!r} is corrupt: {problems[0]}"
                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                                + ". Extract it again (--overwrite), or restore it from a copy.")
+                                + ". Run the extract command that made it with --repair (it extracts the damaged "
+                                "shards again), or restore it from a copy.")
 
 
 def check_store(path: str | Path) -> VerifyReport:

@@ -46,7 +46,7 @@ from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_load
 from .loop import LossSums, epoch_seed, resume_or_start
 from .metrics import test_score
 from .online import OnlineTeacherDataset
-from .outputs import claim_output
+from .outputs import check_output, claim_output
 from .step import set_train_mode, store_fields, train_step, trainable_parameters
 from .student import adopt_teacher_blocks, adopt_teacher_parts, build_student, read_student, save_student
 
@@ -64,9 +64,13 @@ def train_blocks(recipe: Recipe, store_path: str | Path, students: Sequence[str]
     store = open_store(store_path)
     config = resolve_config(recipe, options)
     _refuse_before_training(recipe, store, students, config)
-    with claim_output(out_dir):  # one run at a time writes OUT
-        online = _online_teacher(recipe, store, config) if config.online else None
-        return [_train_one(recipe, store, name, Path(out_dir) / name, config, resume, log, online) for name in students]
+    check_output(out_dir, folder=True)
+    online = _online_teacher(recipe, store, config) if config.online else None
+    results = []
+    for name in students:
+        with claim_output(Path(out_dir) / name):  # one run at a time writes a student's folder
+            results.append(_train_one(recipe, store, name, Path(out_dir) / name, config, resume, log, online))
+    return results
 
 
 def _train_one(recipe: Recipe, store: Store, student: str, out: Path, config: RunConfig, resume: bool,

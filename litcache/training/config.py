@@ -205,6 +205,10 @@ class BlockTrainOptions:
                               "into memory.")
 
 
+# ``options.block``, the name of ``section`` before 0.2, still reads (the init-only field ``block`` sets it).
+BlockTrainOptions.block = property(lambda self: self.section, doc="The name of ``section`` before 0.2 (deprecated).")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The resolved settings of one train-blocks run. ``resolve_config`` makes it once; what is known
