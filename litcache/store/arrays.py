@@ -130,8 +130,8 @@ class Store:
         except (CorruptStoreError, FileNotFoundError) as exc:
             reason = "it is missing" if isinstance(exc, FileNotFoundError) else str(exc).rstrip(".")
             raise CorruptStoreError(f"Cannot read shard {shard} of {name!r} in store {str(self.path)!r}: {reason}. "
-                                    "`litcache verify` checks every shard; `litcache extract ... --repair` "
-                                    "extracts the damaged ones again.") from None
+                                    "`litcache verify` checks every shard; the extract command that made the "
+                                    "store, run again with --repair, extracts the damaged ones again.") from None
         self._shard_indexes[key] = index
         return rows[: stop - start]
 
