@@ -8,12 +8,10 @@ still imports them from their old modules (``litcache.train``, ``litcache.block_
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .errors import DivergedError
 from .training import config as _config
+from .training import loop as _loop
 from .training import step as _step
 
 __all__ = ["step_losses", "train_step", "trainable_parameters", "set_train_mode", "fields_read",
@@ -58,9 +56,7 @@ def fields_read(mode, sections, block, hint, beta) -> list[str]:
 
 
 def check_finite_loss(loss_sum: torch.Tensor, student: str, epoch: int) -> None:
-    if not math.isfinite(loss_sum.item()):
-        raise DivergedError(f"{student}: the loss became {loss_sum.item()} in epoch {epoch + 1}; lower --lr "
-                            "(or use --precision fp32 if it diverged in reduced precision).")
+    _loop.refuse_if_diverged(loss_sum.item(), student, epoch)
 
 
 def resolve_config(recipe, options) -> dict:

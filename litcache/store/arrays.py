@@ -10,7 +10,7 @@ import time
 from concurrent.futures import wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -181,18 +181,9 @@ def damaged_shards(location: str | Path | StoreLocation, checksums: bool = False
     if checksums:
         store = Store(loc, manifest)
         for index, entry in sorted(ledger.items()):
-            if index in damaged:
-                continue
-            start, stop = entry["rows"]
-            for name, expected in entry["xxh3_64"].items():
-                try:
-                    got = checksum(store.array(name)[start:stop])
-                except Exception as exc:  # a damaged chunk can fail to decode at all
-                    damaged[index] = f"{name!r} does not decode ({type(exc).__name__})"
-                    break
-                if got != expected:
-                    damaged[index] = f"{name!r} has checksum {got}, not the {expected} written"
-                    break
+            found = None if index in damaged else _shard_problem(store, entry["rows"], entry["xxh3_64"])
+            if found:
+                damaged[index] = f"{found[0]!r}: {found[1]}"
     return damaged
 
 
@@ -200,18 +191,7 @@ def damaged_teacher_tensors(location: str | Path | StoreLocation) -> list[str]:
     """The teacher tensors a store keeps (``teacher/...``) whose stored bytes no longer match the
     manifest's checksums; ``StoreWriter.rewrite_teacher_tensors`` writes them again."""
     loc = StoreLocation(location)
-    manifest = read_manifest(loc)
-    store, damaged = Store(loc, manifest), []
-    for part, params in (manifest.teacher_modules or {}).items():
-        for key, meta in params.items():
-            name = f"teacher/{part}/{key}"
-            try:
-                intact = checksum(np.asarray(store.array(name)[...])) == meta.xxh3_64
-            except Exception:  # missing or undecodable
-                intact = False
-            if not intact:
-                damaged.append(name)
-    return damaged
+    return list(_teacher_tensor_problems(Store(loc, read_manifest(loc))))
 
 
 def forget_shards(location: str | Path | StoreLocation, shards: Sequence[int]) -> None:
@@ -422,31 +402,46 @@ def _clear_store_dir(path: str | Path | StoreLocation) -> None:
     StoreLocation(path).clear(keep=LOCK_FILE)
 
 
-def verify_checksums(store: Store) -> list[str]:
-    """Recompute every shard's checksum; one message per array and shard that differs."""
-    problems = []
+def _checksum_problem(read: Callable[[], np.ndarray], expected: str) -> str | None:
+    """What is wrong with stored bytes that should hash to ``expected``, or None when they do."""
+    try:
+        got = checksum(read())
+    except Exception as exc:  # a corrupt chunk can fail to decode at all
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None if got == expected else f"checksum {got} != recorded {expected}"
+
+
+def _teacher_tensor_problems(store: Store) -> dict[str, str]:
+    """``teacher/PART/KEY`` -> what is wrong, for every stored teacher tensor that fails its checksum."""
+    problems = {}
     for part, params in (store.manifest.teacher_modules or {}).items():
         for key, meta in params.items():
             name = f"teacher/{part}/{key}"
-            try:
-                got = checksum(np.asarray(store.array(name)[...]))
-            except Exception as exc:
-                problems.append(f"array {name!r}: unreadable ({type(exc).__name__}: {exc})")
-                continue
-            if got != meta.xxh3_64:
-                problems.append(f"array {name!r}: checksum {got} != recorded {meta.xxh3_64}")
+            problem = _checksum_problem(lambda: np.asarray(store.array(name)[...]), meta.xxh3_64)
+            if problem:
+                problems[name] = problem
+    return problems
+
+
+def _shard_problem(store: Store, rows: Sequence[int], checksums: Mapping[str, str]) -> tuple[str, str] | None:
+    """(array, what is wrong) for the first array of a shard (rows ``[start, stop)``) that fails its checksum."""
+    start, stop = rows
+    for name, expected in checksums.items():
+        problem = _checksum_problem(lambda: store.array(name)[start:stop], expected)
+        if problem:
+            return name, problem
+    return None
+
+
+def verify_checksums(store: Store) -> list[str]:
+    """Recompute every shard's checksum; one message per array and shard that differs."""
+    problems = [f"array {name!r}: {problem}" for name, problem in _teacher_tensor_problems(store).items()]
     for shard in store.manifest.shards or ():
         start, stop = shard.rows
         for name, expected in shard.xxh3_64.items():
-            try:
-                got = checksum(store.array(name)[start:stop])
-            except Exception as exc:  # a corrupt chunk can fail to decode at all
-                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): unreadable "
-                                f"({type(exc).__name__}: {exc})")
-                continue
-            if got != expected:
-                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): checksum {got} != "
-                                f"recorded {expected}")
+            problem = _checksum_problem(lambda: store.array(name)[start:stop], expected)
+            if problem:
+                problems.append(f"array {name!r} shard {shard.index} (rows {start}-{stop}): {problem}")
     return problems
 
 

@@ -15,6 +15,7 @@ files that killed writers left behind (``litcache.store.debris``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -123,16 +124,12 @@ def store_lock(path: str | Path | StoreLocation) -> Iterator[Debris]:
     Yields the debris of killed writers it removed. Atomic on local disks; on object stores best
     effort (see ``StoreLocation.create_exclusive`` and ``delete_if``)."""
     loc = StoreLocation(path)
-    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
-    try:
-        loc.makedirs()
-        _acquire(loc, LOCK_FILE, mine, lambda owner: _locked_error(loc, owner))
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_error(loc, "creating the lock of store", "a few bytes",
-                                  "Nothing was written; free some space and run the same command again.") from exc
-        raise
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(loc, LOCK_FILE, lambda owner: _locked_error(loc, owner)))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(loc, "creating the lock of store", "a few bytes",
+                                      "Nothing was written; free some space and run the same command again.") from exc
+            raise
         yield remove_debris(loc)
-    finally:
-        loc.delete_if(LOCK_FILE, lambda data: data == mine)  # never a lock that is not ours

@@ -15,7 +15,8 @@ import torch.nn as nn
 from ..errors import CheckpointError, DivergedError
 from ..runtime.checkpoint import changed_settings
 
-__all__ = ["CHECK_EVERY", "EPOCH_SEEDS", "epoch_seed", "optimizer_step", "LossSums", "Resumed", "resume_or_start"]
+__all__ = ["CHECK_EVERY", "EPOCH_SEEDS", "epoch_seed", "optimizer_step", "refuse_if_diverged", "LossSums", "Resumed",
+           "resume_or_start"]
 
 #: Training steps between two reads of the summed losses (the only host syncs of an epoch).
 CHECK_EVERY = 50
@@ -37,6 +38,13 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     scaler.update()
 
 
+def refuse_if_diverged(total: float, who: str, epoch: int) -> None:
+    """Stop a run whose summed loss is no longer finite (``epoch`` from 0)."""
+    if not math.isfinite(total):
+        raise DivergedError(f"{who}: the loss became {total} in epoch {epoch + 1}; lower --lr "
+                            "(or use --precision fp32 if it diverged in reduced precision).")
+
+
 class LossSums:
     """An epoch's losses, summed on the device weighted by batch size: reading them would stall a GPU
     every step, so they are read every ``CHECK_EVERY`` steps, to stop a run whose loss is no longer
@@ -55,10 +63,7 @@ class LossSums:
             self.check_finite()
 
     def check_finite(self) -> None:
-        total = self.sums["loss"].item()
-        if not math.isfinite(total):
-            raise DivergedError(f"{self.who}: the loss became {total} in epoch {self.epoch + 1}; lower --lr "
-                                "(or use --precision fp32 if it diverged in reduced precision).")
+        refuse_if_diverged(self.sums["loss"].item(), self.who, self.epoch)
 
     def means(self) -> dict[str, float]:
         """The epoch's mean of every part (after the finite check)."""
