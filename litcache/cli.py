@@ -35,7 +35,7 @@ from .extraction.run import extract
 from .recipe import IR_LOSSES, STUDENT_INITS, load_recipe
 from .runtime.devices import resolve_device
 from .runtime.seeds import SEED_MAX
-from .store.encoding import CODECS, DTYPES
+from .store.encoding import AUTO_CODEC, CODECS, DTYPES
 from .store.location import access_error
 from .store.verify import format_store_info, store_info
 from .sweeps import SWEEP_MODES
@@ -138,7 +138,12 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @precision_option
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float16", show_default=True,
               help="How activations are stored (independent of --precision, how the teacher computes).")
-@click.option("--codec", type=click.Choice(CODECS), default="zstd", show_default=True)
+@click.option("--codec", type=click.Choice([*CODECS, AUTO_CODEC]), default=AUTO_CODEC, show_default=True,
+              help="auto: the strongest codec whose encoding keeps up with the teacher on this machine (measured "
+                   "when the store is created; the store records the codec chosen).")
+@click.option("--writer-threads", type=click.IntRange(min=1),
+              help="Threads that encode and write shards. [default: the cores the teacher leaves free, or all of them "
+                   "between batches when a CPU teacher uses every core]")
 @click.option("--keep-bits", type=int, help="Lossy: round activations to N mantissa bits (float16 has 10, bfloat16 7, "
               "float32 23) so they compress further; relative error at most 2^-(N+1) (normal values). Default: exact.")
 @click.option("--logit-topk", type=click.IntRange(min=1),
@@ -171,9 +176,10 @@ def extract_cmd(recipe, out, teacher_checkpoint, resume, repair, overwrite, work
     """
     r = load_recipe(recipe)
     options["views"] = options["views"] or r.views
+    writer_threads = options.pop("writer_threads")
     result = extract(r, out, ExtractOptions(**options), teacher_checkpoint=teacher_checkpoint, resume=resume,
                      repair=repair, overwrite=overwrite, progress=not quiet, log=logger(quiet), workers=workers,
-                     scheduler=scheduler)
+                     scheduler=scheduler, writer_threads=writer_threads)
     if verbose:
         click.echo(json.dumps(store_info(out)["manifest"].identity.to_dict(), indent=2), err=True)
     if as_json:

@@ -26,6 +26,7 @@ __all__ = [
     "DivergedError",
     "NotAClassifierError",
     "DiskFullError",
+    "ShardWriteError",
     "DamagedStoreError",
     "ManifestError",
     "damaged_message",
@@ -102,6 +103,10 @@ class NotAClassifierError(LitcacheError, ValueError):
 
 class DiskFullError(DiskSpaceError):
     """The disk filled up while a store was being written; what was committed is kept."""
+
+
+class ShardWriteError(LitcacheError, RuntimeError):
+    """An extraction's shard writer failed; the shards committed before the failure are kept."""
 
 
 class DamagedStoreError(StoreFormatError):

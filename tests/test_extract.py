@@ -170,10 +170,10 @@ def test_resume_uses_the_batch_size_the_store_was_started_with(tiny_recipe, teac
     _run(tiny_recipe, reference, teacher_ckpt, limit=32, dtype="float32", chunk_rows=8, shard_rows=8, batch_size=1)
     real = StoreWriter.write_shard
 
-    def stop_at_shard_2(self, index, start, data):
+    def stop_at_shard_2(self, index, start, data, **kwargs):
         if index == 2:
             raise KeyboardInterrupt
-        return real(self, index, start, data)
+        return real(self, index, start, data, **kwargs)
 
     monkeypatch.setattr(StoreWriter, "write_shard", stop_at_shard_2)
     with pytest.raises(KeyboardInterrupt):

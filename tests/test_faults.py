@@ -35,10 +35,10 @@ def test_disk_full_keeps_committed_shards_and_resume_finishes(tiny_recipe, teach
 
     real_write = StoreWriter.write_shard
 
-    def write_until_full(self, index, start, data):
+    def write_until_full(self, index, start, data, **kwargs):
         if index == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, index, start, data)
+        return real_write(self, index, start, data, **kwargs)
 
     monkeypatch.setattr(StoreWriter, "write_shard", write_until_full)
     out = tmp_path / "full.zarr"

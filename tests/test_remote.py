@@ -176,10 +176,10 @@ def test_remote_store_resumes_after_interruption(backend, request, tiny_recipe, 
     url = request.getfixturevalue(f"{backend}_url")
     original = StoreWriter.write_shard
 
-    def interrupted(self, index, start, data):
+    def interrupted(self, index, start, data, **kwargs):
         if index == 2:
             raise KeyboardInterrupt
-        return original(self, index, start, data)
+        return original(self, index, start, data, **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(StoreWriter, "write_shard", interrupted)

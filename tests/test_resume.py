@@ -178,14 +178,14 @@ def test_resume_after_kill_during_shard_write(teacher_ckpt, reference, tmp_path)
     wrapper = _wrapper(tmp_path, """
         _write_shard = StoreWriter.write_shard
 
-        def write_shard(self, index, start, data):
+        def write_shard(self, index, start, data, **kwargs):
             if index == 2:
                 name = next(iter(self._arrays))
                 torn = np.ascontiguousarray(data[name]).copy()
                 torn.view(np.uint8)[...] = 0x55
                 self._arrays[name][start:start + len(torn)] = torn
                 os.kill(os.getpid(), signal.SIGKILL)
-            return _write_shard(self, index, start, data)
+            return _write_shard(self, index, start, data, **kwargs)
 
         StoreWriter.write_shard = write_shard
     """)
@@ -230,8 +230,8 @@ def test_resume_after_kill_right_after_a_commit(teacher_ckpt, reference, tmp_pat
     wrapper = _wrapper(tmp_path, """
         _write_shard = StoreWriter.write_shard
 
-        def write_shard(self, index, start, data):
-            entry = _write_shard(self, index, start, data)
+        def write_shard(self, index, start, data, **kwargs):
+            entry = _write_shard(self, index, start, data, **kwargs)
             if index == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             return entry

@@ -2,7 +2,8 @@
 
 - every SIGKILL point of an extraction: at each array created, in the middle of each file written
   (every shard file of every array and every ledger entry) and while committing the manifest; each
-  time `--resume` must finish the store with the checksums of an uninterrupted run;
+  time `--resume` must finish the store with the checksums of an uninterrupted run; with the shard
+  writer's pool at 1 encoder thread (shards one at a time) and at 3 (shards overlapping);
 - a longer LIT run on a larger store of learnable data: the student must learn what the teacher knows.
 """
 
@@ -60,7 +61,8 @@ KILLER = textwrap.dedent("""
             if reached():
                 path = Path(str(self.path)) / key
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.with_name(f".{path.name}.{os.getpid()}.tmp").write_bytes(data[: len(data) // 2])
+                whole = data if isinstance(data, bytes) else b"".join(data)  # shard files come as parts
+                path.with_name(f".{path.name}.{os.getpid()}.tmp").write_bytes(whole[: len(whole) // 2])
                 die()
             return write_bytes(self, key, data)
 
@@ -79,10 +81,10 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def _extract_args(out: Path, ckpt: Path) -> list[str]:
+def _extract_args(out: Path, ckpt: Path, threads: int = 1) -> list[str]:
     # 48 samples, 16-row shards: three shards, so a first, a middle and a last one.
     return ["extract", TINY, "--teacher", str(ckpt), "--out", str(out), "--chunk-rows", "8", "--shard-rows", "16",
-            "--batch-size", "8", "--device", "cpu", "-q"]
+            "--batch-size", "8", "--device", "cpu", "--codec", "zstd", "--writer-threads", str(threads), "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +95,19 @@ def reference(teacher_ckpt, tmp_path_factory) -> Path:
     return out
 
 
-def _kill_at_every(point: str, reference: Path, ckpt: Path, tmp_path: Path, most: int = 200) -> int:
+def _kill_at_every(point: str, reference: Path, ckpt: Path, tmp_path: Path, threads: int, most: int = 200) -> int:
     """Kill an extraction at each ``point`` in turn, resume it, compare it with ``reference``; returns
     how many points there were (the first run that reaches no further point finishes normally)."""
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     for at in range(1, most):
         out = tmp_path / f"{point}-{at}.zarr"
-        proc = subprocess.run([PYTHON, str(killer), *_extract_args(out, ckpt)], capture_output=True, text=True,
+        proc = subprocess.run([PYTHON, str(killer), *_extract_args(out, ckpt, threads)], capture_output=True, text=True,
                               env=subprocess_env(KILL_POINT=point, KILL_AT=str(at)), timeout=300)
         if proc.returncode == 0:
             return at - 1
         assert proc.returncode == -signal.SIGKILL, f"{point} {at}: {proc.stderr}"
-        resumed = run_cli(*_extract_args(out, ckpt), "--resume")
+        resumed = run_cli(*_extract_args(out, ckpt, threads), "--resume")
         assert resumed.exit_code == 0, f"{point} {at}: {resumed.output}"
         store = open_store(out)
         assert store.complete and verify_checksums(store) == [], f"{point} {at}"
@@ -116,13 +118,15 @@ def _kill_at_every(point: str, reference: Path, ckpt: Path, tmp_path: Path, most
     raise AssertionError(f"more than {most} {point} points")
 
 
-def test_sigkill_at_every_point_then_resume(teacher_ckpt, reference, tmp_path):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sigkill_at_every_point_then_resume(teacher_ckpt, reference, tmp_path, threads):
     shards = len(shard_checksums(reference))
     arrays = len(open_store(reference).manifest.arrays)
-    assert _kill_at_every("create", reference, teacher_ckpt, tmp_path) >= arrays  # the row arrays, then the teacher's
+    # the row arrays, then the teacher's
+    assert _kill_at_every("create", reference, teacher_ckpt, tmp_path, threads) >= arrays
     # Each shard is a file per row array and a ledger entry.
-    assert _kill_at_every("write", reference, teacher_ckpt, tmp_path) == shards * (arrays + 1)
-    assert _kill_at_every("finalize", reference, teacher_ckpt, tmp_path) == 1
+    assert _kill_at_every("write", reference, teacher_ckpt, tmp_path, threads) == shards * (arrays + 1)
+    assert _kill_at_every("finalize", reference, teacher_ckpt, tmp_path, threads) == 1
 
 
 LEARNABLE = '''

@@ -67,7 +67,7 @@ def portable_path(path: str) -> str:
 
 
 def extract_task(recipe_source: str, options: ExtractOptions, checkpoint: str, store: str, shards: list[int],
-                 background_writer: bool | None = None) -> tuple[float, int]:
+                 background_writer: bool | None = None, writer_threads: int | None = None) -> tuple[float, int]:
     """A dask worker's part of a distributed extraction: the given whole shards, written and committed."""
     torch.set_num_threads(1)  # one core per worker; on CPU ResNets 1 and 2 threads store the same bytes (measured)
     recipe = load_recipe(recipe_source)
@@ -79,7 +79,8 @@ def extract_task(recipe_source: str, options: ExtractOptions, checkpoint: str, s
         raise StoreMismatchError(f"A dask worker sees another recipe, teacher or data than store {store!r} was started "
                                  f"with ({'; '.join(diff)}). Give every worker the same files.")
     ranges = shard_ranges(plan.rows, plan.shard_rows)
-    return run_pending(plan, writer, ranges, shards, resolve_device(options.device), False, background_writer)
+    return run_pending(plan, writer, ranges, shards, resolve_device(options.device), False, background_writer,
+                       writer_threads)
 
 
 def _span(shards: list[int]) -> str:
@@ -87,7 +88,7 @@ def _span(shards: list[int]) -> str:
 
 
 def run_distributed(plan: ExtractPlan, out: StoreLocation, pending: list[int], client, log: Callable[[str], None],
-                    background_writer: bool | None = None) -> tuple[float, int]:
+                    background_writer: bool | None = None, writer_threads: int | None = None) -> tuple[float, int]:
     """Split the pending shards into one contiguous run per dask worker thread and extract them
     there. Zarr writers in several processes are safe on distinct whole shards only, which is all
     ``run_pending`` ever writes. Returns (teacher seconds summed over workers, rows extracted)."""
@@ -101,7 +102,8 @@ def run_distributed(plan: ExtractPlan, out: StoreLocation, pending: list[int], c
     slots = max(1, sum(client.nthreads().values()))
     runs = [run.tolist() for run in np.array_split(np.array(pending), min(slots, len(pending)))]
     log(f"extracting {len(pending)} shards on {len(runs)} dask workers: shards " + ", ".join(map(_span, runs)))
-    futures = {client.submit(extract_task, *args, run, background_writer, pure=False): run for run in runs}
+    futures = {client.submit(extract_task, *args, run, background_writer, writer_threads, pure=False): run
+               for run in runs}
     for future in as_completed(futures):
         run = futures[future]
         try:

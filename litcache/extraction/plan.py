@@ -18,7 +18,7 @@ from ..runtime.precision import Compute, resolve_compute
 from ..runtime.seeds import check_seed
 from ..sections import check_sections, cut_sections
 from ..store.arrays import ArraySpec
-from ..store.encoding import CODECS, DTYPES, MANTISSA_BITS
+from ..store.encoding import AUTO_CODEC, CODECS, DTYPES, MANTISSA_BITS
 from ..store.layout import RowLayout
 from ..store.space import human_bytes
 from .rows import ViewRows, data_fingerprint
@@ -44,7 +44,7 @@ class ExtractOptions:
     #: identity, since a bf16 forward gives other activations than an fp32 one.
     precision: str | None = None
     dtype: str = "float16"
-    codec: str = "zstd"
+    codec: str = AUTO_CODEC  # or one of CODECS; auto: chosen by speed when the store is created
     keep_bits: int | None = None  # lossy: round activations to this many mantissa bits (None: exact)
     chunk_rows: int = 256
     shard_rows: int | None = None  # None: whole chunks up to SHARD_TARGET_BYTES
@@ -69,8 +69,8 @@ class ExtractOptions:
             )
         if self.dtype not in DTYPES:
             raise OptionError(f"Expected --dtype in {sorted(DTYPES)}, got {self.dtype!r} instead.")
-        if self.codec not in CODECS:
-            raise OptionError(f"Expected --codec in {list(CODECS)}, got {self.codec!r} instead.")
+        if self.codec not in (*CODECS, AUTO_CODEC):
+            raise OptionError(f"Expected --codec in {[*CODECS, AUTO_CODEC]}, got {self.codec!r} instead.")
         if self.keep_bits is not None and not 1 <= self.keep_bits < MANTISSA_BITS[self.dtype]:
             raise OptionError(f"Expected --keep-bits between 1 and {MANTISSA_BITS[self.dtype] - 1} for --dtype "
                               f"{self.dtype} (it has {MANTISSA_BITS[self.dtype]} mantissa bits), got {self.keep_bits} "

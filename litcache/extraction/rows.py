@@ -75,11 +75,13 @@ class ViewRows(Dataset):
         position, view = self.layout.locate(row)
         return int(self.order[position]), view
 
-    def get_batch(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def get_batch(self, rows, apply_views: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Many rows at once, equal to stacking ``self[r]``: (inputs, labels, sample indices, view ids,
         view params). Inputs come from ``batch_of`` and views from the augmentation's ``apply_batch``
         where it exists, so extraction runs no per-sample tensor code; each view's parameters are
-        still drawn from its own seed."""
+        still drawn from its own seed. ``apply_views`` False (an augmentation with ``apply_batch``
+        only): the inputs as they are, for the caller to apply the views where the teacher runs."""
         located = [self.locate(int(r)) for r in rows]
         index = [i for i, _ in located]
         x, y = batch_of(self.dataset, index)
@@ -90,7 +92,8 @@ class ViewRows(Dataset):
                                    for i, v in located],
                                   dtype=torch.float32)
             if hasattr(self.augment, "apply_batch"):
-                x = self.augment.apply_batch(x, params)
+                if apply_views:
+                    x = self.augment.apply_batch(x, params)
             else:
                 x = torch.stack([self.augment.apply(x[k], params[k].tolist()) for k in range(len(index))])
         return x, y, torch.tensor(index), torch.tensor([v for _, v in located]), params

@@ -9,6 +9,7 @@ takes the store's lock, creates the store and finalizes its manifest. Planning i
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +41,7 @@ from ..store.arrays import (
     shard_ranges,
 )
 from ..store.debris import find_debris
+from ..store.encoding import AUTO_CODEC
 from ..store.layout import LOCK_FILE, ROW_ORDER
 from ..store.location import StoreLocation
 from ..store.lock import check_unlocked, store_lock
@@ -58,9 +60,11 @@ from ..store.manifest import (
     utc_now,
 )
 from ..store.space import human_bytes
+from .codec_choice import CodecChoice, measure_codecs
 from .distributed import check_parallel_options, dask_client, run_distributed
 from .loop import run_pending
 from .plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
+from .writer import writer_threads as writer_threads_for
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
 
@@ -216,6 +220,7 @@ def extract(
     workers: int | None = None,
     scheduler: str | None = None,
     background_writer: bool | None = None,
+    writer_threads: int | None = None,
 ) -> ExtractResult:
     """Extract the recipe's teacher boundaries for ``options.split`` into the store at ``out``.
 
@@ -223,8 +228,12 @@ def extract(
     plans, creates and finalizes the store and dask workers extract disjoint sets of whole shards;
     the store is the same as a serial extraction's. ``background_writer`` chooses where shards are
     compressed and written: in a background thread (True), between batches (False), or (None) in
-    the background unless the teacher runs on a CPU with no spare core. The bytes are the same.
+    the background unless the teacher runs on a CPU with no spare core. ``writer_threads``: how many
+    threads encode shards (None: the cores the teacher leaves free, or all of them when it pauses for
+    the writer). The bytes are the same whatever the writer.
     """
+    if writer_threads is not None and writer_threads < 1:
+        raise OptionError(f"Expected --writer-threads >= 1, got {writer_threads} instead.")
     if workers is not None or scheduler:
         check_parallel_options(workers, scheduler)
     distributed = bool(scheduler) or (workers or 1) > 1
@@ -240,6 +249,8 @@ def extract(
     plan = plan_extraction(recipe, options, teacher_checkpoint)
     device = resolve_device(options.device)
     ranges = shard_ranges(plan.rows, plan.shard_rows)
+    auto_choice = _resolve_auto_codec(out, plan, device, overwrite, writer_threads) if options.codec == AUTO_CODEC \
+        else None
     # Preflight, before anything is written or locked: a refusal leaves the path as it was.
     if out.is_dir():
         check_unlocked(out)
@@ -257,6 +268,8 @@ def extract(
             + (" and their checksums" if repair else ""))
     elif action != "unchanged":
         _preflight(out, plan, ranges, action, device, log)
+        if auto_choice is not None:
+            log(auto_choice.describe())
     # Decide again under the lock: another extraction may have started or finished meanwhile.
     with store_lock(out) as debris, contextlib.ExitStack() as cluster:
         if debris:  # taking the lock removed what killed writers left
@@ -271,7 +284,8 @@ def extract(
         if distributed:  # connected before the store is touched: an unreachable scheduler changes nothing
             client = cluster.enter_context(dask_client(workers, scheduler))
         if action == "create":
-            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, options.codec, _teacher_modules(plan))
+            writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, plan.options.codec,
+                                        _teacher_modules(plan))
         else:
             writer = StoreWriter.reopen(out)
             if tensors:
@@ -281,15 +295,17 @@ def extract(
             batch_size = options.batch_size if stored is None else stored
             if batch_size != options.batch_size:
                 log(f"resuming with the store's --batch-size {batch_size} (not {options.batch_size})")
-                plan.options = replace(options, batch_size=batch_size)
+                plan.options = replace(plan.options, batch_size=batch_size)
             log(f"resuming: {len(writer.committed())} shards already committed")
         committed = writer.committed()
         pending = [i for i in range(len(ranges)) if i not in committed]
 
         if client is not None:
-            teacher_seconds, rows_done = run_distributed(plan, out, pending, client, log, background_writer)
+            teacher_seconds, rows_done = run_distributed(plan, out, pending, client, log, background_writer,
+                                                         writer_threads)
         else:
-            teacher_seconds, rows_done = run_pending(plan, writer, ranges, pending, device, progress, background_writer)
+            teacher_seconds, rows_done = run_pending(plan, writer, ranges, pending, device, progress, background_writer,
+                                                     writer_threads)
         manifest = writer.finalize(Timing(seconds=round(time.perf_counter() - t_start, 3),
                                           teacher_seconds=round(teacher_seconds, 3)))
     seconds = time.perf_counter() - t_start
@@ -319,6 +335,25 @@ def _mend(out: StoreLocation, shards: int, repair: bool, action: str,
     if damaged or tensors:
         forget_shards(out, list(damaged))  # marks the store unfinished first
     return damaged, tensors
+
+
+def _resolve_auto_codec(out: StoreLocation, plan: ExtractPlan, device: torch.device, overwrite: bool,
+                        threads: int | None) -> CodecChoice | None:
+    """Make ``plan`` use a concrete codec for ``--codec auto``: the store's own when ``out`` already
+    holds one (a resume, a reuse; returns None), else the one measured here (returns the choice)."""
+    chosen, choice = None, None
+    if not overwrite and out.exists():
+        with contextlib.suppress(LitcacheError, OSError):  # not a store, or damaged: _decide says so
+            chosen = read_manifest(out).identity.get("codec")
+    if chosen is None:
+        if threads is None:
+            threads = writer_threads_for(device, os.cpu_count() or 1, torch.get_num_threads(),
+                                         plan.options.loader_workers)[0]
+        choice = measure_codecs(plan, device, threads)
+        chosen = choice.codec
+    plan.options = replace(plan.options, codec=chosen)
+    plan.identity["codec"] = chosen
+    return choice
 
 
 def _teacher_modules(plan: ExtractPlan) -> dict[str, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["temp_name", "temp_writer_pid", "process_alive", "write_atomic", "unwritable_reason"]
 
@@ -40,13 +41,15 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: tmp + fsync + rename, then fsync the directory."""
+def write_atomic(path: Path, data: "bytes | Sequence[bytes | memoryview]") -> None:
+    """Write ``data`` (bytes, or parts written one after another) to ``path`` whole or not at all:
+    tmp + fsync + rename, then fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

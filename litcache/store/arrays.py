@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from concurrent.futures import wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -33,7 +33,7 @@ from .manifest import (
     utc_now,
     write_manifest,
 )
-from .shards import ShardFormat, shard_io_pool
+from .shards import ShardFormat, encoder_pool
 from .space import disk_full_error, human_bytes, is_disk_full
 
 __all__ = ["Store", "StoreWriter", "ArraySpec", "open_store", "read_ledger", "shard_ranges", "checksum",
@@ -311,64 +311,76 @@ class StoreWriter:
                                         f"checksum {checksum(value)}, not the recorded {recorded}.")
             group.create_array(name, shape=value.shape, dtype=value.dtype, fill_value=0, overwrite=True)[...] = value
 
-    def write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
-        """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry."""
+    def write_shard(self, index: int, start: int, data: dict[str, np.ndarray],
+                    encoder: ThreadPoolExecutor | None = None, before_commit: Callable[[], None] | None = None) -> dict:
+        """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry.
+
+        The chunks are encoded on ``encoder`` (default: one thread per core); this thread writes
+        and fsyncs each array's shard file as its chunks are done, calls ``before_commit`` (an
+        extraction's writer pool waits there for the shards before this one), then commits."""
         try:
-            return self._write_shard(index, start, data)
+            return self._write_shard(index, start, data, encoder or encoder_pool(), before_commit)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            layout, ledger = self.manifest.layout, self.committed()
-            left = [(a, b) for i, (a, b) in enumerate(shard_ranges(layout.rows, layout.shard_rows)) if i not in ledger]
-            raise disk_full_error(
-                self.location, f"writing shard {index} of store",
-                f"up to {human_bytes(_raw_bytes(self.manifest, sum(b - a for a, b in left)))} uncompressed "
-                f"for the {len(left)} shards not committed yet",
-                f"The {len(ledger)} shards committed so far are kept; free some space and run the same "
-                "command with --resume.",
-            ) from exc
+            raise self.disk_full_error(index) from exc
 
-    def _write_shard(self, index: int, start: int, data: dict[str, np.ndarray]) -> dict:
+    def disk_full_error(self, index: int) -> OSError:
+        """The error for a full disk while writing shard ``index``, from the ledger as it is now."""
+        layout, ledger = self.manifest.layout, self.committed()
+        left = [(a, b) for i, (a, b) in enumerate(shard_ranges(layout.rows, layout.shard_rows)) if i not in ledger]
+        return disk_full_error(
+            self.location, f"writing shard {index} of store",
+            f"up to {human_bytes(_raw_bytes(self.manifest, sum(b - a for a, b in left)))} uncompressed "
+            f"for the {len(left)} shards not committed yet",
+            f"The {len(ledger)} shards committed so far are kept; free some space and run the same "
+            "command with --resume.",
+        )
+
+    def _write_shard(self, index: int, start: int, data: dict[str, np.ndarray], encoder: ThreadPoolExecutor,
+                     before_commit: Callable[[], None] | None) -> dict:
         rows = next(iter(data.values())).shape[0]
-        # Every chunk of every array is queued for encoding at once, so all cores compress, and
-        # each array's shard file is written (and fsynced) as soon as its chunks are done.
-        writes = [shard_io_pool().submit(self._put_shard, name, index, start, fmt, fmt.submit(data[name]))
-                  for name, fmt in self._formats.items() if fmt is not None]
+        for name, fmt in self._formats.items():
+            if fmt is not None and start != index * fmt.chunk_rows * fmt.chunks_per_shard:
+                raise ValueError(f"Shard {index} of {name!r} must start at row "
+                                 f"{index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
+        # Every chunk of every array is queued for encoding at once, so all encoder threads work, and
+        # each array's shard file is written (and fsynced) as soon as its own chunks are done.
+        chunks = {name: fmt.submit(data[name], encoder) for name, fmt in self._formats.items() if fmt is not None}
+        sizes = {}
         try:
+            checksums = {name: checksum(data[name]) for name in self._arrays}  # meanwhile, in this thread
             for name, array in self._arrays.items():
-                if self._formats[name] is None:
+                key = ShardFormat.shard_key(name, index, array.ndim)
+                fmt = self._formats[name]
+                if fmt is None:
                     array[start : start + rows] = data[name]
-                    self._fsync_shard(name, index, array.ndim)
+                    self.location.fsync(key)  # durable before its ledger entry claims it (power loss too)
+                    sizes[name] = self.location.size(key)
+                else:  # whole or absent: tmp + fsync + rename locally, one PUT remotely
+                    parts = fmt.assemble_parts(chunks[name])
+                    self.location.write_bytes(key, parts)
+                    sizes[name] = sum(map(len, parts))
         finally:
-            wait(writes)  # on a failure too: no shard file is still being written when the error leaves
-        for write in writes:
-            write.result()
+            for future in (f for futures in chunks.values() for f in futures):
+                future.cancel()  # on a failure: encode nothing more of this shard ...
+            wait([f for futures in chunks.values() for f in futures])  # ... and leave no encoder running on it
+        if before_commit is not None:
+            before_commit()
         entry = {
             "index": index,
             "rows": [start, start + rows],
-            "xxh3_64": {name: checksum(data[name]) for name in self._arrays},
+            "xxh3_64": checksums,
             # What a resume checks before it trusts the entry (entries written before 0.2 lack it).
-            "bytes": {name: self.location.size(ShardFormat.shard_key(name, index, array.ndim))
-                      for name, array in self._arrays.items()},
+            "bytes": sizes,
             "committed": time.time(),
         }
-        key, data = f"{LEDGER_DIR}/shard-{index:06d}.json", json.dumps(entry).encode()
+        key, raw = f"{LEDGER_DIR}/shard-{index:06d}.json", json.dumps(entry).encode()
         if self.location.remote:
-            self.location.write_bytes(key, data)  # one PUT: the entry is whole or absent
+            self.location.write_bytes(key, raw)  # one PUT: the entry is whole or absent
         else:
-            write_atomic(self.path / key, data)
+            write_atomic(self.path / key, raw)
         return entry
-
-    def _put_shard(self, name: str, index: int, start: int, fmt: ShardFormat, chunks: list) -> None:
-        if start != index * fmt.chunk_rows * fmt.chunks_per_shard:
-            raise ValueError(f"Shard {index} of {name!r} must start at row "
-                             f"{index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
-        # Whole or absent: tmp + fsync + rename locally, one PUT remotely.
-        self.location.write_bytes(ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)), fmt.assemble(chunks))
-
-    def _fsync_shard(self, name: str, index: int, ndim: int) -> None:
-        """Make the shard durable before its ledger entry claims it (power loss, not just SIGKILL)."""
-        self.location.fsync(ShardFormat.shard_key(name, index, ndim))
 
     def finalize(self, timing: Timing | None = None, completed: str | None = None) -> Manifest:
         """Record every shard's checksums and mark the store complete (the last write); ``completed``

@@ -6,12 +6,16 @@ import numpy as np
 import torch
 import zarr.codecs
 
-__all__ = ["DTYPES", "CODECS", "MANTISSA_BITS", "codec_pipeline", "to_storage", "from_storage", "round_mantissa"]
+__all__ = ["DTYPES", "CODECS", "AUTO_CODEC", "MANTISSA_BITS", "codec_pipeline", "numcodecs_compressor", "to_storage",
+           "from_storage", "round_mantissa"]
 
 #: Logical dtype of stored activations -> numpy storage dtype (zarr 3.1 has no bfloat16: store its bits).
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Strongest first (by bytes stored: zstd-1 1.45x on float16 ResNet maps, lz4 + shuffle 1.1x).
 CODECS = ("zstd", "lz4", "none")
+#: Not a codec: ``extract --codec auto`` chooses one of CODECS by speed (litcache.extraction.codec_choice).
+AUTO_CODEC = "auto"
 #: Explicit mantissa bits of each activation dtype: ``keep_bits`` (lossy rounding) must keep fewer.
 MANTISSA_BITS = {"float32": 23, "float16": 10, "bfloat16": 7}
 _UINT = {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}
@@ -26,6 +30,19 @@ def codec_pipeline(codec: str) -> list:
         return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
     if codec == "none":
         return []
+    raise ValueError(f"Expected a codec in {CODECS}, got {codec!r} instead.")
+
+
+def numcodecs_compressor(codec: str):
+    """The numcodecs object that encodes a chunk as ``codec_pipeline(codec)`` does (None: raw bytes)."""
+    import numcodecs
+
+    if codec == "zstd":
+        return numcodecs.Zstd(level=1)
+    if codec == "lz4":
+        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+    if codec == "none":
+        return None
     raise ValueError(f"Expected a codec in {CODECS}, got {codec!r} instead.")
 
 

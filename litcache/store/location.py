@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import OptionError
 from ..runtime.files import write_atomic
@@ -179,10 +179,11 @@ class StoreLocation:
             return  # object stores have no directories; keys imply them
         self._local(key).mkdir(parents=True, exist_ok=True)
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write ``key`` whole or not at all: tmp + fsync + rename locally, one PUT remotely."""
+    def write_bytes(self, key: str, data: "bytes | Sequence[bytes | memoryview]") -> None:
+        """Write ``key`` (bytes, or parts one after another) whole or not at all: tmp + fsync + rename
+        locally, one PUT remotely."""
         if self.remote:
-            self.fs.pipe_file(self._full(key), data)
+            self.fs.pipe_file(self._full(key), data if isinstance(data, bytes) else b"".join(data))
             return
         write_atomic(self._local(key), data)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CorruptStoreError
 
-__all__ = ["ShardFormat", "encoder_pool", "decoder_pool", "shard_io_pool"]
+__all__ = ["ShardFormat", "encoder_pool", "decoder_pool"]
 
 #: Marks a chunk that is absent from its shard (reads as the fill value).
 EMPTY = np.uint64(2**64 - 1)
@@ -54,12 +54,6 @@ def encoder_pool() -> ThreadPoolExecutor:
 def decoder_pool() -> ThreadPoolExecutor:
     """Decompression for readers: one thread per core (the codecs release the GIL)."""
     return _pool("decode", os.cpu_count() or 1)
-
-
-def shard_io_pool() -> ThreadPoolExecutor:
-    """Shard files waiting for their chunks, then written and fsynced: mostly waiting, so a few threads.
-    Separate from the encoder pool, whose threads these tasks wait on."""
-    return _pool("io", 4)
 
 
 def _compressor(codecs: list[dict]) -> "numcodecs.abc.Codec | None | bool":
@@ -130,13 +124,16 @@ class ShardFormat:
     def index_bytes(self) -> int:
         return self.chunks_per_shard * 16 + 4
 
-    def _encode_chunk(self, rows: np.ndarray) -> bytes:
+    def _encode_chunk(self, rows: np.ndarray) -> "bytes | memoryview":
         if len(rows) < self.chunk_rows:  # a chunk is always whole: the rows past the end hold the fill value
             padded = np.zeros((self.chunk_rows, *self.row_shape), dtype=self.dtype)
             padded[: len(rows)] = rows
             rows = padded
         raw = np.ascontiguousarray(rows, dtype=self.dtype)
-        return bytes(raw.data) if self.compressor is None else bytes(self.compressor.encode(raw))
+        if self.compressor is None:  # the rows' own bytes, not a copy (the shard buffer outlives the write)
+            return raw.reshape(-1).view(np.uint8).data
+        encoded = self.compressor.encode(raw)
+        return encoded if isinstance(encoded, bytes) else bytes(encoded)
 
     def submit(self, data: np.ndarray, pool: ThreadPoolExecutor | None = None) -> list[Future]:
         """Queue the chunks of one whole shard holding ``data`` (from the shard's first row) for encoding."""
@@ -147,8 +144,9 @@ class ShardFormat:
         return [pool.submit(self._encode_chunk, data[i : i + self.chunk_rows])
                 for i in range(0, len(data), self.chunk_rows)]
 
-    def assemble(self, chunks: list[Future]) -> bytes:
-        """The shard file: the encoded chunks, then their index and its crc32c."""
+    def assemble_parts(self, chunks: list[Future]) -> list:
+        """The shard file as the parts to write one after another: the encoded chunks, then their
+        index and its crc32c (written as parts: joining them would copy the whole shard once more)."""
         encoded = [future.result() for future in chunks]
         index = np.full((self.chunks_per_shard, 2), EMPTY, dtype="<u8")
         offset = 0
@@ -157,7 +155,11 @@ class ShardFormat:
             offset += len(chunk)
         index_raw = index.tobytes()
         crc = np.uint32(google_crc32c.value(index_raw)).astype("<u4").tobytes()
-        return b"".join([*encoded, index_raw, crc])
+        return [*encoded, index_raw + crc]
+
+    def assemble(self, chunks: list[Future]) -> bytes:
+        """The shard file: the encoded chunks, then their index and its crc32c."""
+        return b"".join(self.assemble_parts(chunks))
 
     def encode(self, data: np.ndarray, pool: ThreadPoolExecutor | None = None) -> bytes:
         """One whole shard holding ``data`` (at most chunk_rows x chunks_per_shard rows) from its first row."""

@@ -1,0 +1,277 @@
+"""The extraction writer alone: the teacher's outputs replayed from memory, so the teacher costs nothing.
+
+    python benchmarks/writer_bench.py --cifar-dir runs/data/cifar10-jpeg \
+        --teacher ../shared/teachers/cifar10_resnet56.pt --rows 8192
+
+The rows are real: the recipe's views of real images through the real teacher, computed once
+before any timing and kept in memory as the teacher returned them (float32 tensors). Then, side by
+side in one run, repeated in rotated order (medians of --repeats):
+
+  litcache     ShardSink + WriterPool into a real store (cast and copy into shard buffers, finite
+               checks, encode, shard files, fsync, checksums, ledger entries, the final manifest),
+               at 1 encoder thread and at each of --threads
+  bare         the same bytes, cast beforehand: numcodecs' encode of every chunk, then a plain
+               file write and fsync of each array's shard, no litcache code; one thread, and the
+               same on a pool of threads (the fastest plain loop on the machine)
+
+  writer ratio = litcache at 1 thread / bare at 1 thread       (target <= 1.10)
+  scaling      = litcache rows/s at N threads / at 1 thread   (target >= 1.8 at 2 threads)
+
+Each thread count runs with the loop overlapping the encoders (as with a GPU teacher). The
+per-row split times each stage alone on the same rows, one thread, in the old way (litcache 0.2:
+``to_storage``, a fresh shard buffer per shard, ``abs().amax()``) and the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+
+from litcache import ExtractOptions, load_recipe
+from litcache.extraction.loop import shard_batches, views_on_device
+from litcache.extraction.plan import plan_extraction
+from litcache.extraction.run import _initial_manifest
+from litcache.extraction.teacher_outputs import teacher_fields
+from litcache.extraction.writer import ShardSink, WriterPool
+from litcache.runtime.files import write_atomic
+from litcache.store.arrays import StoreWriter, open_store, shard_ranges
+from litcache.store.encoding import to_storage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def capture(plan) -> list[tuple[dict, dict, torch.Tensor, torch.Tensor]]:
+    """Every batch of the store as the loop sees it: (teacher fields, host fields, raw inputs, view params)."""
+    o = plan.options
+    rows = plan.rows_dataset
+    batches = []
+    on_device = views_on_device(rows)
+    with torch.inference_mode():
+        for start, stop in shard_ranges(plan.rows, plan.shard_rows):
+            for batch in shard_batches(start, stop, o.batch_size):
+                x, y, index, view, params = rows.get_batch(batch, apply_views=not on_device)
+                raw = x
+                if on_device:
+                    x = rows.augment.apply_batch(x, params)
+                outs, logits = plan.sectioned.boundaries(plan.compute.input(x))
+                host = {"labels": y, "source_index": index, "view": view}
+                if rows.num_params:
+                    host["view_params"] = params
+                batches.append((teacher_fields(outs, logits, y, o.logit_topk), host, raw, params))
+    return batches
+
+
+def litcache_writer(plan, batches, out: Path, threads: int, overlap: bool) -> float:
+    """Seconds to write the captured batches into a new store through litcache's writer."""
+    ranges = shard_ranges(plan.rows, plan.shard_rows)
+    pending = list(range(len(ranges)))
+    t = time.perf_counter()
+    writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, plan.options.codec, {})
+    pool = WriterPool(writer, threads, overlap, pending)
+    sink = ShardSink(pool, plan.specs, ranges, pending, torch.device("cpu"), plan.options.dtype,
+                     plan.options.keep_bits, plan.rows_dataset)
+    try:
+        for fields, host, _, _ in batches:
+            sink.add(fields, host)
+        sink.close()
+    finally:
+        pool.finish()
+    pool.raise_if_failed()
+    writer.finalize()
+    return time.perf_counter() - t
+
+
+def storage_arrays(plan, batches) -> list[dict[str, np.ndarray]]:
+    """Each shard's arrays as stored (cast beforehand: the bare writer gets the very bytes litcache writes)."""
+    o = plan.options
+    per_name: dict[str, list[np.ndarray]] = {}
+    for fields, host, _, _ in batches:
+        for name, value in fields.items():
+            array = (to_storage(value, o.dtype, o.keep_bits) if name.startswith("boundaries/")
+                     else to_storage(value, "float32") if value.is_floating_point() else value.numpy())
+            per_name.setdefault(name, []).append(array)
+        for name, value in host.items():
+            per_name.setdefault(name, []).append(value.numpy())
+    whole = {name: np.concatenate(parts) for name, parts in per_name.items()}
+    return [{name: whole[name][a:b] for name in whole} for a, b in shard_ranges(plan.rows, plan.shard_rows)]
+
+
+def _encode_chunks(compressor, array: np.ndarray, chunk_rows: int) -> list:
+    chunks = [np.ascontiguousarray(array[i:i + chunk_rows]) for i in range(0, len(array), chunk_rows)]
+    return [c.tobytes() if compressor is None else compressor.encode(c) for c in chunks]
+
+
+def bare_writer(shards: list[dict[str, np.ndarray]], compressors: dict, chunk_rows: int, folder: Path,
+                threads: int) -> float:
+    """Seconds for a plain loop: encode every chunk (on ``threads`` threads), write each array's shard
+    file and fsync it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        def one(k: int, name: str, array: np.ndarray) -> None:
+            encoded = _encode_chunks(compressors[name], array, chunk_rows)
+            with open(folder / f"{name.replace('/', '-')}.{k}", "wb") as f:
+                for chunk in encoded:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+
+        list(pool.map(lambda job: one(*job), [(k, n, a) for k, shard in enumerate(shards) for n, a in shard.items()]))
+    return time.perf_counter() - t
+
+
+def per_row_split(plan, batches, shards, compressors, folder: Path) -> dict[str, dict[str, float]]:
+    """Milliseconds per row of each stage alone, one thread: the old way and the new one."""
+    o = plan.options
+    rows = plan.rows
+    names = [s.name for s in plan.specs if s.name.startswith("boundaries/")]
+
+    def ms(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) / rows * 1e3
+
+    def views():
+        if views_on_device(plan.rows_dataset):
+            for _, _, raw, params in batches:
+                plan.rows_dataset.augment.apply_batch(raw, params)
+
+    def old_cast_copy():
+        buffers, filled = None, 0
+        for fields, host, _, _ in batches:
+            if buffers is None or filled == plan.shard_rows:
+                buffers, filled = {n: np.empty((plan.shard_rows, *fields[n].shape[1:]), np.float16) for n in names}, 0
+            n = len(host["labels"])
+            for name in names:
+                buffers[name][filled:filled + n] = to_storage(fields[name], o.dtype, o.keep_bits)
+            filled += n
+
+    reused = {n: torch.empty((plan.shard_rows, *batches[0][0][n].shape[1:]), dtype=torch.float16) for n in names}
+
+    def new_cast_copy():
+        filled = 0
+        for fields, host, _, _ in batches:
+            filled = 0 if filled == plan.shard_rows else filled
+            n = len(host["labels"])
+            for name in names:
+                reused[name][filled:filled + n].copy_(fields[name])
+            filled += n
+
+    def encode():
+        for shard in shards:
+            for name, array in shard.items():
+                _encode_chunks(compressors[name], array, o.chunk_rows)
+
+    encoded = [{name: _encode_chunks(compressors[name], a, o.chunk_rows) for name, a in shard.items()}
+               for shard in shards]
+
+    def write(sync: bool):
+        for k, shard in enumerate(encoded):
+            for name, chunks in shard.items():
+                with open(folder / f"{name.replace('/', '-')}.{k}", "wb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                    if sync:
+                        f.flush()
+                        os.fsync(f.fileno())
+
+    def ledger():
+        for k in range(len(shards)):
+            write_atomic(folder / f"entry-{k}.json", json.dumps({"index": k, "xxh3_64": {}}).encode())
+
+    folder.mkdir(parents=True, exist_ok=True)
+    common = {
+        "views (crop + flip)": ms(views),
+        "encode": ms(encode),
+        "checksums (xxh3)": ms(lambda: [xxhash.xxh3_64_hexdigest(a) for s in shards for a in s.values()]),
+        "write": ms(lambda: write(False)),
+    }
+    common["fsync"] = max(0.0, ms(lambda: write(True)) - common["write"])
+    common["ledger entries"] = ms(ledger)
+    return {
+        "old": {**common, "cast + copy": ms(old_cast_copy),
+                "finite check": ms(lambda: [fields[n].abs().amax() for fields, *_ in batches for n in names])},
+        "new": {**common, "cast + copy": ms(new_cast_copy),
+                "finite check": ms(lambda: [torch.aminmax(fields[n]) for fields, *_ in batches for n in names])},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default=str(REPO / "pipelines" / "cifar10_resnet.py"))
+    p.add_argument("--cifar-dir", default=None, help="sets LITCACHE_CIFAR10_DIR")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint (the recipe's depth must match)")
+    p.add_argument("--depth", default="56", help="LITCACHE_CIFAR_TEACHER for the CIFAR recipe")
+    p.add_argument("--rows", type=int, default=8192)
+    p.add_argument("--views", type=int, default=2)
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--codec", default="zstd")
+    p.add_argument("--threads", default="2", help="comma-separated encoder thread counts besides 1")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dir", default=None, help="where the stores are written (default: a temporary folder here)")
+    p.add_argument("--json", dest="json_out", default=None)
+    args = p.parse_args()
+    if args.cifar_dir:
+        os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
+    os.environ.setdefault("LITCACHE_CIFAR_TEACHER", args.depth)
+    recipe = load_recipe(args.recipe)
+    options = ExtractOptions(views=args.views, limit=-(-args.rows // args.views), dtype=args.dtype, codec=args.codec,
+                             device="cpu")
+    plan = plan_extraction(recipe, options, args.teacher)
+    batches = capture(plan)
+    shards = storage_arrays(plan, batches)
+    raw_bytes = sum(a.nbytes for s in shards for a in s.values())
+    thread_counts = [1] + [int(t) for t in args.threads.split(",") if int(t) != 1]
+    base = Path(args.dir) if args.dir else REPO / "runs"
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="litcache-writer-", dir=base) as tmp:
+        tmp = Path(tmp)
+        litcache_writer(plan, batches, tmp / "warm.zarr", 1, True)  # warm-up; also gives the codecs
+        store = open_store(tmp / "warm.zarr")
+        compressors = {name: store.shard_format(name).compressor for name in shards[0]}
+        kinds = [("litcache", t) for t in thread_counts] + [("bare", t) for t in thread_counts]
+        runs: dict[str, list[float]] = {f"{k} {t}": [] for k, t in kinds}
+        for i in range(args.repeats):
+            for kind, threads in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+                out = tmp / f"{kind}-{threads}-{i}"
+                seconds = (litcache_writer(plan, batches, out.with_suffix(".zarr"), threads, True)
+                           if kind == "litcache" else
+                           bare_writer(shards, compressors, options.chunk_rows, out, threads))
+                runs[f"{kind} {threads}"].append(seconds)
+        split = per_row_split(plan, batches, shards, compressors, tmp / "split")
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    rows = plan.rows
+    print(f"writer alone: {rows} rows of {plan.bytes_per_row:,} bytes ({raw_bytes / 1e6:.0f} MB), "
+          f"{args.dtype}+{args.codec}, {os.cpu_count()} cores, torch {torch.backends.cpu.get_cpu_capability()}, "
+          f"median of {args.repeats}")
+    for key, seconds in med.items():
+        print(f"   {key:12s} thread(s): {rows / seconds:9,.0f} rows/s  {raw_bytes / seconds / 1e6:7.0f} MB/s raw")
+    ratio = med["litcache 1"] / med["bare 1"]
+    print(f"   writer ratio litcache / bare at 1 thread = {ratio:.3f} (target <= 1.10)")
+    for t in thread_counts[1:]:
+        print(f"   scaling at {t} threads: litcache {med['litcache 1'] / med[f'litcache {t}']:.2f}x, "
+              f"bare {med['bare 1'] / med[f'bare {t}']:.2f}x (target >= 1.8x at 2)")
+    print("   per-row split, ms/row, each stage alone (old -> new):")
+    for stage in split["new"]:
+        print(f"      {stage:22s} {split['old'][stage]:.4f} -> {split['new'][stage]:.4f}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps({
+            "rows": rows, "bytes_per_row": plan.bytes_per_row, "options": vars(args), "cores": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": runs, "median_s": med,
+            "writer_ratio": ratio, "split_ms_per_row": split}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The writing half of an extraction: teacher outputs -> shard buffers -> a pool of encoder threads
+-> shard files -> ledger entries, committed in shard order.
+
+Per batch, in the loop's thread (``ShardSink.add``), every field goes into its shard's buffer in one
+pass: ``copy_`` casts to the storage dtype as it copies, and the finite check is one ``aminmax`` per
+boundary, computed where the teacher ran. Buffers are recycled, so a shard's memory is touched once
+(fresh buffers cost a page fault per 4 KB: more than the cast and copy together). From a CUDA
+teacher the copies go to pinned buffers, ``non_blocking``, on a side stream: the teacher computes
+batch n + 1 while batch n is copied, and a batch is *retired* (its copy awaited, its finite flags
+read, its lossy rounding applied) one batch later. A CPU teacher takes this same path, with no
+stream and no events: its copies are done when they return.
+
+Per full shard (``WriterPool``): its chunks are encoded on ``threads`` encoder threads (numcodecs'
+zstd and blosc release the GIL, so threads scale with cores), a shard thread writes and fsyncs each
+array's file as its chunks are done, then waits until every shard before it is committed and
+commits its ledger entry: the ledger grows in order, with the crash safety of a serial writer.
+With ``overlap`` off, the loop waits for each shard before its next batch: a CPU teacher that
+already uses every core loses more to an encoder beside it (torch's threads stall when one is
+preempted) than to encoding between batches on all cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import LitcacheError, ShardWriteError
+from ..store.arrays import ArraySpec, StoreWriter
+from ..store.encoding import MANTISSA_BITS, from_storage, round_mantissa, to_storage
+from ..store.space import is_disk_full
+from .plan import check_finite
+from .rows import ViewRows
+
+__all__ = ["WriterPool", "ShardSink", "ShardBuffers", "writer_threads"]
+
+#: The torch dtype each store array's logical dtype is copied into (bfloat16 is stored as its uint16 bits).
+_TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int64": torch.int64, "int32": torch.int32}
+#: Largest magnitude each storage dtype holds without becoming Inf.
+_FINITE_LIMIT = {"float32": torch.finfo(torch.float32).max, "float16": 65504.0,
+                 "bfloat16": torch.finfo(torch.bfloat16).max}
+
+
+def writer_threads(device: torch.device, cpu_count: int, torch_threads: int, loader_workers: int) -> tuple[int, bool]:
+    """(encoder threads, overlap) for a teacher on ``device``: every core the teacher leaves free
+    encodes beside it; a CPU teacher with no core to spare pauses while all cores encode."""
+    if device.type != "cpu":
+        return max(1, cpu_count - 1 - loader_workers), True  # one core runs the loop and feeds the device
+    free = cpu_count - torch_threads - loader_workers
+    return (free, True) if free >= 1 else (max(1, cpu_count), False)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host tensor's memory as the numpy array a store keeps (bfloat16 as its uint16 bits)."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+class ShardBuffers:
+    """Host buffers of whole shards, recycled: pinned when the teacher runs on a CUDA device."""
+
+    def __init__(self, specs: Sequence[ArraySpec], shard_rows: int, pin: bool) -> None:
+        self.specs, self.shard_rows, self.pin = list(specs), shard_rows, pin
+        self._free: list[dict[str, torch.Tensor]] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> dict[str, torch.Tensor]:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return {s.name: torch.empty((self.shard_rows, *s.row_shape), dtype=_TORCH_DTYPE[s.dtype], pin_memory=self.pin)
+                for s in self.specs}
+
+    def give_back(self, buffers: dict[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._free.append(buffers)
+
+
+class WriterPool:
+    """Encodes and writes whole shards on ``threads`` encoder threads, up to ``threads + 1`` shards
+    at once (one with ``overlap`` off), and commits their ledger entries in the order of ``order``.
+
+    The first failure stops it: shards before the failed one still commit, those after it do not (a
+    resume extracts them again), and ``raise_if_failed`` raises it in the loop's thread as one clear error."""
+
+    def __init__(self, writer: StoreWriter, threads: int, overlap: bool, order: Sequence[int]) -> None:
+        self.writer, self.threads, self.overlap = writer, threads, overlap
+        self.encoder = ThreadPoolExecutor(threads, thread_name_prefix="litcache-encode")
+        in_flight = threads + 1 if overlap else 1
+        self._shards = ThreadPoolExecutor(in_flight, thread_name_prefix="litcache-shard")
+        self._slots = threading.Semaphore(in_flight)
+        self._position = {shard: k for k, shard in enumerate(order)}
+        self._committed = 0  # how many shards of ``order`` are committed: always a prefix
+        self._turn = threading.Condition()
+        self._futures: list[Future] = []
+        self.error: BaseException | None = None
+        self.failed_shard: int | None = None
+
+    def put(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None] = lambda: None) -> None:
+        """Queue shard ``shard`` (rows from ``start``); ``done`` runs when the pool is through with ``data``."""
+        while not self._slots.acquire(timeout=0.2):
+            self.raise_if_failed()
+        try:
+            self.raise_if_failed()
+        except BaseException:
+            self._slots.release()
+            raise
+        future = self._shards.submit(self._write, shard, start, data, done)
+        self._futures.append(future)
+        if not self.overlap:
+            future.result()
+            self.raise_if_failed()
+
+    def _write(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None]) -> None:
+        try:
+            if not self._behind_failure(shard):  # after a failure, nothing after it is written
+                self.writer.write_shard(shard, start, data, encoder=self.encoder,
+                                        before_commit=lambda: self._wait_turn(shard))
+                with self._turn:
+                    self._committed += 1
+                    self._turn.notify_all()
+        except BaseException as exc:  # raised in the loop's thread by raise_if_failed
+            with self._turn:
+                if self.error is None:
+                    self.error, self.failed_shard = exc, shard
+                self._turn.notify_all()
+        finally:
+            done()
+            self._slots.release()
+
+    def _wait_turn(self, shard: int) -> None:
+        """Return when every shard before ``shard`` is committed; raise if one of them failed (a failure
+        after it does not stop it: the ledger stays a prefix either way)."""
+        position = self._position[shard]
+        with self._turn:
+            while self._committed != position:
+                if self._behind_failure(shard):
+                    raise _Abandoned()
+                self._turn.wait()
+
+    def _behind_failure(self, shard: int) -> bool:
+        return self.error is not None and self._position[self.failed_shard] < self._position[shard]
+
+    def finish(self) -> None:
+        """Wait for every queued shard (after an error elsewhere too: queued shards are whole and
+        checked, so they commit), then stop the threads. Calling it again does nothing more."""
+        for future in self._futures:
+            future.result()  # _write never raises
+        self._shards.shutdown()
+        self.encoder.shutdown()
+
+    def raise_if_failed(self) -> None:
+        """Raise the pool's failure, if any, once every shard in flight has committed or given up, so
+        the error counts the shards kept as they are."""
+        exc = self.error
+        if exc is None:
+            return
+        self.finish()
+        if not isinstance(exc, Exception):  # KeyboardInterrupt: the command's "interrupted" message
+            raise exc
+        if isinstance(exc, OSError) and is_disk_full(exc):  # counted again: shards before it committed since
+            raise self.writer.disk_full_error(self.failed_shard) from (exc.__cause__ or exc)
+        if isinstance(exc, LitcacheError):
+            raise exc
+        done = len(self.writer.committed())
+        raise ShardWriteError(
+            f"The shard writer failed on shard {self.failed_shard} of store {str(self.writer.path)!r} "
+            f"({type(exc).__name__}: {exc}). The {done} shards committed so far are kept; run the same command "
+            "with --resume to finish the store."
+        ) from exc
+
+
+class _Abandoned(Exception):
+    """A shard not committed because one before it failed."""
+
+
+@dataclass
+class _Batch:
+    """A batch staged into its shard's buffers, not yet retired."""
+
+    shard: int
+    row0: int  # the store row of its first row
+    at: int  # its first row within the shard
+    rows: int
+    buffers: dict[str, torch.Tensor]  # its shard's
+    fields: dict[str, torch.Tensor]  # on the teacher's device: kept alive until the copy is done
+    flags: torch.Tensor  # (boundaries + 1,) bool on the host: each boundary within range, logits finite
+    event: "torch.cuda.Event | None"
+    ends_shard: bool
+
+
+@dataclass
+class _OpenShard:
+    index: int
+    start: int
+    stop: int
+    buffers: dict[str, torch.Tensor]
+    filled: int = 0
+
+
+class ShardSink:
+    """Batches of teacher outputs in, whole shards out to a ``WriterPool``. ``pending``: the shards
+    to extract, in the order their rows arrive; ``ranges``: every shard's (start, stop) rows."""
+
+    def __init__(self, pool: WriterPool, specs: Sequence[ArraySpec], ranges: Sequence[tuple[int, int]],
+                 pending: Sequence[int], device: torch.device, dtype: str, keep_bits: int | None,
+                 rows_dataset: ViewRows) -> None:
+        self.pool, self.ranges, self.dtype, self.keep_bits = pool, ranges, dtype, keep_bits
+        self.rows_dataset = rows_dataset
+        shard_rows = max(stop - start for start, stop in ranges)
+        self.buffers = ShardBuffers(specs, shard_rows, pin=device.type == "cuda")
+        self.boundaries = [s.name for s in specs if s.name.startswith("boundaries/")]
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # Above this magnitude a value may become Inf in the storage dtype (rounding up to fewer bits included).
+        self.limit = _FINITE_LIMIT[dtype] * (1 - 2.0 ** -((keep_bits or MANTISSA_BITS[dtype]) + 1))
+        self._shards = iter(pending)
+        self._open: _OpenShard | None = None
+        self._staged: _Batch | None = None
+
+    def add(self, fields: dict[str, torch.Tensor], host: dict[str, torch.Tensor]) -> None:
+        """Stage one batch: ``fields`` as the teacher computed them (any device), ``host`` the
+        loader's per-row fields (labels, source_index, view, view_params). Never straddles shards."""
+        if self._open is None:
+            index = next(self._shards)
+            start, stop = self.ranges[index]
+            self._open = _OpenShard(index, start, stop, self.buffers.take())
+        shard = self._open
+        rows = len(next(iter(host.values())))
+        at = shard.filled
+        # One reduction per boundary (NaN fails the comparison too); the rows are named only on failure.
+        checks = [torch.maximum(-low, high) <= self.limit
+                  for low, high in (torch.aminmax(fields[name]) for name in self.boundaries)]
+        if "logits" in fields:
+            checks.append(torch.isfinite(fields["logits"]).all())
+        within = torch.stack(checks) if checks else torch.ones(0, dtype=torch.bool)
+        event = None
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            if self.stream is not None:
+                self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+            for name, value in fields.items():
+                shard.buffers[name][at:at + rows].copy_(value, non_blocking=True)  # casts as it copies
+            flags = within.to("cpu", non_blocking=True)
+            if self.stream is not None:
+                event = torch.cuda.Event()
+                event.record(self.stream)
+        for name, value in host.items():
+            shard.buffers[name][at:at + rows].copy_(value)
+        shard.filled += rows
+        ends = shard.filled == shard.stop - shard.start
+        staged = _Batch(shard.index, shard.start + at, at, rows, shard.buffers, fields, flags, event, ends)
+        self._retire()
+        self._staged = staged
+        if ends:
+            self._open = None
+
+    def close(self) -> None:
+        """Retire the last batch (its shard goes to the pool)."""
+        self._retire()
+
+    def _retire(self) -> None:
+        batch, self._staged = self._staged, None
+        if batch is None:
+            return
+        if batch.event is not None:
+            batch.event.synchronize()
+        if not bool(batch.flags.all()):
+            self._name_bad_rows(batch)
+        buffers = batch.buffers
+        if self.keep_bits is not None:
+            for name in self.boundaries:  # lossy: round each value to keep_bits mantissa bits, in place
+                round_mantissa(_numpy(buffers[name][batch.at:batch.at + batch.rows]), self.dtype, self.keep_bits)
+        if batch.ends_shard:
+            start, stop = self.ranges[batch.shard]
+            data = {name: _numpy(buffer[: stop - start]) for name, buffer in buffers.items()}
+            self.pool.put(batch.shard, start, data, done=lambda: self.buffers.give_back(buffers))
+
+    def _name_bad_rows(self, batch: _Batch) -> None:
+        """Raise the error naming the first rows out of range; values finite in the storage dtype pass."""
+        for i, name in enumerate(self.boundaries):
+            z = batch.fields[name]
+            if not bool(batch.flags[i]):
+                check_finite(f"boundary {i}", z, batch.row0, self.rows_dataset, self.dtype)
+                check_finite(f"boundary {i} (as {self.dtype})",
+                             from_storage(to_storage(z, self.dtype, self.keep_bits), self.dtype), batch.row0,
+                             self.rows_dataset, self.dtype)
+        if "logits" in batch.fields:
+            check_finite("logits", batch.fields["logits"], batch.row0, self.rows_dataset, self.dtype)
