@@ -41,7 +41,7 @@ from litcache.extraction.loop import shard_batches, views_on_device
 from litcache.extraction.plan import plan_extraction
 from litcache.extraction.run import _initial_manifest
 from litcache.extraction.teacher_outputs import teacher_fields
-from litcache.extraction.writer import ShardSink, WriterPool
+from litcache.extraction.writer import ShardSink, WriterPool, _dense
 from litcache.runtime.files import write_atomic
 from litcache.store.arrays import StoreWriter, open_store, shard_ranges
 from litcache.store.encoding import to_storage
@@ -203,7 +203,8 @@ def per_row_split(plan, batches, shards, compressors, folder: Path) -> dict[str,
         "old": {**common, "cast + copy": ms(old_cast_copy),
                 "finite check": ms(lambda: [fields[n].abs().amax() for fields, *_ in batches for n in names])},
         "new": {**common, "cast + copy": ms(new_cast_copy),
-                "finite check": ms(lambda: [torch.aminmax(fields[n]) for fields, *_ in batches for n in names])},
+                "finite check": ms(lambda: [torch.aminmax(_dense(fields[n]))
+                                            for fields, *_ in batches for n in names])},
     }
 
 
@@ -231,6 +232,9 @@ def main() -> None:
     plan = plan_extraction(recipe, options, args.teacher)
     batches = capture(plan)
     shards = storage_arrays(plan, batches)
+    # From here torch runs only the loop thread's casts and checks (with a GPU teacher they run on the
+    # device): one thread, so torch's idle threads do not spin on the cores the encoders need.
+    torch.set_num_threads(1)
     raw_bytes = sum(a.nbytes for s in shards for a in s.values())
     thread_counts = [1] + [int(t) for t in args.threads.split(",") if int(t) != 1]
     base = Path(args.dir) if args.dir else REPO / "runs"

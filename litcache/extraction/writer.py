@@ -11,9 +11,11 @@ read, its lossy rounding applied) one batch later. A CPU teacher takes this same
 stream and no events: its copies are done when they return.
 
 Per full shard (``WriterPool``): its chunks are encoded on ``threads`` encoder threads (numcodecs'
-zstd and blosc release the GIL, so threads scale with cores), a shard thread writes and fsyncs each
-array's file as its chunks are done, then waits until every shard before it is committed and
-commits its ledger entry: the ledger grows in order, with the crash safety of a serial writer.
+zstd and blosc release the GIL, so threads scale with cores); the thread that encodes an array's
+last chunk writes and fsyncs that array's shard file, so n threads are n whole workers. A shard
+thread per shard in flight only waits: it hashes the shard, waits until every shard before it is
+committed and commits its ledger entry, so the ledger grows in order, with the crash safety of a
+serial writer.
 With ``overlap`` off, the loop waits for each shard before its next batch: a CPU teacher that
 already uses every core loses more to an encoder beside it (torch's threads stall when one is
 preempted) than to encoding between batches on all cores.
@@ -54,6 +56,15 @@ def writer_threads(device: torch.device, cpu_count: int, torch_threads: int, loa
         return max(1, cpu_count - 1 - loader_workers), True  # one core runs the loop and feeds the device
     free = cpu_count - torch_threads - loader_workers
     return (free, True) if free >= 1 else (max(1, cpu_count), False)
+
+
+def _dense(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values as a contiguous view where the memory is dense in another order (channels_last):
+    a reduction over every element runs 8x faster on it than through the strided layout (measured)."""
+    if tensor.is_contiguous():
+        return tensor
+    view = tensor.permute(sorted(range(tensor.dim()), key=lambda d: -tensor.stride(d)))
+    return view if view.is_contiguous() else tensor
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -236,7 +247,7 @@ class ShardSink:
         at = shard.filled
         # One reduction per boundary (NaN fails the comparison too); the rows are named only on failure.
         checks = [torch.maximum(-low, high) <= self.limit
-                  for low, high in (torch.aminmax(fields[name]) for name in self.boundaries)]
+                  for low, high in (torch.aminmax(_dense(fields[name])) for name in self.boundaries)]
         if "logits" in fields:
             checks.append(torch.isfinite(fields["logits"]).all())
         within = torch.stack(checks) if checks else torch.ones(0, dtype=torch.bool)

@@ -5,6 +5,7 @@ docstring (``litcache.store``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -344,27 +345,23 @@ class StoreWriter:
             if fmt is not None and start != index * fmt.chunk_rows * fmt.chunks_per_shard:
                 raise ValueError(f"Shard {index} of {name!r} must start at row "
                                  f"{index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
-        # Every chunk of every array is queued for encoding at once, so all encoder threads work, and
-        # each array's shard file is written (and fsynced) as soon as its own chunks are done.
-        chunks = {name: fmt.submit(data[name], encoder) for name, fmt in self._formats.items() if fmt is not None}
-        sizes = {}
+        # Every chunk of every array is queued for encoding at once, so all encoder threads work; the
+        # thread that finishes an array's last chunk writes (and fsyncs) that array's shard file.
+        files = {name: fmt.submit_file(data[name], encoder, functools.partial(
+                     self.location.write_bytes, ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape))))
+                 for name, fmt in self._formats.items() if fmt is not None}
+        through_zarr = {}
         try:
             checksums = {name: checksum(data[name]) for name in self._arrays}  # meanwhile, in this thread
             for name, array in self._arrays.items():
-                key = ShardFormat.shard_key(name, index, array.ndim)
-                fmt = self._formats[name]
-                if fmt is None:
+                if self._formats[name] is None:  # a layout litcache does not encode itself: through zarr
+                    key = ShardFormat.shard_key(name, index, array.ndim)
                     array[start : start + rows] = data[name]
                     self.location.fsync(key)  # durable before its ledger entry claims it (power loss too)
-                    sizes[name] = self.location.size(key)
-                else:  # whole or absent: tmp + fsync + rename locally, one PUT remotely
-                    parts = fmt.assemble_parts(chunks[name])
-                    self.location.write_bytes(key, parts)
-                    sizes[name] = sum(map(len, parts))
+                    through_zarr[name] = self.location.size(key)
         finally:
-            for future in (f for futures in chunks.values() for f in futures):
-                future.cancel()  # on a failure: encode nothing more of this shard ...
-            wait([f for futures in chunks.values() for f in futures])  # ... and leave no encoder running on it
+            wait(list(files.values()))  # on a failure too: no shard file is still being written when it leaves
+        sizes = {name: files[name].result() if name in files else through_zarr[name] for name in self._arrays}
         if before_commit is not None:
             before_commit()
         entry = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -137,17 +138,54 @@ class ShardFormat:
 
     def submit(self, data: np.ndarray, pool: ThreadPoolExecutor | None = None) -> list[Future]:
         """Queue the chunks of one whole shard holding ``data`` (from the shard's first row) for encoding."""
-        if data.shape[1:] != self.row_shape or len(data) > self.chunk_rows * self.chunks_per_shard:
-            raise ValueError(f"Expected at most {self.chunk_rows * self.chunks_per_shard} rows of shape "
-                             f"{self.row_shape}, got {data.shape}.")
+        self._check_rows(data)
         pool = pool or encoder_pool()
         return [pool.submit(self._encode_chunk, data[i : i + self.chunk_rows])
                 for i in range(0, len(data), self.chunk_rows)]
 
-    def assemble_parts(self, chunks: list[Future]) -> list:
-        """The shard file as the parts to write one after another: the encoded chunks, then their
-        index and its crc32c (written as parts: joining them would copy the whole shard once more)."""
-        encoded = [future.result() for future in chunks]
+    def submit_file(self, data: np.ndarray, pool: ThreadPoolExecutor, write: Callable[[list], None]) -> Future:
+        """Encode the chunks of one whole shard holding ``data`` on ``pool``; the thread that finishes the
+        last chunk calls ``write(parts)`` with the shard file's parts. The future gives the file's size.
+
+        So every byte of work (encoding, writing, fsync) runs on the pool's threads: n threads are n
+        workers, and the caller only waits."""
+        self._check_rows(data)
+        count = max(1, -(-len(data) // self.chunk_rows))
+        encoded: list = [None] * count
+        left, failures, lock, result = [count], [], threading.Lock(), Future()
+
+        def encode(i: int) -> None:
+            try:
+                if not failures:  # after a failure, encode nothing more of this file
+                    encoded[i] = self._encode_chunk(data[i * self.chunk_rows:(i + 1) * self.chunk_rows])
+            except BaseException as exc:  # handed to the caller through the future
+                failures.append(exc)
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if not last:
+                return
+            if failures:
+                result.set_exception(failures[0])
+                return
+            try:
+                parts = self._parts(encoded)
+                write(parts)
+                result.set_result(sum(len(p) for p in parts))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        for i in range(count):
+            pool.submit(encode, i)
+        return result
+
+    def _check_rows(self, data: np.ndarray) -> None:
+        if data.shape[1:] != self.row_shape or len(data) > self.chunk_rows * self.chunks_per_shard:
+            raise ValueError(f"Expected at most {self.chunk_rows * self.chunks_per_shard} rows of shape "
+                             f"{self.row_shape}, got {data.shape}.")
+
+    def _parts(self, encoded: list) -> list:
+        """The encoded chunks, then their index and its crc32c."""
         index = np.full((self.chunks_per_shard, 2), EMPTY, dtype="<u8")
         offset = 0
         for i, chunk in enumerate(encoded):
@@ -156,6 +194,11 @@ class ShardFormat:
         index_raw = index.tobytes()
         crc = np.uint32(google_crc32c.value(index_raw)).astype("<u4").tobytes()
         return [*encoded, index_raw + crc]
+
+    def assemble_parts(self, chunks: list[Future]) -> list:
+        """The shard file as the parts to write one after another: the encoded chunks, then their
+        index and its crc32c (written as parts: joining them would copy the whole shard once more)."""
+        return self._parts([future.result() for future in chunks])
 
     def assemble(self, chunks: list[Future]) -> bytes:
         """The shard file: the encoded chunks, then their index and its crc32c."""
