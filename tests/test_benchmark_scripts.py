@@ -199,6 +199,8 @@ def test_writer_bench(fake_cifar, tmp_path):
     assert "writer ratio litcache / bare at 1 thread = " in out and "scaling at 2 threads: litcache" in out
     for stage in ("cast + copy", "finite check", "encode", "checksums (xxh3)", "write", "fsync", "ledger entries"):
         assert stage in report["split_ms_per_row"]["old"] and stage in report["split_ms_per_row"]["new"], stage
+    assert set(report["codecs"]) == {"zstd", "lz4"} and all(f["ratio"] > 0 for f in report["codecs"].values())
+    assert "projection to a 16-core GPU machine" in out and "does it release the GIL?" in out
     assert list(tmp_path.glob("litcache-writer-*")) == []  # its stores are removed
 
 

@@ -1,7 +1,7 @@
 """``extract --codec auto``: the strongest codec whose encoder keeps up with the teacher.
 
-Measured on this machine before the store is created: the teacher's forward rate on one batch of
-the store's own rows (views included, after a warm-up run of the same batch), and each codec's
+Measured on this machine before the store is created: the teacher's forward rate on a few of the
+store's own rows (views included; on a GPU after a warm-up run), and each codec's
 encode rate on that batch's outputs as stored, times the writer's encoder threads (the codecs
 release the GIL and scale with threads: benchmarks/writer_bench.py). The first of ``CODECS``
 (strongest first) whose rate is at least the teacher's wins; if none keeps up, the fastest. The
@@ -23,10 +23,12 @@ from .teacher_outputs import teacher_fields
 
 __all__ = ["CodecChoice", "choose_codec", "measure_codecs"]
 
-#: Rows the probe runs through the teacher: enough to time a real batch, few enough to cost little.
-PROBE_ROWS = 64
+#: Rows the probe runs through the teacher: first a few; then, if those took under PROBE_SECONDS
+#: (a fast teacher, whose small batches time poorly), a batch large enough to time.
+PROBE_ROWS = (8, 48)
+PROBE_SECONDS = 0.05
 #: Each codec encodes the probe's outputs for at least this long, to time it reliably.
-MIN_ENCODE_SECONDS = 0.05
+MIN_ENCODE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,26 @@ def measure_codecs(plan: ExtractPlan, device: torch.device, threads: int) -> Cod
     """Time the teacher and every codec on this machine (see the module docstring)."""
     o = plan.options
     rows = plan.rows_dataset
-    probe = list(range(min(PROBE_ROWS, len(rows))))
     teacher = plan.compute.model(plan.sectioned).eval()
 
-    def forward():
+    def forward(count: int) -> tuple[dict, int, float]:
+        probe = list(range(min(count, len(rows))))
+        t = time.perf_counter()
         x, y, *_ = rows.get_batch(probe)
         with torch.inference_mode(), plan.compute.autocast():
             outs, logits = teacher.boundaries(plan.compute.input(x))
             fields = teacher_fields(outs, logits, y, o.logit_topk)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return fields
+        return fields, len(probe), time.perf_counter() - t
 
-    forward()  # warm-up: the first call pays for allocations and kernel choices
-    t = time.perf_counter()
-    fields = forward()
-    forward_rate = len(probe) / (time.perf_counter() - t)
+    if device.type != "cpu":
+        forward(PROBE_ROWS[0])  # warm-up: a device's first call pays for its context and kernel choices (on
+        # the CPU the plan's section check has already run the teacher)
+    fields, count, seconds = forward(PROBE_ROWS[0])
+    if seconds < PROBE_SECONDS:
+        fields, count, seconds = forward(PROBE_ROWS[1])
+    forward_rate = count / seconds
     stored = [to_storage(v, o.dtype, o.keep_bits) if name.startswith("boundaries/")
               else to_storage(v, "float32") if v.is_floating_point() else v.cpu().numpy()
               for name, v in fields.items()]
@@ -82,9 +88,9 @@ def measure_codecs(plan: ExtractPlan, device: torch.device, threads: int) -> Cod
     for codec in CODECS:
         compressor = numcodecs_compressor(codec)
         passes, t = 0, time.perf_counter()
-        while passes < 2 or time.perf_counter() - t < MIN_ENCODE_SECONDS:
+        while passes < 1 or time.perf_counter() - t < MIN_ENCODE_SECONDS:
             for chunk in chunks:
                 compressor.encode(chunk) if compressor is not None else chunk.tobytes()
             passes += 1
-        rates[codec] = passes * len(probe) / (time.perf_counter() - t) * threads
+        rates[codec] = passes * count / (time.perf_counter() - t) * threads
     return CodecChoice(choose_codec(forward_rate, rates), forward_rate, rates, threads)
