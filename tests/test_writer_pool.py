@@ -17,7 +17,7 @@ from litcache import ExtractOptions, extract, open_store
 from litcache.extraction import run as run_module
 from litcache.extraction.codec_choice import CodecChoice, choose_codec, measure_codecs
 from litcache.extraction.plan import plan_extraction
-from litcache.extraction.writer import writer_threads
+from litcache.extraction.writer import default_writer_threads
 from litcache.store.arrays import StoreWriter
 from litcache.store.encoding import CODECS, numcodecs_compressor
 from litcache.store.shards import ShardFormat
@@ -80,11 +80,11 @@ def test_a_failing_writer_thread_gives_one_error_and_resume_finishes(teacher_ckp
 
 def test_writer_threads_follow_the_free_cores():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert writer_threads(cpu, 2, 2, 0) == (2, False)  # a CPU teacher on every core: pause, encode on all
-    assert writer_threads(cpu, 16, 4, 0) == (12, True)  # spare cores encode beside the teacher
-    assert writer_threads(cpu, 16, 4, 2) == (10, True)
-    assert writer_threads(cuda, 16, 16, 0) == (15, True)  # a GPU teacher: every core but the loop's
-    assert writer_threads(cuda, 1, 1, 0) == (1, True)
+    assert default_writer_threads(cpu, 2, 2, 0) == (2, False)  # a CPU teacher on every core: pause, encode on all
+    assert default_writer_threads(cpu, 16, 4, 0) == (12, True)  # spare cores encode beside the teacher
+    assert default_writer_threads(cpu, 16, 4, 2) == (10, True)
+    assert default_writer_threads(cuda, 16, 16, 0) == (15, True)  # a GPU teacher: every core but the loop's
+    assert default_writer_threads(cuda, 1, 1, 0) == (1, True)
 
 
 def test_numcodecs_compressors_are_the_stores_codecs(tiny_recipe, teacher_ckpt, tmp_path):
@@ -148,3 +148,27 @@ def test_cli_codec_auto_is_the_default(teacher_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "--codec auto chose" in result.output
     assert open_store(out).manifest.identity["codec"] in CODECS
+
+
+def test_sink_refuses_nan_among_the_largest_logits(tmp_path):
+    """With --logit-topk the full logits are not stored; a NaN in them still stops the shard (it sorts first)."""
+    from litcache.errors import NonFiniteOutputError
+    from litcache.extraction.rows import ViewRows
+    from litcache.extraction.writer import ShardSink
+    from litcache.store.arrays import ArraySpec
+    from litcache.store.layout import RowLayout
+
+    rows = ViewRows(torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4)), RowLayout(4, 1, 4), 0, None,
+                    shuffle=False)
+    specs = [ArraySpec("boundaries/0", (2,), "float16"), ArraySpec("topk_values", (2,), "float32"),
+             ArraySpec("labels", (), "int64")]
+
+    class NoPool:
+        def put(self, *args, **kwargs):
+            raise AssertionError("nothing of this shard may reach the writer")
+
+    sink = ShardSink(NoPool(), specs, [(0, 4)], [0], torch.device("cpu"), "float16", None, rows)
+    values = torch.tensor([[1.0, 0.5], [float("nan"), 2.0], [3.0, 1.0], [1.0, 1.0]])
+    sink.add({"boundaries/0": torch.ones(4, 2), "topk_values": values}, {"labels": torch.zeros(4, dtype=torch.int64)})
+    with pytest.raises(NonFiniteOutputError, match=r"The teacher's largest logits holds NaN or Inf at row 1 "):
+        sink.close()

@@ -18,7 +18,7 @@ from ..store.arrays import StoreWriter
 from .plan import ExtractPlan
 from .rows import ViewRows
 from .teacher_outputs import teacher_fields
-from .writer import ShardSink, WriterPool, writer_threads
+from .writer import ShardSink, WriterPool, default_writer_threads
 
 __all__ = ["shard_batches", "run_pending", "views_on_device"]
 
@@ -57,12 +57,12 @@ def _as_is(batch):
 
 def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, int]], pending: list[int],
                 device: torch.device, progress: bool, background_writer: bool | None = None,
-                writer_threads_: int | None = None) -> tuple[float, int]:
+                writer_threads: int | None = None) -> tuple[float, int]:
     """Extract the pending shards; returns (seconds spent in the teacher, rows extracted).
 
     ``background_writer``: encode and write shards beside the teacher (True), or pause the teacher
     for each shard while every encoder thread works (False); None: beside it unless the teacher runs
-    on a CPU with no spare core. ``writer_threads_``: encoder threads (None: the free cores)."""
+    on a CPU with no spare core. ``writer_threads``: encoder threads (None: the free cores)."""
     o = plan.options
     compute = plan.compute
     teacher = compute.model(plan.sectioned).eval()
@@ -72,9 +72,9 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
     loader = DataLoader(_BatchedRows(plan.rows_dataset, apply_views=not on_device), batch_sampler=batches,
                         num_workers=o.loader_workers, collate_fn=_as_is, pin_memory=device.type == "cuda",
                         multiprocessing_context=worker_context(o.loader_workers))
-    threads, overlap = writer_threads(device, os.cpu_count() or 1, torch.get_num_threads(), o.loader_workers)
-    if writer_threads_ is not None:
-        threads = writer_threads_
+    threads, overlap = default_writer_threads(device, os.cpu_count() or 1, torch.get_num_threads(), o.loader_workers)
+    if writer_threads is not None:
+        threads = writer_threads
     if background_writer is not None:
         overlap = background_writer
     pool = WriterPool(writer, threads, overlap, pending)

@@ -64,7 +64,7 @@ from .codec_choice import CodecChoice, measure_codecs
 from .distributed import check_parallel_options, dask_client, run_distributed
 from .loop import run_pending
 from .plan import ExtractOptions, ExtractPlan, identity_diff, plan_extraction
-from .writer import writer_threads as writer_threads_for
+from .writer import default_writer_threads
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract", "plan_extraction"]
 
@@ -347,8 +347,8 @@ def _resolve_auto_codec(out: StoreLocation, plan: ExtractPlan, device: torch.dev
             chosen = read_manifest(out).identity.get("codec")
     if chosen is None:
         if threads is None:
-            threads = writer_threads_for(device, os.cpu_count() or 1, torch.get_num_threads(),
-                                         plan.options.loader_workers)[0]
+            threads = default_writer_threads(device, os.cpu_count() or 1, torch.get_num_threads(),
+                                             plan.options.loader_workers)[0]
         choice = measure_codecs(plan, device, threads)
         chosen = choice.codec
     plan.options = replace(plan.options, codec=chosen)

@@ -39,7 +39,7 @@ from ..store.space import is_disk_full
 from .plan import check_finite
 from .rows import ViewRows
 
-__all__ = ["WriterPool", "ShardSink", "ShardBuffers", "writer_threads"]
+__all__ = ["WriterPool", "ShardSink", "ShardBuffers", "default_writer_threads"]
 
 #: The torch dtype each store array's logical dtype is copied into (bfloat16 is stored as its uint16 bits).
 _TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -49,7 +49,8 @@ _FINITE_LIMIT = {"float32": torch.finfo(torch.float32).max, "float16": 65504.0,
                  "bfloat16": torch.finfo(torch.bfloat16).max}
 
 
-def writer_threads(device: torch.device, cpu_count: int, torch_threads: int, loader_workers: int) -> tuple[int, bool]:
+def default_writer_threads(device: torch.device, cpu_count: int, torch_threads: int,
+                           loader_workers: int) -> tuple[int, bool]:
     """(encoder threads, overlap) for a teacher on ``device``: every core the teacher leaves free
     encodes beside it; a CPU teacher with no core to spare pauses while all cores encode."""
     if device.type != "cpu":
@@ -202,7 +203,7 @@ class _Batch:
     rows: int
     buffers: dict[str, torch.Tensor]  # its shard's
     fields: dict[str, torch.Tensor]  # on the teacher's device: kept alive until the copy is done
-    flags: torch.Tensor  # (boundaries + 1,) bool on the host: each boundary within range, logits finite
+    flags: torch.Tensor  # (boundaries + 1,) bool on the host: each boundary within range, the logits finite
     event: "torch.cuda.Event | None"
     ends_shard: bool
 
@@ -248,8 +249,11 @@ class ShardSink:
         # One reduction per boundary (NaN fails the comparison too); the rows are named only on failure.
         checks = [torch.maximum(-low, high) <= self.limit
                   for low, high in (torch.aminmax(_dense(fields[name])) for name in self.boundaries)]
-        if "logits" in fields:
-            checks.append(torch.isfinite(fields["logits"]).all())
+        # The logits, or the top k of them (a NaN or Inf among a row's logits is among its largest: topk
+        # sorts NaN first).
+        logits = next((name for name in ("logits", "topk_values") if name in fields), None)
+        if logits is not None:
+            checks.append(torch.isfinite(fields[logits]).all())
         within = torch.stack(checks) if checks else torch.ones(0, dtype=torch.bool)
         event = None
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
@@ -301,5 +305,7 @@ class ShardSink:
                 check_finite(f"boundary {i} (as {self.dtype})",
                              from_storage(to_storage(z, self.dtype, self.keep_bits), self.dtype), batch.row0,
                              self.rows_dataset, self.dtype)
-        if "logits" in batch.fields:
-            check_finite("logits", batch.fields["logits"], batch.row0, self.rows_dataset, self.dtype)
+        for name in ("logits", "topk_values"):
+            if name in batch.fields:
+                check_finite(name.replace("topk_values", "largest logits"), batch.fields[name], batch.row0,
+                             self.rows_dataset, self.dtype)
