@@ -157,6 +157,34 @@ def codec_throughput(shards: list[dict[str, np.ndarray]], chunk_rows: int) -> di
     return figures
 
 
+#: The rows of benchmarks/README's bytes-per-row table: (dtype, codec, keep bits).
+STORAGE_TABLE = [("float32", "zstd", None), ("float32", "lz4", None), ("float16", "zstd", None),
+                 ("float16", "lz4", None), ("float16", "none", None), ("bfloat16", "zstd", None),
+                 ("float16", "zstd", 7), ("float16", "zstd", 5), ("float16", "zstd", 3)]
+
+
+def storage_table(plan, batches) -> list[dict]:
+    """Per (dtype, codec, keep bits): boundary bytes per row as stored, and one thread's encode rate
+    (MB/s of the stored dtype's raw bytes, and rows/s) on these rows."""
+    from litcache.store.encoding import numcodecs_compressor
+
+    names = [s.name for s in plan.specs if s.name.startswith("boundaries/")]
+    rows, table = plan.rows, []
+    for dtype, codec, keep_bits in STORAGE_TABLE:
+        arrays = [to_storage(fields[n], dtype, keep_bits) for fields, *_ in batches for n in names]
+        chunks = [np.ascontiguousarray(a[i:i + plan.options.chunk_rows]) for a in arrays
+                  for i in range(0, len(a), plan.options.chunk_rows)]
+        compressor = numcodecs_compressor(codec)
+        t = time.perf_counter()
+        encoded = [c.tobytes() if compressor is None else compressor.encode(c) for c in chunks]
+        seconds = time.perf_counter() - t
+        raw = sum(c.nbytes for c in chunks)
+        table.append({"dtype": dtype, "codec": codec, "keep_bits": keep_bits,
+                      "bytes_per_row": sum(len(e) for e in encoded) / rows, "encode_mb_per_s": raw / seconds / 1e6,
+                      "encode_rows_per_s": rows / seconds})
+    return table
+
+
 def per_row_split(plan, batches, shards, compressors, folder: Path) -> dict[str, dict[str, float]]:
     """Milliseconds per row of each stage alone, one thread: the old way and the new one."""
     o = plan.options
@@ -246,6 +274,8 @@ def main() -> None:
     p.add_argument("--codec", default="zstd", choices=("zstd", "lz4", "none"))
     p.add_argument("--threads", default="2", help="comma-separated encoder thread counts besides 1")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--storage-table", action="store_true",
+                   help="also bytes/row and one thread's encode rate per dtype, codec and --keep-bits")
     p.add_argument("--dir", default=None, help="where the stores are written (default: a temporary folder here)")
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args()
@@ -281,6 +311,7 @@ def main() -> None:
                 runs[f"{kind} {threads}"].append(seconds)
         split = per_row_split(plan, batches, shards, compressors, tmp / "split")
     throughput = codec_throughput(shards, options.chunk_rows)
+    storage = storage_table(plan, batches) if args.storage_table else []
     med = {k: statistics.median(v) for k, v in runs.items()}
     rows = plan.rows
     print(f"writer alone: {rows} rows of {plan.bytes_per_row:,} bytes ({raw_bytes / 1e6:.0f} MB), "
@@ -303,6 +334,11 @@ def main() -> None:
     for codec, f in throughput.items():
         print(f"      {codec:5s} {f['mb_per_s_1']:6.0f} / {f['mb_per_s_2']:6.0f} MB/s "
               f"({f['mb_per_s_2'] / f['mb_per_s_1']:.2f}x), {f['ratio']:.2f}x smaller")
+    if storage:
+        print("   boundaries as stored, one encoder thread: dtype codec keep-bits: bytes/row, encode MB/s raw, rows/s")
+        for r in storage:
+            print(f"      {r['dtype']:8s} {r['codec']:4s} {r['keep_bits'] or '-':>2}: {r['bytes_per_row']:9,.0f}  "
+                  f"{r['encode_mb_per_s']:7,.0f} MB/s  {r['encode_rows_per_s']:8,.0f} rows/s")
     print("   per-row split, ms/row, each stage alone (old -> new):")
     for stage in split["new"]:
         print(f"      {stage:22s} {split['old'][stage]:.4f} -> {split['new'][stage]:.4f}")
@@ -311,7 +347,7 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps({
             "rows": rows, "bytes_per_row": plan.bytes_per_row, "options": vars(args), "cores": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": runs, "median_s": med,
-            "writer_ratio": ratio, "split_ms_per_row": split, "codecs": throughput}, indent=2))
+            "writer_ratio": ratio, "split_ms_per_row": split, "codecs": throughput, "storage": storage}, indent=2))
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def test_speed_bench(fake_cifar, tmp_path):
 def test_writer_bench(fake_cifar, tmp_path):
     cifar, teacher, env = fake_cifar
     out = _run_env("writer_bench.py", env, "--cifar-dir", cifar, "--teacher", teacher, "--rows", 64, "--views", 2,
-                   "--threads", "2,3", "--repeats", 1, "--dir", tmp_path, "--json", tmp_path / "writer.json")
+                   "--threads", "2,3", "--repeats", 1, "--dir", tmp_path, "--storage-table",
+                   "--json", tmp_path / "writer.json")
     report = json.loads((tmp_path / "writer.json").read_text())
     assert set(report["median_s"]) == {"litcache 1", "litcache 2", "litcache 3", "bare 1", "bare 2", "bare 3"}
     assert "writer ratio litcache / bare at 1 thread = " in out and "scaling at 2 threads: litcache" in out
@@ -201,6 +202,8 @@ def test_writer_bench(fake_cifar, tmp_path):
         assert stage in report["split_ms_per_row"]["old"] and stage in report["split_ms_per_row"]["new"], stage
     assert set(report["codecs"]) == {"zstd", "lz4"} and all(f["ratio"] > 0 for f in report["codecs"].values())
     assert "projection to a 16-core GPU machine" in out and "does it release the GIL?" in out
+    assert [(r["dtype"], r["codec"], r["keep_bits"]) for r in report["storage"]][:2] == [("float32", "zstd", None),
+                                                                                        ("float32", "lz4", None)]
     assert list(tmp_path.glob("litcache-writer-*")) == []  # its stores are removed
 
 
