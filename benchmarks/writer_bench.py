@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -309,6 +310,8 @@ def main() -> None:
                            if kind == "litcache" else
                            bare_writer(shards, compressors, options.chunk_rows, out, threads))
                 runs[f"{kind} {threads}"].append(seconds)
+                # Every run starts from the same disk: no store of an earlier run left to fill it.
+                shutil.rmtree(out.with_suffix(".zarr") if kind == "litcache" else out)
         split = per_row_split(plan, batches, shards, compressors, tmp / "split")
     throughput = codec_throughput(shards, options.chunk_rows)
     storage = storage_table(plan, batches) if args.storage_table else []

@@ -57,14 +57,14 @@ KILLER = textwrap.dedent("""
     elif point == "write":
         write_bytes = StoreLocation.write_bytes
 
-        def write(self, key, data):
+        def write(self, key, data, **kwargs):
             if reached():
                 path = Path(str(self.path)) / key
                 path.parent.mkdir(parents=True, exist_ok=True)
                 whole = data if isinstance(data, bytes) else b"".join(data)  # shard files come as parts
                 path.with_name(f".{path.name}.{os.getpid()}.tmp").write_bytes(whole[: len(whole) // 2])
                 die()
-            return write_bytes(self, key, data)
+            return write_bytes(self, key, data, **kwargs)
 
         StoreLocation.write_bytes = write
     elif point == "finalize":

@@ -110,10 +110,10 @@ def test_manifest_is_written_whole_and_fsynced(tiny_recipe, teacher_ckpt, tmp_pa
     written = []
     real = StoreLocation.write_bytes
 
-    def recording(self, key, data):
+    def recording(self, key, data, **kwargs):
         if key == "zarr.json":
             written.append(json.loads(data)["attributes"]["litcache"]["complete"])
-        return real(self, key, data)
+        return real(self, key, data, **kwargs)
 
     monkeypatch.setattr(StoreLocation, "write_bytes", recording)
     extract(tiny_recipe, tmp_path / "s.zarr", TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, progress=False,
@@ -130,10 +130,10 @@ def _full_disk(monkeypatch, when):
     """Make StoreLocation.write_bytes fail as a full disk does for the writes ``when(key, data)`` picks."""
     real = StoreLocation.write_bytes
 
-    def write_bytes(self, key, data):
+    def write_bytes(self, key, data, **kwargs):
         if when(key, data):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, key, data)
+        return real(self, key, data, **kwargs)
 
     monkeypatch.setattr(StoreLocation, "write_bytes", write_bytes)
 

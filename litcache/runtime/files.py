@@ -41,9 +41,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def write_atomic(path: Path, data: "bytes | Sequence[bytes | memoryview]") -> None:
+def write_atomic(path: Path, data: "bytes | Sequence[bytes | memoryview]", sync_folder: bool = True) -> None:
     """Write ``data`` (bytes, or parts written one after another) to ``path`` whole or not at all:
-    tmp + fsync + rename, then fsync the directory."""
+    tmp + fsync + rename, then (``sync_folder``) fsync the directory, so the rename survives a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(temp_name(path.name))
     try:
@@ -56,6 +56,8 @@ def write_atomic(path: Path, data: "bytes | Sequence[bytes | memoryview]") -> No
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not also keep the half-written file
         raise
+    if not sync_folder:
+        return
     directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
     try:
         os.fsync(directory)

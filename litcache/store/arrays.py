@@ -347,8 +347,12 @@ class StoreWriter:
                                  f"{index * fmt.chunk_rows * fmt.chunks_per_shard}, not {start}.")
         # Every chunk of every array is queued for encoding at once, so all encoder threads work; the
         # thread that finishes an array's last chunk writes (and fsyncs) that array's shard file.
+        # No folder fsync per shard file (each lies in a folder of its own): the ledger entry's commit
+        # below syncs its own folder, and a resume checks every committed shard file's size, so a rename
+        # a power cut undid is found and the shard extracted again.
         files = {name: fmt.submit_file(data[name], encoder, functools.partial(
-                     self.location.write_bytes, ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape))))
+                     self.location.write_bytes, ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)),
+                     sync_folder=False))
                  for name, fmt in self._formats.items() if fmt is not None}
         through_zarr = {}
         try:

@@ -179,13 +179,15 @@ class StoreLocation:
             return  # object stores have no directories; keys imply them
         self._local(key).mkdir(parents=True, exist_ok=True)
 
-    def write_bytes(self, key: str, data: "bytes | Sequence[bytes | memoryview]") -> None:
+    def write_bytes(self, key: str, data: "bytes | Sequence[bytes | memoryview]", *, sync_folder: bool = True) -> None:
         """Write ``key`` (bytes, or parts one after another) whole or not at all: tmp + fsync + rename
-        locally, one PUT remotely."""
+        locally, one PUT remotely. ``sync_folder`` False skips the fsync of the folder that makes the
+        rename itself survive a power cut: for files whose loss a later check finds (shard files, whose
+        sizes a resume checks against the ledger)."""
         if self.remote:
             self.fs.pipe_file(self._full(key), data if isinstance(data, bytes) else b"".join(data))
             return
-        write_atomic(self._local(key), data)
+        write_atomic(self._local(key), data, sync_folder=sync_folder)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if it does not exist; False if it does.
