@@ -42,7 +42,7 @@ from litcache.extraction.loop import shard_batches, views_on_device
 from litcache.extraction.plan import plan_extraction
 from litcache.extraction.run import _initial_manifest
 from litcache.extraction.teacher_outputs import teacher_fields
-from litcache.extraction.writer import ShardSink, WriterPool, _dense
+from litcache.extraction.writer import _TORCH_DTYPE, ShardSink, WriterPool, _dense
 from litcache.runtime.files import write_atomic
 from litcache.store.arrays import StoreWriter, open_store, shard_ranges
 from litcache.store.encoding import to_storage
@@ -275,6 +275,9 @@ def main() -> None:
     p.add_argument("--codec", default="zstd", choices=("zstd", "lz4", "none"))
     p.add_argument("--threads", default="2", help="comma-separated encoder thread counts besides 1")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fields", choices=("teacher", "device-cast"), default="teacher",
+                   help="replay the teacher's float32 outputs (a CPU teacher: the loop thread casts them), or the "
+                        "same already cast to the storage dtype (what a GPU teacher hands the host)")
     p.add_argument("--storage-table", action="store_true",
                    help="also bytes/row and one thread's encode rate per dtype, codec and --keep-bits")
     p.add_argument("--dir", default=None, help="where the stores are written (default: a temporary folder here)")
@@ -289,6 +292,14 @@ def main() -> None:
     plan = plan_extraction(recipe, options, args.teacher)
     batches = capture(plan)
     shards = storage_arrays(plan, batches)
+    if args.fields == "device-cast":
+        # What a GPU teacher hands the host: each field already cast on the device to its storage dtype,
+        # contiguous (ShardSink casts there, then copies). The loop thread is left a plain copy per field.
+        dtypes = {s.name: s.dtype for s in plan.specs}
+        replay = [({n: v.to(dtype=_TORCH_DTYPE[dtypes[n]], memory_format=torch.contiguous_format)
+                    for n, v in fields.items()}, host, raw, params) for fields, host, raw, params in batches]
+    else:
+        replay = batches  # the split and the storage table below always start from the teacher's outputs
     # From here torch runs only the loop thread's casts and checks (with a GPU teacher they run on the
     # device): one thread, so torch's idle threads do not spin on the cores the encoders need.
     torch.set_num_threads(1)
@@ -298,7 +309,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="litcache-writer-", dir=base) as tmp:
         tmp = Path(tmp)
-        litcache_writer(plan, batches, tmp / "warm.zarr", 1, True)  # warm-up; also gives the codecs
+        litcache_writer(plan, replay, tmp / "warm.zarr", 1, True)  # warm-up; also gives the codecs
         store = open_store(tmp / "warm.zarr")
         compressors = {name: store.shard_format(name).compressor for name in shards[0]}
         kinds = [("litcache", t) for t in thread_counts] + [("bare", t) for t in thread_counts]
@@ -306,7 +317,7 @@ def main() -> None:
         for i in range(args.repeats):
             for kind, threads in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
                 out = tmp / f"{kind}-{threads}-{i}"
-                seconds = (litcache_writer(plan, batches, out.with_suffix(".zarr"), threads, True)
+                seconds = (litcache_writer(plan, replay, out.with_suffix(".zarr"), threads, True)
                            if kind == "litcache" else
                            bare_writer(shards, compressors, options.chunk_rows, out, threads))
                 runs[f"{kind} {threads}"].append(seconds)
@@ -318,8 +329,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     rows = plan.rows
     print(f"writer alone: {rows} rows of {plan.bytes_per_row:,} bytes ({raw_bytes / 1e6:.0f} MB), "
-          f"{args.dtype}+{args.codec}, {os.cpu_count()} cores, torch {torch.backends.cpu.get_cpu_capability()}, "
-          f"median of {args.repeats}")
+          f"{args.dtype}+{args.codec}, fields as {args.fields}, {os.cpu_count()} cores, "
+          f"torch {torch.backends.cpu.get_cpu_capability()}, median of {args.repeats}")
     for key, seconds in med.items():
         print(f"   {key:12s} thread(s): {rows / seconds:9,.0f} rows/s  {raw_bytes / seconds / 1e6:7.0f} MB/s raw")
     # Each repeat runs every kind back to back: its litcache / bare ratio shares the machine's state of the

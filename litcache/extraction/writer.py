@@ -2,8 +2,9 @@
 -> shard files -> ledger entries, committed in shard order.
 
 Per batch, in the loop's thread (``ShardSink.add``), every field goes into its shard's buffer in one
-pass: ``copy_`` casts to the storage dtype as it copies, and the finite check is one ``aminmax`` per
-boundary, computed where the teacher ran. Buffers are recycled, so a shard's memory is touched once
+pass: ``copy_`` casts to the storage dtype as it copies (from a GPU, the cast runs on the device and
+the copy moves half the bytes), and the finite check is one ``aminmax`` per boundary, computed where
+the teacher ran. Buffers are recycled, so a shard's memory is touched once
 (fresh buffers cost a page fault per 4 KB: more than the cast and copy together). From a CUDA
 teacher the copies go to pinned buffers, ``non_blocking``, on a side stream: the teacher computes
 batch n + 1 while batch n is copied, and a batch is *retired* (its copy awaited, its finite flags
@@ -202,7 +203,8 @@ class _Batch:
     at: int  # its first row within the shard
     rows: int
     buffers: dict[str, torch.Tensor]  # its shard's
-    fields: dict[str, torch.Tensor]  # on the teacher's device: kept alive until the copy is done
+    fields: dict[str, torch.Tensor]  # as the teacher computed them: named from on a failed check
+    sent: dict[str, torch.Tensor]  # what is being copied to the host (cast on a GPU): alive until it is done
     flags: torch.Tensor  # (boundaries + 1,) bool on the host: each boundary within range, the logits finite
     event: "torch.cuda.Event | None"
     ends_shard: bool
@@ -255,11 +257,19 @@ class ShardSink:
         if logits is not None:
             checks.append(torch.isfinite(fields[logits]).all())
         within = torch.stack(checks) if checks else torch.ones(0, dtype=torch.bool)
+        if self.stream is not None:
+            # Cast on the device, to the buffers' dtype and layout: the copy to the host is then a plain DMA
+            # of half the bytes (torch would convert a cross-device copy on the CPU). On the CPU one copy_
+            # casts as it copies.
+            sent = {name: value.to(dtype=shard.buffers[name].dtype, memory_format=torch.contiguous_format)
+                    for name, value in fields.items()}
+        else:
+            sent = fields
         event = None
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             if self.stream is not None:
                 self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-            for name, value in fields.items():
+            for name, value in sent.items():
                 shard.buffers[name][at:at + rows].copy_(value, non_blocking=True)  # casts as it copies
             flags = within.to("cpu", non_blocking=True)
             if self.stream is not None:
@@ -269,7 +279,7 @@ class ShardSink:
             shard.buffers[name][at:at + rows].copy_(value)
         shard.filled += rows
         ends = shard.filled == shard.stop - shard.start
-        staged = _Batch(shard.index, shard.start + at, at, rows, shard.buffers, fields, flags, event, ends)
+        staged = _Batch(shard.index, shard.start + at, at, rows, shard.buffers, fields, sent, flags, event, ends)
         self._retire()
         self._staged = staged
         if ends:
