@@ -1,7 +1,8 @@
 """``extract --codec auto``: the strongest codec whose encoder keeps up with the teacher.
 
 Measured on this machine before the store is created: the teacher's forward rate on a few of the
-store's own rows (views included; on a GPU after a warm-up run), and each codec's
+store's own rows (on a GPU a whole batch, after a warm-up run; loading and views included unless
+loader workers load ahead), and each codec's
 encode rate on that batch's outputs as stored, times the writer's encoder threads (the codecs
 release the GIL and scale with threads: benchmarks/writer_bench.py). The first of ``CODECS``
 (strongest first) whose rate is at least the teacher's wins; if none keeps up, the fastest. The
@@ -23,8 +24,9 @@ from .teacher_outputs import teacher_fields
 
 __all__ = ["CodecChoice", "choose_codec", "measure_codecs"]
 
-#: Rows the probe runs through the teacher: first a few; then, if those took under PROBE_SECONDS
-#: (a fast teacher, whose small batches time poorly), a batch large enough to time.
+#: Rows the probe runs through a CPU teacher: first a few; then, if those took under PROBE_SECONDS
+#: (a fast teacher, whose small batches time poorly), a batch large enough to time. A GPU teacher
+#: is timed on a whole batch of --batch-size rows.
 PROBE_ROWS = (8, 48)
 PROBE_SECONDS = 0.05
 #: Each codec encodes the probe's outputs for at least this long, to time it reliably.
@@ -61,23 +63,30 @@ def measure_codecs(plan: ExtractPlan, device: torch.device, threads: int) -> Cod
     rows = plan.rows_dataset
     teacher = plan.compute.model(plan.sectioned).eval()
 
+    # Loading the rows counts where the loop waits for it (no loader workers to load ahead).
+    loading_counts = o.loader_workers == 0
+
     def forward(count: int) -> tuple[dict, int, float]:
         probe = list(range(min(count, len(rows))))
         t = time.perf_counter()
         x, y, *_ = rows.get_batch(probe)
+        loading = time.perf_counter() - t
         with torch.inference_mode(), plan.compute.autocast():
             outs, logits = teacher.boundaries(plan.compute.input(x))
             fields = teacher_fields(outs, logits, y, o.logit_topk)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return fields, len(probe), time.perf_counter() - t
+        return fields, len(probe), time.perf_counter() - t - (0.0 if loading_counts else loading)
 
     if device.type != "cpu":
-        forward(PROBE_ROWS[0])  # warm-up: a device's first call pays for its context and kernel choices (on
-        # the CPU the plan's section check has already run the teacher)
-    fields, count, seconds = forward(PROBE_ROWS[0])
-    if seconds < PROBE_SECONDS:
-        fields, count, seconds = forward(PROBE_ROWS[1])
+        # A device computes a small batch far below its rate: time a whole batch, after a warm-up that pays
+        # for its context and kernel choices (on the CPU the plan's section check has run the teacher).
+        forward(o.batch_size)
+        fields, count, seconds = forward(o.batch_size)
+    else:
+        fields, count, seconds = forward(PROBE_ROWS[0])
+        if seconds < PROBE_SECONDS:
+            fields, count, seconds = forward(PROBE_ROWS[1])
     forward_rate = count / seconds
     stored = [to_storage(v, o.dtype, o.keep_bits) if name.startswith("boundaries/")
               else to_storage(v, "float32") if v.is_floating_point() else v.cpu().numpy()
