@@ -110,3 +110,30 @@ def test_arrays_with_other_layouts_are_left_to_zarr(tmp_path):
     group.create_array("filled", shape=(8, 2), chunks=(4, 2), shards=(8, 2), dtype="float32", fill_value=1.5)
     for name in ("plain", "gzip", "filled"):
         assert ShardFormat.from_metadata(json.loads((tmp_path / "g.zarr" / name / "zarr.json").read_text())) is None
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5, 12])
+def test_submit_file_writes_what_encode_gives_from_the_pool(rows):
+    """The writer pool's path: the thread that encodes the last chunk writes the file, byte for byte
+    the shard ``encode`` gives; a chunk that fails to encode writes nothing and fails the future."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numcodecs
+
+    fmt = ShardFormat(np.dtype("<f4"), (3,), 4, 3, numcodecs.Zstd(level=1))
+    data = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    written = []
+    with ThreadPoolExecutor(2) as pool:
+        size = fmt.submit_file(data, pool, lambda parts: written.append(b"".join(parts))).result()
+        assert written == [fmt.encode(data)] and size == len(written[0])
+        if rows:
+            broken = ShardFormat(np.dtype("<f4"), (3,), 4, 3, _Failing())
+            future = broken.submit_file(data, pool, written.append)
+            with pytest.raises(RuntimeError, match="codec failed"):
+                future.result()
+            assert len(written) == 1
+
+
+class _Failing:
+    def encode(self, raw):
+        raise RuntimeError("codec failed")

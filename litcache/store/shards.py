@@ -150,7 +150,13 @@ class ShardFormat:
         So every byte of work (encoding, writing, fsync) runs on the pool's threads: n threads are n
         workers, and the caller only waits."""
         self._check_rows(data)
-        count = max(1, -(-len(data) // self.chunk_rows))
+        count = -(-len(data) // self.chunk_rows)
+        if count == 0:  # no rows: a shard of absent chunks, written here
+            result: Future = Future()
+            parts = self._parts([])
+            write(parts)
+            result.set_result(sum(len(p) for p in parts))
+            return result
         encoded: list = [None] * count
         left, failures, lock, result = [count], [], threading.Lock(), Future()
 
