@@ -17,9 +17,14 @@ side in one run, repeated in rotated order (medians of --repeats):
   writer ratio = litcache at 1 thread / bare at 1 thread       (target <= 1.10)
   scaling      = litcache rows/s at N threads / at 1 thread   (target >= 1.8 at 2 threads)
 
-Each thread count runs with the loop overlapping the encoders (as with a GPU teacher). The
+Each thread count runs with the loop overlapping the encoders (as with a GPU teacher). Ratios are
+medians of each repeat's own ratio (the kinds of a repeat run back to back), and every run's store is
+removed before the next. ``--dir /dev/shm`` takes the disk out (the CPU work alone); ``--fields
+device-cast`` replays what a GPU teacher hands the host (fields already cast on the device). The
 per-row split times each stage alone on the same rows, one thread, in the old way (litcache 0.2:
-``to_storage``, a fresh shard buffer per shard, ``abs().amax()``) and the new one.
+``to_storage``, a fresh shard buffer per shard, ``abs().amax()``) and the new one; also printed: each
+codec at 1 and 2 threads (do they release the GIL?), a projection to 16 cores, and with
+``--storage-table`` bytes per row and one thread's encode rate per dtype, codec and ``--keep-bits``.
 """
 
 from __future__ import annotations
