@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -73,8 +74,11 @@ def bare_write_seconds(store_path: Path, tmp: Path) -> float:
     names = list(store.manifest.arrays)
     shards = [{name: store.array(name)[a:b] for name in names} for a, b in store.shards]
     compressors = {name: store.shard_format(name).compressor for name in names}
-    return bare_writer(shards, compressors, store.manifest.layout.chunk_rows, tmp / "bare-write",
-                       os.cpu_count() or 1)
+    folder = Path(tempfile.mkdtemp(prefix="bare-write-", dir=tmp))
+    try:
+        return bare_writer(shards, compressors, store.manifest.layout.chunk_rows, folder, os.cpu_count() or 1)
+    finally:
+        shutil.rmtree(folder)
 
 
 def case_extract(name: str, recipe, teacher: str, samples: int, batch: int, precision: str, repeats: int,

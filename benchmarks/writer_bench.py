@@ -11,8 +11,8 @@ side in one run, repeated in rotated order (medians of --repeats):
                checks, encode, shard files, fsync, checksums, ledger entries, the final manifest),
                at 1 encoder thread and at each of --threads
   bare         the same bytes, cast beforehand: numcodecs' encode of every chunk, then a plain
-               file write and fsync of each array's shard, no litcache code; one thread, and the
-               same on a pool of threads (the fastest plain loop on the machine)
+               file write and fsync of each array's shard at the store's path for it, no litcache
+               code; one thread, and the same on a pool of threads (the fastest plain loop here)
 
   writer ratio = litcache at 1 thread / bare at 1 thread       (target <= 1.10)
   scaling      = litcache rows/s at N threads / at 1 thread   (target >= 1.8 at 2 threads)
@@ -119,15 +119,21 @@ def _encode_chunks(compressor, array: np.ndarray, chunk_rows: int) -> list:
 def bare_writer(shards: list[dict[str, np.ndarray]], compressors: dict, chunk_rows: int, folder: Path,
                 threads: int) -> float:
     """Seconds for a plain loop: encode every chunk (on ``threads`` threads), write each array's shard
-    file and fsync it."""
+    file and fsync it, at the path the store gives that shard (Zarr's nested chunk keys,
+    ``boundaries/1/c/3/0/0/0``: a file in new folders costs the file system more than in a flat one,
+    and that cost is the format's, not litcache's)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from litcache.store.shards import ShardFormat
 
     folder.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         def one(k: int, name: str, array: np.ndarray) -> None:
             encoded = _encode_chunks(compressors[name], array, chunk_rows)
-            with open(folder / f"{name.replace('/', '-')}.{k}", "wb") as f:
+            path = folder / ShardFormat.shard_key(name, k, array.ndim)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
                 for chunk in encoded:
                     f.write(chunk)
                 f.flush()
