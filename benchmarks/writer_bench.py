@@ -377,7 +377,10 @@ def main() -> None:
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps({
-            "rows": rows, "bytes_per_row": plan.bytes_per_row, "options": vars(args), "cores": os.cpu_count(),
+            "rows": rows, "bytes_per_row": plan.bytes_per_row, "cores": os.cpu_count(),
+            # Paths as given or relative to the project: no absolute path of this machine in a result.
+            "options": {k: os.path.relpath(v, REPO) if isinstance(v, str) and v.startswith(str(REPO)) else v
+                        for k, v in vars(args).items()},
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": runs, "median_s": med,
             "writer_ratio": ratio, "writer_ratios": paired, "split_ms_per_row": split, "codecs": throughput,
             "storage": storage}, indent=2))
