@@ -104,7 +104,7 @@ class WriterPool:
     resume extracts them again), and ``raise_if_failed`` raises it in the loop's thread as one clear error."""
 
     def __init__(self, writer: StoreWriter, threads: int, overlap: bool, order: Sequence[int]) -> None:
-        self.writer, self.threads, self.overlap = writer, threads, overlap
+        self.writer, self.overlap = writer, overlap
         self.encoder = ThreadPoolExecutor(threads, thread_name_prefix="litcache-encode")
         in_flight = threads + 1 if overlap else 1
         self._shards = ThreadPoolExecutor(in_flight, thread_name_prefix="litcache-shard")

@@ -201,14 +201,9 @@ class ShardFormat:
         crc = np.uint32(google_crc32c.value(index_raw)).astype("<u4").tobytes()
         return [*encoded, index_raw + crc]
 
-    def assemble_parts(self, chunks: list[Future]) -> list:
-        """The shard file as the parts to write one after another: the encoded chunks, then their
-        index and its crc32c (written as parts: joining them would copy the whole shard once more)."""
-        return self._parts([future.result() for future in chunks])
-
     def assemble(self, chunks: list[Future]) -> bytes:
         """The shard file: the encoded chunks, then their index and its crc32c."""
-        return b"".join(self.assemble_parts(chunks))
+        return b"".join(self._parts([future.result() for future in chunks]))
 
     def encode(self, data: np.ndarray, pool: ThreadPoolExecutor | None = None) -> bytes:
         """One whole shard holding ``data`` (at most chunk_rows x chunks_per_shard rows) from its first row."""
