@@ -13,8 +13,11 @@ side in one run, repeated in rotated order (medians of --repeats):
   bare         the same bytes, cast beforehand: numcodecs' encode of every chunk, then a plain
                file write and fsync of each array's shard at the store's path for it, no litcache
                code; one thread, and the same on a pool of threads (the fastest plain loop here)
+  bare+cast    with the teacher's float32 outputs (--fields teacher): the same, each job first
+               casting its shard's batches into a reused buffer (the same work as litcache's)
 
   writer ratio = litcache at 1 thread / bare at 1 thread       (target <= 1.10)
+                 and / bare+cast at 1 thread (the same work, where the writer must cast)
   scaling      = litcache rows/s at N threads / at 1 thread   (target >= 1.8 at 2 threads)
 
 Each thread count runs with the loop overlapping the encoders (as with a GPU teacher). Ratios are
@@ -35,6 +38,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,15 +80,16 @@ def capture(plan) -> list[tuple[dict, dict, torch.Tensor, torch.Tensor]]:
     return batches
 
 
-def litcache_writer(plan, batches, out: Path, threads: int, overlap: bool) -> float:
-    """Seconds to write the captured batches into a new store through litcache's writer."""
+def litcache_writer(plan, batches, out: Path, threads: int, overlap: bool, deferred: bool = True) -> float:
+    """Seconds to write the captured batches into a new store through litcache's writer; ``deferred``:
+    the encoder threads cast the fields (a CPU teacher's path), else the loop copies them (a GPU's)."""
     ranges = shard_ranges(plan.rows, plan.shard_rows)
     pending = list(range(len(ranges)))
     t = time.perf_counter()
     writer = StoreWriter.create(out, _initial_manifest(plan), plan.specs, plan.options.codec, {})
     pool = WriterPool(writer, threads, overlap, pending)
     sink = ShardSink(pool, plan.specs, ranges, pending, torch.device("cpu"), plan.options.dtype,
-                     plan.options.keep_bits, plan.rows_dataset)
+                     plan.options.keep_bits, plan.rows_dataset, deferred=deferred)
     try:
         for fields, host, _, _ in batches:
             sink.add(fields, host)
@@ -111,25 +116,50 @@ def storage_arrays(plan, batches) -> list[dict[str, np.ndarray]]:
     return [{name: whole[name][a:b] for name in whole} for a, b in shard_ranges(plan.rows, plan.shard_rows)]
 
 
+def teacher_pieces(plan, batches) -> list[dict[str, list[tuple[int, torch.Tensor]]]]:
+    """Per shard, each teacher field's batches as the teacher returned them: (first row in the shard, tensor)."""
+    shards, row = [], 0
+    ranges = shard_ranges(plan.rows, plan.shard_rows)
+    for fields, host, _, _ in batches:
+        k = next(i for i, (a, b) in enumerate(ranges) if a <= row < b)
+        while len(shards) <= k:
+            shards.append({})
+        for name, value in fields.items():
+            shards[k].setdefault(name, []).append((row - ranges[k][0], value))
+        row += len(host["labels"])
+    return shards
+
+
 def _encode_chunks(compressor, array: np.ndarray, chunk_rows: int) -> list:
     chunks = [np.ascontiguousarray(array[i:i + chunk_rows]) for i in range(0, len(array), chunk_rows)]
     return [c.tobytes() if compressor is None else compressor.encode(c) for c in chunks]
 
 
 def bare_writer(shards: list[dict[str, np.ndarray]], compressors: dict, chunk_rows: int, folder: Path,
-                threads: int) -> float:
+                threads: int, cast_from: list[dict[str, list[tuple[int, torch.Tensor]]]] | None = None) -> float:
     """Seconds for a plain loop: encode every chunk (on ``threads`` threads), write each array's shard
     file and fsync it, at the path the store gives that shard (Zarr's nested chunk keys,
     ``boundaries/1/c/3/0/0/0``: a file in new folders costs the file system more than in a flat one,
-    and that cost is the format's, not litcache's)."""
+    and that cost is the format's, not litcache's). With ``cast_from`` (``teacher_pieces``), each job
+    first casts the teacher's outputs of its shard into a buffer of its thread's (one ``copy_`` per
+    batch, the fastest plain cast): the same work as a writer handed a CPU teacher's float32 outputs."""
     from concurrent.futures import ThreadPoolExecutor
 
     from litcache.store.shards import ShardFormat
 
     folder.mkdir(parents=True, exist_ok=True)
+    local = threading.local()
     t = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         def one(k: int, name: str, array: np.ndarray) -> None:
+            if cast_from is not None and name in cast_from[k]:
+                buffers = local.__dict__.setdefault("buffers", {})
+                key = (name, array.shape, array.dtype)
+                if key not in buffers:
+                    buffers[key] = torch.from_numpy(np.empty_like(array))
+                for at, value in cast_from[k][name]:
+                    buffers[key][at:at + len(value)].copy_(value)
+                array = buffers[key].numpy()
             encoded = _encode_chunks(compressors[name], array, chunk_rows)
             path = folder / ShardFormat.shard_key(name, k, array.ndim)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +317,7 @@ def main() -> None:
     p.add_argument("--threads", default="2", help="comma-separated encoder thread counts besides 1")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fields", choices=("teacher", "device-cast"), default="teacher",
-                   help="replay the teacher's float32 outputs (a CPU teacher: the loop thread casts them), or the "
+                   help="replay the teacher's float32 outputs (a CPU teacher: the encoder threads cast them), or the "
                         "same already cast to the storage dtype (what a GPU teacher hands the host)")
     p.add_argument("--storage-table", action="store_true",
                    help="also bytes/row and one thread's encode rate per dtype, codec and --keep-bits")
@@ -320,17 +350,21 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="litcache-writer-", dir=base) as tmp:
         tmp = Path(tmp)
-        litcache_writer(plan, replay, tmp / "warm.zarr", 1, True)  # warm-up; also gives the codecs
+        deferred = args.fields == "teacher"
+        litcache_writer(plan, replay, tmp / "warm.zarr", 1, True, deferred)  # warm-up; also gives the codecs
         store = open_store(tmp / "warm.zarr")
         compressors = {name: store.shard_format(name).compressor for name in shards[0]}
-        kinds = [("litcache", t) for t in thread_counts] + [("bare", t) for t in thread_counts]
+        pieces = teacher_pieces(plan, replay) if args.fields == "teacher" else None
+        bare_kinds = ["bare", "bare+cast"] if pieces else ["bare"]
+        kinds = [("litcache", t) for t in thread_counts] + [(b, t) for b in bare_kinds for t in thread_counts]
         runs: dict[str, list[float]] = {f"{k} {t}": [] for k, t in kinds}
         for i in range(args.repeats):
             for kind, threads in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
                 out = tmp / f"{kind}-{threads}-{i}"
-                seconds = (litcache_writer(plan, replay, out.with_suffix(".zarr"), threads, True)
+                seconds = (litcache_writer(plan, replay, out.with_suffix(".zarr"), threads, True, deferred)
                            if kind == "litcache" else
-                           bare_writer(shards, compressors, options.chunk_rows, out, threads))
+                           bare_writer(shards, compressors, options.chunk_rows, out, threads,
+                                       pieces if kind == "bare+cast" else None))
                 runs[f"{kind} {threads}"].append(seconds)
                 # Every run starts from the same disk: no store of an earlier run left to fill it.
                 shutil.rmtree(out.with_suffix(".zarr") if kind == "litcache" else out)
@@ -351,10 +385,18 @@ def main() -> None:
     print(f"   writer ratio litcache / bare at 1 thread = {ratio:.3f} (median of the repeats' ratios "
           f"{', '.join(f'{r:.2f}' for r in paired)}; of the medians {med['litcache 1'] / med['bare 1']:.3f}); "
           "target <= 1.10")
+    cast_ratio = None
+    if "bare+cast 1" in runs:
+        paired_cast = [lc / bare for lc, bare in zip(runs["litcache 1"], runs["bare+cast 1"])]
+        cast_ratio = statistics.median(paired_cast)
+        print(f"   writer ratio litcache / bare+cast at 1 thread (the same work) = {cast_ratio:.3f} (repeats "
+              f"{', '.join(f'{r:.2f}' for r in paired_cast)}); target <= 1.10")
+    scalings = {}
     for t in thread_counts[1:]:
-        scaling = statistics.median(a / b for a, b in zip(runs["litcache 1"], runs[f"litcache {t}"]))
-        bare = statistics.median(a / b for a, b in zip(runs["bare 1"], runs[f"bare {t}"]))
-        print(f"   scaling at {t} threads (median of the repeats'): litcache {scaling:.2f}x, bare {bare:.2f}x "
+        scalings[t] = statistics.median(a / b for a, b in zip(runs["litcache 1"], runs[f"litcache {t}"]))
+        bare = ", ".join(f"{b} {statistics.median(a / c for a, c in zip(runs[f'{b} 1'], runs[f'{b} {t}'])):.2f}x"
+                         for b in bare_kinds)
+        print(f"   scaling at {t} threads (median of the repeats'): litcache {scalings[t]:.2f}x, {bare} "
               "(target >= 1.8x at 2)")
     per_thread = rows / med["litcache 1"]
     cores = os.cpu_count() or 1
@@ -382,7 +424,8 @@ def main() -> None:
             "options": {k: os.path.relpath(v, REPO) if isinstance(v, str) and v.startswith(str(REPO)) else v
                         for k, v in vars(args).items()},
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": runs, "median_s": med,
-            "writer_ratio": ratio, "writer_ratios": paired, "split_ms_per_row": split, "codecs": throughput,
+            "writer_ratio": ratio, "writer_ratios": paired, "writer_ratio_same_work": cast_ratio,
+            "scaling": scalings, "split_ms_per_row": split, "codecs": throughput,
             "storage": storage}, indent=2))
 
 

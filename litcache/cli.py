@@ -128,7 +128,8 @@ def train_teacher_cmd(recipe, out, seed, device, precision, resume, student, qui
 @main.command("extract")
 @click.argument("recipe")
 @click.option("--out", required=True, type=click.Path(), help="Store directory to create, resume or check.")
-@click.option("--teacher", "teacher_checkpoint", type=click.Path(), help="Teacher checkpoint (default: the recipe's).")
+@click.option("--teacher", "teacher_checkpoint", type=click.Path(),
+              help="Teacher checkpoint or Hugging Face model directory (default: the recipe's).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--views", type=click.IntRange(min=1),
               help="Augmented views per sample. [default: the recipe's views, 1 unless it sets more]")
@@ -348,8 +349,8 @@ def assemble_cmd(parts, out):
               help="Local dask cluster of N single-threaded processes; 1: in this process, no cluster.  "
                    "[default: one per core]")
 @click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead (e.g. tcp://host:8786).")
-@click.option("--teacher", type=click.Path(dir_okay=False),
-              help="Teacher checkpoint: its test accuracy is marked on the plot.")
+@click.option("--teacher", type=click.Path(),
+              help="Teacher checkpoint (or HF model directory): its test accuracy is marked on the plot.")
 @worker_device_option
 @precision_option
 @report_options
@@ -398,7 +399,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
               help="Student checkpoint to evaluate (OUT/STUDENT/student.pt of train-blocks).")
 # The old spelling; elsewhere --student names a variant, here it took a checkpoint.
 @click.option("--student", "student_alias", type=click.Path(dir_okay=False), hidden=True)
-@click.option("--teacher", type=click.Path(dir_okay=False), help="Teacher checkpoint to evaluate the same way.")
+@click.option("--teacher", type=click.Path(),
+              help="Teacher checkpoint (or Hugging Face model directory) to evaluate the same way.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -428,8 +430,8 @@ def evaluate_cmd(recipe, student_checkpoint, student_alias, teacher, split, batc
 @main.command("bench")
 @click.argument("recipe")
 @click.option("--store", "store_path", type=click.Path(), help="Measure this store (default: extract a temporary one).")
-@click.option("--teacher", type=click.Path(dir_okay=False),
-              help="Teacher checkpoint (default: the store's or the recipe's).")
+@click.option("--teacher", type=click.Path(),
+              help="Teacher checkpoint or HF model directory (default: the store's or the recipe's).")
 @click.option("--student", help="Student variant for the training steps (default: the recipe's first).")
 @click.option("--samples", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Rows of the temporary store.")
@@ -455,6 +457,36 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
     report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
                    device=device, precision=precision, loader_workers=loader_workers or (0,), log=logger(quiet))
     emit_report(report, as_json, quiet, format_bench)
+
+
+@main.command("export")
+@click.argument("recipe")
+@click.option("--student-checkpoint", type=click.Path(dir_okay=False),
+              help="Student checkpoint (OUT/STUDENT/student.pt of train-blocks).")
+@click.option("--teacher-checkpoint", type=click.Path(dir_okay=False),
+              help="Or a teacher checkpoint of train-teacher, to export the teacher.")
+@click.option("--out", required=True, type=click.Path(), help="The Hugging Face model directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it is a directory already.")
+@report_options
+@_friendly_errors
+def export_cmd(recipe, student_checkpoint, teacher_checkpoint, out, overwrite, as_json, quiet):
+    """Write a student (or teacher) of a Hugging Face recipe as an HF model directory (config, safetensors
+    weights, tokenizer) that AutoModelForCausalLM.from_pretrained loads; checked by loading it back.
+
+    Example: litcache export pipelines/hf_causal_lm.py --student-checkpoint runs/hf/lit/layers4/student.pt
+    --out runs/hf/student-hf
+    """
+    from .export import export_student, export_teacher
+
+    if bool(student_checkpoint) == bool(teacher_checkpoint):
+        raise click.UsageError("give one of --student-checkpoint CKPT and --teacher-checkpoint CKPT")
+    r = load_recipe(recipe)
+    report = (export_student(r, student_checkpoint, out, overwrite=overwrite) if student_checkpoint
+              else export_teacher(r, teacher_checkpoint, out, overwrite=overwrite))
+    emit_report(report, as_json, quiet, lambda r: (
+        f"exported {r['student'] or 'the teacher'} ({r['model_type']}, {r['num_hidden_layers']} layers, "
+        f"{r['parameters']:,} parameters) to {r['out']}; from_pretrained loads it whole, logits within "
+        f"{r['max_logit_difference']:.2g} of litcache's"))
 
 
 @main.command("show")

@@ -8,6 +8,7 @@ of a few (input, teacher, student) rows is written next to the student checkpoin
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import OptionError
 from .extraction.teacher import load_teacher
+from .models.hf import HFCausalLM
 from .recipe import Recipe
 from .runtime.devices import resolve_device
 from .runtime.eval_mode import evaluating
@@ -43,9 +45,35 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: str = "auto", bat
     compute.model(model)
     score = ({"perplexity": round(perplexity(model, dataset, compute, batch_size), 4)} if task == "language_model"
              else {"accuracy": accuracy(model, dataset, compute, batch_size)})
+    if isinstance(model, HFCausalLM):
+        score.update(generation_speed(model, dataset[0][0].unsqueeze(0)[:, :GENERATION_PROMPT_TOKENS], dev))
     return {**stats, **score, "samples": len(dataset),
             "compute": compute.describe(), "cpu_latency_compute": latency_compute.describe(),
             "cpu_latency_ms_per_batch": round(latency * 1000, 3), "latency_batch_size": len(batch)}
+
+
+#: Generation speed of a Hugging Face model: the first tokens of the split's first row as the prompt,
+#: then this many new tokens, greedy, batch 1, with the KV cache.
+GENERATION_PROMPT_TOKENS, GENERATION_NEW_TOKENS = 16, 64
+
+
+@torch.inference_mode()
+def generation_speed(model: HFCausalLM, prompt: torch.Tensor, device: torch.device,
+                     new_tokens: int = GENERATION_NEW_TOKENS) -> dict:
+    """New tokens per second of greedy generation with the KV cache (float32, batch 1, after a warm-up),
+    as a user serves the model with ``generate``."""
+    hf = model.hf.to(device).eval()
+    prompt = prompt.to(device)
+    # Within the model's positions (GPT-2's learned position table ends there).
+    new_tokens = min(new_tokens, getattr(hf.config, "max_position_embeddings", 10**9) - prompt.shape[1])
+    settings = {"do_sample": False, "use_cache": True, "pad_token_id": 0}
+    hf.generate(prompt, max_new_tokens=4, min_new_tokens=4, **settings)  # warm-up
+    t = time.perf_counter()
+    out = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
+    seconds = time.perf_counter() - t
+    generated = out.shape[1] - prompt.shape[1]
+    return {"generation_tokens_per_s": round(generated / seconds, 1), "generation_new_tokens": generated,
+            "generation_prompt_tokens": prompt.shape[1]}
 
 
 def evaluate(recipe: Recipe, student: str | Path | None = None, teacher: str | Path | None = None, *,
@@ -200,6 +228,8 @@ def format_evaluation(report: dict, split: str) -> list[str]:
                        else "the reference")
         elif "perplexity" in m:
             quality = f"perplexity {m['perplexity']:.3f}"
+            if "generation_tokens_per_s" in m:
+                quality += f", generates {m['generation_tokens_per_s']:,.0f} tokens/s (KV cache, batch 1)"
         else:
             quality = f"top-1 {m['accuracy']:.4f}"
         line = (f"{role:<8} {quality} on {m['samples']} {split} samples  params {m['params']:,}  "

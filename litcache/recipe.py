@@ -19,7 +19,7 @@ import torch.nn as nn
 import xxhash
 from torch.utils.data import Dataset
 
-from .errors import OptionError, RecipeError
+from .errors import LitcacheError, OptionError, RecipeError
 from .runtime.precision import PRECISIONS
 from .views import Augmentation
 
@@ -322,6 +322,9 @@ def load_recipe(ref: str | Path) -> Recipe:
             sys.modules.pop(module_name, None)
             raise RecipeError(f"Recipe file {ref!r} called sys.exit({exc.code!r}) while loading; a recipe must define "
                               "`recipe = litcache.Recipe(...)` and return. Remove the exit from the recipe.") from None
+        except LitcacheError:  # litcache's own checks, made while the recipe loads: already a whole message
+            sys.modules.pop(module_name, None)
+            raise
         except Exception as exc:  # a recipe is user code: report any failure as a recipe error
             sys.modules.pop(module_name, None)
             raise RecipeError(f"Recipe file {ref!r} failed to load: {type(exc).__name__}: {exc}") from exc

@@ -41,7 +41,7 @@ from litcache.recipe import import_beside
 _data = import_beside(__file__, "_data")
 
 __all__ = ["VOCAB_SIZE", "PAD", "IGNORE_INDEX", "MIN_LENGTH", "TEST_WORKS", "corpus_path", "load_works", "encode",
-           "pack_rows", "split_works", "TextRows", "load_text_split"]
+           "pack_rows", "pack_pieces", "split_works", "TextRows", "load_text_split"]
 
 VOCAB_SIZE = 256
 #: Input padding (a NUL byte never occurs in the texts) and target padding (torch's cross-entropy ignore_index).
@@ -214,21 +214,27 @@ def pack_rows(data: bytes, context: int, min_length: int = MIN_LENGTH) -> list[b
     A row of n + 1 bytes gives n next-byte targets; rows with n < ``min_length`` are dropped (with
     ``min_length=0`` the rows concatenate back to ``data``).
     """
+    return pack_pieces(_paragraphs(data), context, min_length)
+
+
+def pack_pieces(pieces: list, context: int, min_length: int = MIN_LENGTH) -> list:
+    """``pack_rows`` for pieces already cut (bytes, or lists of token ids): rows of at most
+    ``context + 1`` tokens, each piece whole where it fits."""
     limit = context + 1
-    rows: list[bytes] = []
-    current = b""
-    for piece in _paragraphs(data):
+    rows: list = []
+    current = pieces[0][:0] if pieces else b""
+    for piece in pieces:
         while len(piece) > limit:
             if current:
                 rows.append(current)
-                current = b""
+                current = piece[:0]
             rows.append(piece[:limit])
             piece = piece[limit:]
         if len(current) + len(piece) > limit:
             rows.append(current)
             current = piece
         else:
-            current += piece
+            current = current + piece  # not +=: a list would grow in place
     if current:
         rows.append(current)
     return [row for row in rows if len(row) - 1 >= min_length]
@@ -257,7 +263,9 @@ class TextRows(Dataset):
 
     def __init__(self, rows: np.ndarray, lengths: np.ndarray, work: np.ndarray | None = None,
                  titles: np.ndarray | None = None) -> None:
-        self.rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.uint8))  # (R, context + 1) uint8, zero-padded
+        # (R, context + 1), zero-padded: uint8 bytes, or int32 token ids (pipelines/_tokens.py)
+        dtype = np.int32 if np.asarray(rows).dtype == np.int32 else np.uint8
+        self.rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=dtype))
         self.lengths = np.asarray(lengths)
         self._lengths = torch.from_numpy(self.lengths.astype(np.int64))
         self.context = self.rows.shape[1] - 1

@@ -196,8 +196,10 @@ def test_writer_bench(fake_cifar, tmp_path):
                    "--threads", "2,3", "--repeats", 1, "--dir", tmp_path, "--storage-table",
                    "--json", tmp_path / "writer.json")
     report = json.loads((tmp_path / "writer.json").read_text())
-    assert set(report["median_s"]) == {"litcache 1", "litcache 2", "litcache 3", "bare 1", "bare 2", "bare 3"}
+    assert set(report["median_s"]) == {f"{kind} {t}" for kind in ("litcache", "bare", "bare+cast") for t in (1, 2, 3)}
     assert "writer ratio litcache / bare at 1 thread = " in out
+    assert "writer ratio litcache / bare+cast at 1 thread (the same work) = " in out
+    assert report["writer_ratio_same_work"] > 0 and set(report["scaling"]) == {"2", "3"}
     assert "scaling at 2 threads (median of the repeats'): litcache" in out
     for stage in ("cast + copy", "finite check", "encode", "checksums (xxh3)", "write", "fsync", "ledger entries"):
         assert stage in report["split_ms_per_row"]["old"] and stage in report["split_ms_per_row"]["new"], stage

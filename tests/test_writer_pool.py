@@ -32,14 +32,14 @@ def test_ledger_commits_in_shard_order_whatever_finishes_first(tiny_recipe, teac
                                                                 monkeypatch):
     commits, real = [], StoreWriter.write_shard
 
-    def slow_first(self, index, start, data, encoder=None, before_commit=None):
+    def slow_first(self, index, start, data, before_commit=None, **kwargs):
         if index == 0:
             time.sleep(0.3)  # shard 0 finishes encoding last; it must still commit first
 
         def record():
             before_commit()
             commits.append(index)
-        return real(self, index, start, data, encoder=encoder, before_commit=record)
+        return real(self, index, start, data, before_commit=record, **kwargs)
 
     monkeypatch.setattr(StoreWriter, "write_shard", slow_first)
     out = tmp_path / "s.zarr"
@@ -172,3 +172,25 @@ def test_sink_refuses_nan_among_the_largest_logits(tmp_path):
     sink.add({"boundaries/0": torch.ones(4, 2), "topk_values": values}, {"labels": torch.zeros(4, dtype=torch.int64)})
     with pytest.raises(NonFiniteOutputError, match=r"The teacher's largest logits holds NaN or Inf at row 1 "):
         sink.close()
+
+
+@pytest.mark.parametrize("dtype, keep_bits", [("float32", None), ("float16", 5)])
+def test_copies_on_the_encoder_threads_write_what_the_gpu_path_writes(tiny_recipe, teacher_ckpt, tmp_path,
+                                                                      monkeypatch, dtype, keep_bits):
+    """A CPU teacher's outputs are cast by the encoder threads, chunk by chunk (deferred); a GPU teacher's are
+    copied in the loop. Both write the same bytes, with batches (6 rows) that straddle chunks (8 rows)."""
+    from litcache.extraction import loop
+    from litcache.extraction.writer import ShardSink
+
+    options = ExtractOptions(views=2, dtype=dtype, keep_bits=keep_bits, chunk_rows=8, shard_rows=16, batch_size=6)
+    stores = {}
+    for deferred in (True, False):
+        monkeypatch.setattr(loop, "ShardSink", lambda *args, d=deferred, **_: ShardSink(*args, deferred=d))
+        stores[deferred] = tmp_path / f"deferred-{deferred}.zarr"
+        extract(tiny_recipe, stores[deferred], options, teacher_checkpoint=teacher_ckpt, progress=False, log=quiet,
+                writer_threads=2)
+    assert shard_checksums(stores[True]) == shard_checksums(stores[False])
+    a, b = open_store(stores[True]), open_store(stores[False])
+    for name in a.boundary_names:
+        assert np.array_equal(a.array(name)[:], b.array(name)[:])
+    assert np.isfinite(a.array(a.boundary_names[0])[:].astype(np.float32)).all()

@@ -78,7 +78,10 @@ def run_pending(plan: ExtractPlan, writer: StoreWriter, ranges: list[tuple[int, 
     if background_writer is not None:
         overlap = background_writer
     pool = WriterPool(writer, threads, overlap, pending)
-    sink = ShardSink(pool, plan.specs, ranges, pending, device, o.dtype, o.keep_bits, plan.rows_dataset)
+    # A CPU teacher's outputs are cast on the encoder threads when they run beside it; when the teacher
+    # pauses for each shard, the loop's copy already runs on all of torch's threads.
+    sink = ShardSink(pool, plan.specs, ranges, pending, device, o.dtype, o.keep_bits, plan.rows_dataset,
+                     deferred=device.type == "cpu" and overlap)
     augment = plan.rows_dataset.augment
     total_rows = sum(ranges[i][1] - ranges[i][0] for i in pending)
     bar = progress_bar(total_rows, unit="row", desc="extract", enabled=progress)  # a bar on a terminal, else lines

@@ -1,15 +1,21 @@
 """The writing half of an extraction: teacher outputs -> shard buffers -> a pool of encoder threads
 -> shard files -> ledger entries, committed in shard order.
 
-Per batch, in the loop's thread (``ShardSink.add``), every field goes into its shard's buffer in one
-pass: ``copy_`` casts to the storage dtype as it copies (from a GPU, the cast runs on the device and
-the copy moves half the bytes), and the finite check is one ``aminmax`` per boundary, computed where
-the teacher ran. Buffers are recycled, so a shard's memory is touched once
-(fresh buffers cost a page fault per 4 KB: more than the cast and copy together). From a CUDA
-teacher the copies go to pinned buffers, ``non_blocking``, on a side stream: the teacher computes
-batch n + 1 while batch n is copied, and a batch is *retired* (its copy awaited, its finite flags
-read, its lossy rounding applied) one batch later. A CPU teacher takes this same path, with no
-stream and no events: its copies are done when they return.
+Per batch, in the loop's thread (``ShardSink.add``), the finite check is one ``aminmax`` per boundary,
+computed where the teacher ran. Every field goes into its shard's buffer in one pass: ``copy_`` casts
+to the storage dtype (and NCHW) as it copies. Buffers are recycled, so a shard's memory is touched
+once (fresh buffers cost a page fault per 4 KB: more than the cast and copy together).
+
+Where that copy runs depends on the teacher's device:
+- from a CUDA teacher the cast runs on the device and the copy (half the bytes) goes to pinned
+  buffers, ``non_blocking``, on a side stream, in the loop: the teacher computes batch n + 1 while
+  batch n is copied;
+- from a CPU teacher with encoders beside it, the batch is kept as computed and each encoder thread
+  casts the rows of the chunk it is about to encode (``deferred`` copies): the cast, a fifth of
+  zstd's time here, scales with the encoder threads instead of holding up the loop (a CPU teacher
+  that pauses for each shard copies in the loop, on all of torch's threads).
+Either way a batch is *retired* (its copy awaited, its finite flags read) one batch later; the
+immediate copies run on the CPU too (``deferred=False``, tested there), with no stream and no events.
 
 Per full shard (``WriterPool``): its chunks are encoded on ``threads`` encoder threads (numcodecs'
 zstd and blosc release the GIL, so threads scale with cores); the thread that encodes an array's
@@ -25,9 +31,10 @@ preempted) than to encoding between batches on all cores.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -116,8 +123,10 @@ class WriterPool:
         self.error: BaseException | None = None
         self.failed_shard: int | None = None
 
-    def put(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None] = lambda: None) -> None:
-        """Queue shard ``shard`` (rows from ``start``); ``done`` runs when the pool is through with ``data``."""
+    def put(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None] = lambda: None,
+            fill: dict[str, Callable[[int, int], None]] | None = None) -> None:
+        """Queue shard ``shard`` (rows from ``start``); ``done`` runs when the pool is through with ``data``;
+        ``fill``: see ``StoreWriter.write_shard``."""
         while not self._slots.acquire(timeout=0.2):
             self.raise_if_failed()
         try:
@@ -125,17 +134,18 @@ class WriterPool:
         except BaseException:
             self._slots.release()
             raise
-        future = self._shards.submit(self._write, shard, start, data, done)
+        future = self._shards.submit(self._write, shard, start, data, done, fill)
         self._futures.append(future)
         if not self.overlap:
             future.result()
             self.raise_if_failed()
 
-    def _write(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None]) -> None:
+    def _write(self, shard: int, start: int, data: dict[str, np.ndarray], done: Callable[[], None],
+               fill: dict[str, Callable[[int, int], None]] | None) -> None:
         try:
             if not self._behind_failure(shard):  # after a failure, nothing after it is written
                 self.writer.write_shard(shard, start, data, encoder=self.encoder,
-                                        before_commit=lambda: self._wait_turn(shard))
+                                        before_commit=lambda: self._wait_turn(shard), fill=fill)
                 with self._turn:
                     self._committed += 1
                     self._turn.notify_all()
@@ -208,6 +218,7 @@ class _Batch:
     flags: torch.Tensor  # (boundaries + 1,) bool on the host: each boundary within range, the logits finite
     event: "torch.cuda.Event | None"
     ends_shard: bool
+    deferred: list[tuple[int, dict[str, torch.Tensor]]]  # its shard's batches not copied yet (deferred copies)
 
 
 @dataclass
@@ -217,6 +228,7 @@ class _OpenShard:
     stop: int
     buffers: dict[str, torch.Tensor]
     filled: int = 0
+    batches: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)  # deferred: (first row, fields)
 
 
 class ShardSink:
@@ -225,9 +237,13 @@ class ShardSink:
 
     def __init__(self, pool: WriterPool, specs: Sequence[ArraySpec], ranges: Sequence[tuple[int, int]],
                  pending: Sequence[int], device: torch.device, dtype: str, keep_bits: int | None,
-                 rows_dataset: ViewRows) -> None:
+                 rows_dataset: ViewRows, deferred: bool | None = None) -> None:
         self.pool, self.ranges, self.dtype, self.keep_bits = pool, ranges, dtype, keep_bits
         self.rows_dataset = rows_dataset
+        # None: the encoder threads cast a CPU teacher's outputs; a GPU teacher's are cast on the device.
+        self.deferred = device.type == "cpu" if deferred is None else deferred
+        if self.deferred and device.type != "cpu":
+            raise ValueError(f"Deferred copies read the teacher's outputs on the host; the teacher runs on {device}.")
         shard_rows = max(stop - start for start, stop in ranges)
         self.buffers = ShardBuffers(specs, shard_rows, pin=device.type == "cuda")
         self.boundaries = [s.name for s in specs if s.name.startswith("boundaries/")]
@@ -269,8 +285,11 @@ class ShardSink:
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             if self.stream is not None:
                 self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
-            for name, value in sent.items():
-                shard.buffers[name][at:at + rows].copy_(value, non_blocking=True)  # casts as it copies
+            if self.deferred:  # the encoder threads copy them (see _fill)
+                shard.batches.append((at, fields))
+            else:
+                for name, value in sent.items():
+                    shard.buffers[name][at:at + rows].copy_(value, non_blocking=True)  # casts as it copies
             flags = within.to("cpu", non_blocking=True)
             if self.stream is not None:
                 event = torch.cuda.Event()
@@ -279,7 +298,8 @@ class ShardSink:
             shard.buffers[name][at:at + rows].copy_(value)
         shard.filled += rows
         ends = shard.filled == shard.stop - shard.start
-        staged = _Batch(shard.index, shard.start + at, at, rows, shard.buffers, fields, sent, flags, event, ends)
+        staged = _Batch(shard.index, shard.start + at, at, rows, shard.buffers, fields, sent, flags, event, ends,
+                        shard.batches)
         self._retire()
         self._staged = staged
         if ends:
@@ -298,13 +318,27 @@ class ShardSink:
         if not bool(batch.flags.all()):
             self._name_bad_rows(batch)
         buffers = batch.buffers
-        if self.keep_bits is not None:
+        if self.keep_bits is not None and not self.deferred:
             for name in self.boundaries:  # lossy: round each value to keep_bits mantissa bits, in place
                 round_mantissa(_numpy(buffers[name][batch.at:batch.at + batch.rows]), self.dtype, self.keep_bits)
         if batch.ends_shard:
             start, stop = self.ranges[batch.shard]
             data = {name: _numpy(buffer[: stop - start]) for name, buffer in buffers.items()}
-            self.pool.put(batch.shard, start, data, done=lambda: self.buffers.give_back(buffers))
+            fill = ({name: functools.partial(self._fill, name, buffers[name], batch.deferred) for name in batch.fields}
+                    if self.deferred else None)
+            self.pool.put(batch.shard, start, data, done=lambda: self.buffers.give_back(buffers), fill=fill)
+
+    def _fill(self, name: str, buffer: torch.Tensor, batches: list[tuple[int, dict[str, torch.Tensor]]],
+              start: int, stop: int) -> None:
+        """Copy (and cast) rows ``start:stop`` of field ``name`` from the teacher's batches into its shard
+        buffer; on an encoder thread, just before those rows are encoded."""
+        for at, fields in batches:
+            value = fields[name]
+            lo, hi = max(start, at), min(stop, at + len(value))
+            if lo < hi:
+                buffer[lo:hi].copy_(value[lo - at:hi - at])
+        if self.keep_bits is not None and name in self.boundaries:  # lossy: keep_bits mantissa bits, in place
+            round_mantissa(_numpy(buffer[start:stop]), self.dtype, self.keep_bits)
 
     def _name_bad_rows(self, batch: _Batch) -> None:
         """Raise the error naming the first rows out of range; values finite in the storage dtype pass."""

@@ -313,14 +313,18 @@ class StoreWriter:
             group.create_array(name, shape=value.shape, dtype=value.dtype, fill_value=0, overwrite=True)[...] = value
 
     def write_shard(self, index: int, start: int, data: dict[str, np.ndarray],
-                    encoder: ThreadPoolExecutor | None = None, before_commit: Callable[[], None] | None = None) -> dict:
+                    encoder: ThreadPoolExecutor | None = None, before_commit: Callable[[], None] | None = None,
+                    fill: dict[str, Callable[[int, int], None]] | None = None) -> dict:
         """Write rows ``start:start+n`` of every array (one whole shard), then its ledger entry.
 
-        The chunks are encoded on ``encoder`` (default: one thread per core); this thread writes
-        and fsyncs each array's shard file as its chunks are done, calls ``before_commit`` (an
-        extraction's writer pool waits there for the shards before this one), then commits."""
+        The chunks are encoded on ``encoder`` (default: one thread per core); the thread that encodes an
+        array's last chunk writes and fsyncs its shard file. This thread hashes the arrays meanwhile (an
+        array of ``fill`` is hashed by its file's thread, once whole), waits, calls ``before_commit``
+        (an extraction's writer pool waits there for the shards before this one), then commits.
+        ``fill[name](a, b)`` puts rows ``a:b`` of ``data[name]`` in place before they are encoded (see
+        ``ShardFormat.submit_file``)."""
         try:
-            return self._write_shard(index, start, data, encoder or encoder_pool(), before_commit)
+            return self._write_shard(index, start, data, encoder or encoder_pool(), before_commit, fill or {})
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
@@ -339,7 +343,7 @@ class StoreWriter:
         )
 
     def _write_shard(self, index: int, start: int, data: dict[str, np.ndarray], encoder: ThreadPoolExecutor,
-                     before_commit: Callable[[], None] | None) -> dict:
+                     before_commit: Callable[[], None] | None, fill: dict[str, Callable[[int, int], None]]) -> dict:
         rows = next(iter(data.values())).shape[0]
         for name, fmt in self._formats.items():
             if fmt is not None and start != index * fmt.chunk_rows * fmt.chunks_per_shard:
@@ -350,15 +354,27 @@ class StoreWriter:
         # No folder fsync per shard file (each lies in a folder of its own): the ledger entry's commit
         # below syncs its own folder, and a resume checks every committed shard file's size, so a rename
         # a power cut undid is found and the shard extracted again.
+        checksums: dict[str, str] = {}
+
+        def hash_and_write(name: str, key: str, parts: list) -> None:  # on the thread that encoded the last chunk
+            if name in fill:  # its rows were put in place chunk by chunk: whole only now
+                checksums[name] = checksum(data[name])
+            self.location.write_bytes(key, parts, sync_folder=False)
+
         files = {name: fmt.submit_file(data[name], encoder, functools.partial(
-                     self.location.write_bytes, ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape)),
-                     sync_folder=False))
+                     hash_and_write, name, ShardFormat.shard_key(name, index, 1 + len(fmt.row_shape))),
+                     fill=fill.get(name))
                  for name, fmt in self._formats.items() if fmt is not None}
         through_zarr = {}
         try:
-            checksums = {name: checksum(data[name]) for name in self._arrays}  # meanwhile, in this thread
+            for name in self._arrays:  # meanwhile, in this thread, those already in place
+                if name not in fill and self._formats[name] is not None:
+                    checksums[name] = checksum(data[name])
             for name, array in self._arrays.items():
                 if self._formats[name] is None:  # a layout litcache does not encode itself: through zarr
+                    if name in fill:
+                        fill[name](0, rows)
+                    checksums[name] = checksum(data[name])
                     key = ShardFormat.shard_key(name, index, array.ndim)
                     array[start : start + rows] = data[name]
                     self.location.fsync(key)  # durable before its ledger entry claims it (power loss too)
@@ -371,7 +387,7 @@ class StoreWriter:
         entry = {
             "index": index,
             "rows": [start, start + rows],
-            "xxh3_64": checksums,
+            "xxh3_64": {name: checksums[name] for name in self._arrays},
             # What a resume checks before it trusts the entry (entries written before 0.2 lack it).
             "bytes": sizes,
             "committed": time.time(),

@@ -143,12 +143,15 @@ class ShardFormat:
         return [pool.submit(self._encode_chunk, data[i : i + self.chunk_rows])
                 for i in range(0, len(data), self.chunk_rows)]
 
-    def submit_file(self, data: np.ndarray, pool: ThreadPoolExecutor, write: Callable[[list], None]) -> Future:
+    def submit_file(self, data: np.ndarray, pool: ThreadPoolExecutor, write: Callable[[list], None],
+                    fill: Callable[[int, int], None] | None = None) -> Future:
         """Encode the chunks of one whole shard holding ``data`` on ``pool``; the thread that finishes the
         last chunk calls ``write(parts)`` with the shard file's parts. The future gives the file's size.
+        ``fill(start, stop)``, if given, first puts rows ``start:stop`` of ``data`` in place (an
+        extraction casts its teacher's outputs there, chunk by chunk, on the same threads).
 
-        So every byte of work (encoding, writing, fsync) runs on the pool's threads: n threads are n
-        workers, and the caller only waits."""
+        So every byte of work (casting, encoding, writing, fsync) runs on the pool's threads: n threads
+        are n workers, and the caller only waits."""
         self._check_rows(data)
         count = -(-len(data) // self.chunk_rows)
         if count == 0:  # no rows: a shard of absent chunks, written here
@@ -163,7 +166,10 @@ class ShardFormat:
         def encode(i: int) -> None:
             try:
                 if not failures:  # after a failure, encode nothing more of this file
-                    encoded[i] = self._encode_chunk(data[i * self.chunk_rows:(i + 1) * self.chunk_rows])
+                    start, stop = i * self.chunk_rows, min((i + 1) * self.chunk_rows, len(data))
+                    if fill is not None:
+                        fill(start, stop)
+                    encoded[i] = self._encode_chunk(data[start:stop])
             except BaseException as exc:  # handed to the caller through the future
                 failures.append(exc)
             with lock:

@@ -1,0 +1,334 @@
+"""Hugging Face causal LMs in, ``from_pretrained`` students out (pipelines/hf_causal_lm.py,
+litcache.models.hf, litcache export).
+
+Tiny random Llama, Qwen2, Qwen3, Mistral and GPT-2 models, saved as HF directories with a BPE
+tokenizer trained here on a tiny corpus of fake plays, are cut faithfully (on right-padded rows too),
+and go through the CLI: extract -> verify --replay -> train-blocks (lit, ir --block, kd) -> export ->
+``from_pretrained`` -> ``generate`` with and without the KV cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import REPO, assert_clean_error, run_cli
+from test_gpt import ALPHA, BETA, GAMMA, play
+
+from litcache import ExtractOptions, extract, load_recipe, open_store
+from litcache.recipe import import_beside
+from litcache.sections import check_sections, cut_sections
+from litcache.training.dataset import StoreDataset
+from litcache.training.online import OnlineTeacherDataset
+from litcache.training.student import read_student
+
+transformers = pytest.importorskip("transformers")
+
+HF = REPO / "pipelines" / "hf_causal_lm.py"
+_tokens = import_beside(HF, "_tokens")
+CONTEXT = 24
+#: The tiny size of every family: 4 decoder layers of width 32.
+TINY = {  # max_position_embeddings 64: evaluate generates 64 - 16 new tokens after its 16-token prompt
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True),
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, max_position_embeddings=64),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=64, sliding_window=None),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder of .txt documents; at least one of them is held out (by the hash of its name)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    texts = {f"play_{k}.txt": play(f"play {k}", 12, k) for k in range(10)}
+    texts.update({"alpha.txt": ALPHA, "beta.txt": BETA, "acts/gamma.txt": GAMMA})
+    for name, text in texts.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tokenizer")
+    _tokens.train_bpe_tokenizer([p.read_text() for p in sorted(corpus.rglob("*.txt"))], 300, folder)
+    return folder
+
+
+def make_model_dir(family: str, tokenizer_dir, folder, seed: int = 0):
+    """A tiny random model of ``family`` saved as an HF directory with the tokenizer beside it."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    config = transformers.AutoConfig.for_model(family, vocab_size=vocab, **TINY[family])
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    for file in tokenizer_dir.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tokenizer_dir, tmp_path_factory):
+    return {family: make_model_dir(family, tokenizer_dir, tmp_path_factory.mktemp(family)) for family in TINY}
+
+
+def use(monkeypatch, corpus, tmp_path, model_dir, sections: int = 2, **more):
+    monkeypatch.setenv("LITCACHE_HF_MODEL", str(model_dir))
+    monkeypatch.setenv("LITCACHE_HF_SECTIONS", str(sections))
+    monkeypatch.setenv("LITCACHE_HF_CONTEXT", str(CONTEXT))
+    monkeypatch.setenv("LITCACHE_TEXT_CORPUS", str(corpus))
+    monkeypatch.setenv("LITCACHE_CACHE_DIR", str(tmp_path / "cache"))
+    for key, value in more.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_the_split_check_passes_on_padded_rows(family, model_dirs, corpus, tmp_path, monkeypatch):
+    """stem -> sections -> head is the HF model's forward, on the recipe's own right-padded rows; and a
+    padded row's valid positions equal the row computed alone (no attention mask needed)."""
+    use(monkeypatch, corpus, tmp_path, model_dirs[family])
+    recipe = load_recipe(HF)
+    from litcache.extraction.teacher import load_teacher
+
+    teacher, _, path = load_teacher(recipe)
+    assert path == str(model_dirs[family])  # --teacher defaults to the model directory
+    rows = recipe.load_split("train")
+    lengths = torch.as_tensor(rows.lengths[:16])
+    assert len(set(lengths.tolist())) > 1 and int(lengths.min()) < CONTEXT  # padded rows among them
+    x, _ = rows.get_batch(list(range(16)))
+    assert check_sections(teacher, cut_sections(teacher, recipe), x) < 1e-4
+    with torch.no_grad():
+        padded = teacher(x)
+        for i in torch.argsort(lengths)[:3].tolist():
+            n = int(lengths[i])
+            alone = teacher(x[i:i + 1, :n])
+            torch.testing.assert_close(padded[i:i + 1, :n], alone, rtol=1e-4, atol=1e-5)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dirs[family])
+    with torch.no_grad():  # the weights are the directory's
+        torch.testing.assert_close(teacher(x), hf(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_are_the_models_tokens_held_out_by_document(model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"])
+    recipe = load_recipe(HF)
+    train, test = recipe.load_split("train"), recipe.load_split("test")
+    assert set(train.titles) & set(test.titles) == set() and len(test) > 0
+    assert set(train.titles) | set(test.titles) == {p.relative_to(corpus).as_posix() for p in corpus.rglob("*.txt")}
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dirs["llama"] / "tokenizer.json"))
+    x, y = train.get_batch([0])
+    n = int(train.lengths[0])
+    assert tokenizer.decode(x[0, :n].tolist()) in ALPHA + BETA + GAMMA + "".join(
+        play(f"play {k}", 12, k) for k in range(10))  # real text, in the model's own tokens
+    assert (y[0, n:] == -100).all() and torch.equal(y[0, :n - 1], x[0, 1:n])
+
+
+def _generate_same_with_and_without_cache(model_dir):
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = torch.tensor([[5, 17, 42, 7]])
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+    assert cached.shape == (1, 12) and torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_an_hf_model_through_the_cli(family, model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs[family])
+    store = tmp_path / "train.zarr"
+    result = run_cli("extract", HF, "--out", store, "--logit-topk", "8", "--dtype", "float32", "--chunk-rows", "16",
+                     "--batch-size", "16", "--device", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    manifest = open_store(store).manifest
+    assert manifest.format_version == 2 and manifest.arrays["boundaries/2"].row_shape == (CONTEXT, 32)
+    result = run_cli("verify", store, HF, "--replay", "6")
+    assert result.exit_code == 0 and "6 rows replayed, 0 differ" in result.output, result.output
+
+    common = ["--store", store, "--student", "layers2", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
+    for mode, extra in (("lit", []), ("ir", ["--block", "1"]), ("kd", [])):
+        result = run_cli("train-blocks", HF, *common, "--mode", mode, *extra, "--out", tmp_path / mode)
+        assert result.exit_code == 0, result.output
+    lit = read_student(tmp_path / "lit" / "layers2" / "student.pt")
+    assert lit["config"]["student_init"] == "teacher-blocks" and "test_perplexity" in lit["history"][0]
+
+    out = tmp_path / "exported"
+    result = run_cli("export", HF, "--student-checkpoint", tmp_path / "lit" / "layers2" / "student.pt", "--out", out,
+                     "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["num_hidden_layers"] == 2 and report["missing_keys"] == [] == report["unexpected_keys"]
+    assert report["max_logit_difference"] <= 1e-4 and "tokenizer.json" in report["tokenizer_files"]
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("num_hidden_layers", config.get("n_layer")) == 2
+    assert len(config.get("layer_types", [None, None])) == 2
+    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    from litcache import load_student
+
+    student = load_student(tmp_path / "lit" / "layers2" / "student.pt")
+    ids = torch.randint(0, loaded.config.vocab_size, (2, CONTEXT), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, student(ids), rtol=1e-5, atol=1e-5)
+    _generate_same_with_and_without_cache(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer("thou art")["input_ids"]  # the tokenizer came along
+
+    result = run_cli("evaluate", HF, "--student-checkpoint", tmp_path / "lit" / "layers2" / "student.pt",
+                     "--teacher", model_dirs[family], "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for role in ("teacher", "student"):
+        assert 1.0 < report[role]["perplexity"] < 2 * loaded.config.vocab_size
+        assert report[role]["generation_tokens_per_s"] > 0 and report[role]["generation_new_tokens"] == 48
+    assert (report["teacher"]["depth"], report["student"]["depth"]) == (4, 2)
+    assert report["student"]["compression_by_params"] > 1 and report["student"]["compression_by_macs"] > 1.3
+
+
+def test_a_lit_step_from_a_float32_store_equals_the_online_step(model_dirs, corpus, tmp_path, monkeypatch):
+    from test_vit import assert_same_lit_step
+
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"])
+    recipe = load_recipe(HF)
+    path = tmp_path / "s.zarr"
+    extract(recipe, path, ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu", logit_topk=6,
+                                         limit=48), progress=False, log=quiet)
+    store = open_store(path)
+    rows = list(range(16, 32))
+    fields = [*store.boundary_names, "topk_values", "topk_indices", "labels", "lengths"]
+    cached = StoreDataset(store, fields).__getitems__(rows)
+    online = OnlineTeacherDataset(recipe, store, str(model_dirs["llama"]), fields, "cpu",
+                                  precision="fp32").__getitems__(rows)
+    assert torch.equal(cached["topk_indices"], online["topk_indices"])
+    assert_same_lit_step(recipe, "layers2", store, cached, online,
+                         {"alpha": 0.5, "tau": 1.0, "beta": 0.5, "loss_scale": 1.0, "ir_loss": "mse"})
+
+
+def test_students_have_fewer_layers_of_the_same_class(model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs["qwen2"], sections=1, LITCACHE_HF_STUDENTS="odd=3")
+    recipe = load_recipe(HF)
+    assert set(recipe.students) == {"layers1", "layers2", "layers3", "odd"}
+    student = recipe.student_builder("layers2")()
+    teacher = recipe.build_teacher()
+    assert type(student.hf) is type(teacher.hf) and student.config.num_hidden_layers == 2
+    assert student.config.layer_types == ["full_attention"] * 2 and student.section_layers == (2,)
+
+
+def _no_store_error(result, tmp_path, starts):
+    assert_clean_error(result, starts)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_bad_model_directories_give_one_error_and_write_nothing(model_dirs, tokenizer_dir, corpus, tmp_path,
+                                                                  monkeypatch):
+    args = ["extract", HF, "--out", tmp_path / "s.zarr", "--device", "cpu", "-q"]
+    use(monkeypatch, corpus, tmp_path, tmp_path / "nowhere")
+    _no_store_error(run_cli(*args), tmp_path, "Expected a Hugging Face model directory")
+    (tmp_path / "empty").mkdir()
+    use(monkeypatch, corpus, tmp_path, tmp_path / "empty")
+    _no_store_error(run_cli(*args), tmp_path, "Expected a Hugging Face model directory")
+
+    bert = tmp_path / "bert"
+    transformers.AutoConfig.for_model("bert", vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=8).save_pretrained(bert)
+    use(monkeypatch, corpus, tmp_path, bert)
+    result = run_cli(*args)
+    _no_store_error(result, tmp_path,
+                    "litcache cuts the Hugging Face families gpt2, llama, mistral, qwen2, qwen3")
+    assert "'bert'" in result.output
+
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for file in model_dirs["llama"].iterdir():
+        if "token" not in file.name:
+            (no_tokenizer / file.name).write_bytes(file.read_bytes())
+    use(monkeypatch, corpus, tmp_path, no_tokenizer)
+    _no_store_error(run_cli(*args), tmp_path, "Expected the model's tokenizer at")
+
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"], LITCACHE_HF_STUDENTS="deep=3,1")
+    _no_store_error(run_cli(*args), tmp_path, "Expected student section 1 to have 1 to 2 decoder layers")
+
+    monkeypatch.delenv("LITCACHE_HF_MODEL")
+    _no_store_error(run_cli(*args), tmp_path, "Set LITCACHE_HF_MODEL")
+
+
+def test_without_transformers_one_error_says_what_to_install(model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"])
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    result = run_cli("extract", HF, "--out", tmp_path / "s.zarr", "--device", "cpu", "-q")
+    _no_store_error(result, tmp_path, "Hugging Face models need the transformers")
+    assert "pip install 'litcache[hf]'" in result.output
+
+
+def test_export_refuses_another_recipes_checkpoint_and_an_existing_directory(model_dirs, corpus, tmp_path,
+                                                                             monkeypatch, tiny_recipe, teacher_ckpt):
+    use(monkeypatch, corpus, tmp_path, model_dirs["gpt2"])
+    store = tmp_path / "s.zarr"
+    extract(load_recipe(HF), store, ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu",
+                                                   limit=32), progress=False, log=quiet)
+    result = run_cli("train-blocks", HF, "--store", store, "--student", "layers2", "--epochs", "1", "--batch-size",
+                     "16", "--device", "cpu", "--no-eval", "-q", "--out", tmp_path / "lit")
+    assert result.exit_code == 0, result.output
+    ckpt = tmp_path / "lit" / "layers2" / "student.pt"
+
+    other = tmp_path / "other.pt"  # a student of another recipe (the tiny CNN's)
+    from litcache.training.student import save_student
+
+    model = tiny_recipe.student_builder(next(iter(tiny_recipe.students)))()
+    save_student(other, model, recipe=tiny_recipe, student=next(iter(tiny_recipe.students)), mode="lit",
+                 sections_trained=[1], store={}, config={}, history=[], epoch=1)
+    result = run_cli("export", HF, "--student-checkpoint", other, "--out", tmp_path / "x")
+    assert_clean_error(result, "Student checkpoint")
+    assert "belongs to recipe" in result.output and not (tmp_path / "x").exists()
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    result = run_cli("export", HF, "--student-checkpoint", ckpt, "--out", tmp_path / "taken")
+    assert_clean_error(result, f"{str(tmp_path / 'taken')!r} already exists")
+    assert "already exists" in result.output and (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    result = run_cli("export", HF, "--student-checkpoint", ckpt, "--out", tmp_path / "taken", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "taken" / "keep.txt").exists() and (tmp_path / "taken" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".taken")] == []  # no partial folder left
+
+
+def test_a_teacher_made_here_trains_and_exports_as_an_hf_model(corpus, tmp_path, monkeypatch):
+    """make_hf_model.py (tokenizer trained on the training documents + a random Llama) -> train-teacher ->
+    export --teacher-checkpoint: an ordinary HF directory, which is again a teacher litcache takes."""
+    make = import_beside(HF, "make_hf_model")
+    init = tmp_path / "init"
+    make.main(["--out", str(init), "--corpus", str(corpus), "--layers", "2", "--width", "32", "--heads", "4",
+               "--kv-heads", "2", "--mlp", "64", "--context", "64", "--vocab", "280"])
+    config = transformers.AutoConfig.from_pretrained(init)
+    assert config.model_type == "llama" and config.num_key_value_heads == 2 and config.vocab_size <= 280
+    use(monkeypatch, corpus, tmp_path, init, sections=1)
+    teacher = tmp_path / "teacher.pt"
+    result = run_cli("train-teacher", HF, "--out", teacher, "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+                     "-q")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "teacher-hf"
+    result = run_cli("export", HF, "--teacher-checkpoint", teacher, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["teacher"] is True
+    from litcache.extraction.teacher import load_teacher
+
+    trained, _, _ = load_teacher(load_recipe(HF), teacher)
+    use(monkeypatch, corpus, tmp_path, out, sections=1)
+    again, _, path = load_teacher(load_recipe(HF))
+    assert path == str(out)
+    ids = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(trained(ids), again(ids))
+    assert run_cli("export", HF, "--out", tmp_path / "x").exit_code != 0  # neither checkpoint given
