@@ -21,6 +21,7 @@ from .cli_options import (
     logger,
     one_store,
     parse_milestones,
+    parse_teacher_layers,
     precision_option,
     report_options,
     store_and_recipe,
@@ -260,10 +261,15 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @training_options(epochs_note=" (of the lit phase, or of finetune with --mode finetune)")
 @distill_options()
 @click.option("--ir-loss", type=click.Choice(IR_LOSSES),
-              help="IR loss per section: mse (the paper's) or cosine along the feature axis. [default: the recipe's]")
+              help="IR loss per section: mse (the paper's), cosine along the feature axis, or relative (the MSE over "
+                   "the target's mean square, Puzzle's normalised MSE). [default: the recipe's]")
 @click.option("--student-init", type=click.Choice(STUDENT_INITS),
               help="Sections start from scratch, or from evenly spaced teacher blocks kept in the store "
                    "(teacher-blocks; sections must be runs of blocks). --init replaces either. [default: the recipe's]")
+@click.option("--teacher-layers", callback=lambda ctx, param, value: parse_teacher_layers(value),
+              help="With teacher-blocks: the teacher blocks the student's blocks start from, numbered across the "
+                   "teacher, one per student block, e.g. 1,3,5,7. [default: evenly spaced in each section, the first "
+                   "one first: every other block for half the depth] Recorded in the checkpoint's config.")
 @click.option("--train-head/--freeze-head", "train_head", default=None,
               help="Train the (teacher's) head with the sections, or keep it frozen. [default: kd and hints train it; "
                    "lit and finetune keep it frozen, as the released LIT code]")
@@ -457,6 +463,32 @@ def bench_cmd(recipe, store_path, teacher, student, samples, batch_size, device,
     report = bench(r, store_path, teacher=teacher, student=student, samples=samples, batch_size=batch_size,
                    device=device, precision=precision, loader_workers=loader_workers or (0,), log=logger(quiet))
     emit_report(report, as_json, quiet, format_bench)
+
+
+@main.command("baseline")
+@click.argument("recipe")
+@click.option("--store", "store_path", required=True, type=click.Path(), help="The store to read boundaries from.")
+@click.option("--student", required=True, help="The student variant (its layers per section).")
+@click.option("--method", type=click.Choice(["layer-drop", "linear-map"]), default="layer-drop", show_default=True,
+              help="layer-drop: keep the teacher layers whose output is closest to the stored boundary; linear-map: "
+                   "then fit a least-squares map merged into the last kept layer's MLP (Hugging Face recipes).")
+@click.option("--rows", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Stored rows to choose layers and fit the map on (0: all).")
+@click.option("--out", required=True, type=click.Path(), help="Writes OUT/STUDENT/student.pt.")
+@report_options
+@_friendly_errors
+def baseline_cmd(recipe, store_path, student, method, rows, out, as_json, quiet):
+    """A student made from the store without training (the baselines LIT is compared with): teacher
+    layers chosen by their stored boundary error, optionally with a least-squares linear map.
+
+    Example: litcache baseline pipelines/hf_causal_lm.py --store runs/hf/train.zarr --student layers4
+    --method linear-map --out runs/hf/linear-map
+    """
+    from .baselines import make_baseline
+
+    report = make_baseline(load_recipe(recipe), store_path, student, method, out, rows=rows,
+                           log=(lambda m: None) if quiet or as_json else click.echo)
+    emit_report(report, as_json, quiet, lambda r: f"{r['method']} student written to {r['checkpoint']}")
 
 
 @main.command("export")

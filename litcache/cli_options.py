@@ -153,6 +153,17 @@ def emit_report(report, as_json: bool, quiet: bool, text) -> None:
         click.echo(text(report))
 
 
+def parse_teacher_layers(value: str | None) -> tuple[int, ...] | None:
+    """--teacher-layers "0,3,5,7" -> (0, 3, 5, 7)."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated teacher block numbers, e.g. 0,3,5,7, got {value!r} "
+                                 "instead.") from None
+
+
 def parse_milestones(milestones: str | None) -> tuple[int, ...] | None:
     if milestones is None:
         return None

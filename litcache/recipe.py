@@ -39,7 +39,7 @@ ModuleRef = Union[str, Sequence[str], Callable[[nn.Module], nn.Module]]
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: IR losses of a section's output against the teacher's: "mse" (the paper's), or "cosine",
 #: 1 - cosine similarity along the feature axis (hidden size of a residual stream, channels of a map).
-IR_LOSSES = ("mse", "cosine")
+IR_LOSSES = ("mse", "cosine", "relative")
 #: How a student's sections start: "scratch" (the recipe's initialisation) or "teacher-blocks", each
 #: student section from evenly spaced blocks of the teacher's section (every other block of two, as
 #: DistilBERT initialises its layers); the teacher's section weights come from the store.

@@ -279,3 +279,35 @@ def test_transformer_bench_saves_each_run(tmp_path):
     assert runs["gpt/t1/e1+1/gpt2/kd/seed0"]["student_init"] == "teacher-blocks"
     assert runs["gpt/t1/e1+1/gpt2/kd-from-scratch/seed0"]["score"] != runs["gpt/t1/e1+1/gpt2/kd/seed0"]["score"]
     assert runs["gpt/t1/e1+1/gpt2/kd-frozen-head/seed0"]["score"] != runs["gpt/t1/e1+1/gpt2/kd/seed0"]["score"]
+
+
+def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
+    """The issue-25 table at tiny size: a Llama made and trained here, exported, one store, every row."""
+    pytest.importorskip("transformers")
+    from test_gpt import play
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(8):
+        (corpus / f"play_{k}.txt").write_text(play(f"play {k}", 12, k))
+    results = tmp_path / "hf.json"
+    args = ["--corpus", corpus, "--layers", 2, "--width", 32, "--heads", 4, "--kv-heads", 2, "--mlp", 64,
+            "--vocab", 280, "--context", 24, "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
+            "--batch-size", 16, "--topk", 8, "--storage", "--work", tmp_path / "work", "--results", results]
+    out = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
+    runs = json.loads(results.read_text())["runs"]
+    rows = {r["row"] for k, r in runs.items() if not k.endswith("/storage")}
+    assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "lit", "lit+ft", "lit-relative",
+                    "lit-relative+ft", "lit-beta0.9", "lit-beta0.9+ft"}
+    for key, r in runs.items():
+        if not key.endswith("/storage"):
+            assert 1.0 < r["perplexity"] < 2 * 280, key
+    student = next(r for r in runs.values() if r.get("row") == "kd")
+    teacher = next(r for r in runs.values() if r.get("row") == "teacher")
+    assert (teacher["depth"], student["depth"]) == (2, 1)
+    [storage] = [r for k, r in runs.items() if k.endswith("/storage")]
+    assert {(s["dtype"], s["codec"]) for s in storage["rows"]} >= {("float16", "zstd"), ("bfloat16", "lz4")}
+    assert all(0 < s["bytes_per_token_per_boundary"] < 4 * 32 for s in storage["rows"])
+    assert "| dtype | codec | keep bits | bytes/token/boundary |" in out
+    again = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
+    assert "===" not in again  # every row was done: nothing ran again

@@ -38,7 +38,8 @@ TINY = {  # max_position_embeddings 64: evaluate generates 64 - 16 new tokens af
                   num_key_value_heads=2, head_dim=8, max_position_embeddings=64),
     "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=64, sliding_window=None),
-    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                 bos_token_id=0, eos_token_id=0),
 }
 
 
@@ -332,3 +333,107 @@ def test_a_teacher_made_here_trains_and_exports_as_an_hf_model(corpus, tmp_path,
     with torch.no_grad():
         torch.testing.assert_close(trained(ids), again(ids))
     assert run_cli("export", HF, "--out", tmp_path / "x").exit_code != 0  # neither checkpoint given
+
+
+# --- training-free baselines (litcache baseline) ------------------------------------------------------
+
+
+@pytest.fixture
+def llama_store(model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"])
+    path = tmp_path / "train.zarr"
+    extract(load_recipe(HF), path, ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu",
+                                                  limit=64), progress=False, log=quiet)
+    return path
+
+
+def test_the_least_squares_map_is_lstsq_on_the_same_rows(llama_store):
+    from litcache.baselines import StoredBoundaries, choose_layers, fit_linear_map
+    from litcache.models.hf import merge_into_mlp_output, mlp_output_module
+    from litcache.training.blocks import teacher_section_states
+    from litcache.training.student import build_student
+
+    recipe, store = load_recipe(HF), open_store(llama_store)
+    _, sectioned = build_student(recipe, "layers2")
+    section = sectioned.sections[1].eval()
+    batches = StoredBoundaries(store, 1, rows=0, batch_size=16)  # every row, in 4 batches
+    picks, candidates = choose_layers(section, teacher_section_states(store)[1], 2, batches)
+    assert len(candidates) == 2 and candidates[str(picks[0])]["mse"] == min(c["mse"] for c in candidates.values())
+    T = fit_linear_map(section, batches)
+
+    captured, ms, targets, xs = {}, [], [], []
+    hook = mlp_output_module(section[-1]).register_forward_hook(lambda module, i, o: captured.update(m=o))
+    with torch.no_grad():
+        for x, y, mask in batches:
+            out = section(x)
+            ms.append(captured["m"][mask].double())
+            targets.append((y - (out - captured["m"]))[mask].double())
+            xs.append((x, mask, out - captured["m"]))
+    hook.remove()
+    expected = torch.linalg.lstsq(torch.cat(ms), torch.cat(targets)).solution
+    torch.testing.assert_close(T, expected, rtol=1e-6, atol=1e-8)
+
+    merge_into_mlp_output(section[-1], T)  # the merged layer computes a + m T
+    with torch.no_grad():
+        for (x, mask, a), m in zip(xs, ms):
+            torch.testing.assert_close(section(x)[mask].double(), a[mask].double() + m @ T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_baselines_through_the_cli_export_as_plain_hf_models(family, model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs[family])
+    store = tmp_path / "train.zarr"
+    extract(load_recipe(HF), store, ExtractOptions(dtype="float32", chunk_rows=16, batch_size=16, device="cpu",
+                                                   limit=64), progress=False, log=quiet)
+    reports = {}
+    for method in ("layer-drop", "linear-map"):
+        result = run_cli("baseline", HF, "--store", store, "--student", "layers2", "--method", method, "--rows", "0",
+                         "--out", tmp_path / method, "--json")
+        assert result.exit_code == 0, result.output
+        reports[method] = json.loads(result.output)
+        assert [len(s["kept"]) for s in reports[method]["sections"]] == [1, 1]
+    for drop, fit in zip(reports["layer-drop"]["sections"], reports["linear-map"]["sections"]):
+        assert fit["kept"] == drop["kept"] and fit["mse"] <= drop["mse"] * (1 + 1e-6)  # T = I is among the maps
+    ckpt = tmp_path / "linear-map" / "layers2" / "student.pt"
+    assert read_student(ckpt)["mode"] == "linear-map"
+    result = run_cli("export", HF, "--student-checkpoint", ckpt, "--out", tmp_path / "hf", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["max_logit_difference"] <= 1e-4
+    result = run_cli("evaluate", HF, "--student-checkpoint", ckpt, "--device", "cpu", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["student"]["perplexity"] > 1, result.output
+
+
+def test_a_linear_map_needs_decoder_layers_and_a_store_of_the_recipe(tiny_recipe, tiny_store, llama_store, tmp_path,
+                                                                       monkeypatch):
+    result = run_cli("baseline", HF, "--store", tiny_store, "--student", "layers2", "--out", tmp_path / "x")
+    assert_clean_error(result, f"Store {str(tiny_store)!r} was extracted for recipe")
+    assert not (tmp_path / "x").exists()
+    result = run_cli("baseline", HF, "--store", llama_store, "--student", "layers2", "--method", "lstsq",
+                     "--out", tmp_path / "x")
+    assert result.exit_code != 0 and not (tmp_path / "x").exists()
+
+
+def test_students_start_from_the_teacher_layers_given(llama_store, model_dirs, tmp_path):
+    common = ["train-blocks", HF, "--store", llama_store, "--student", "layers2", "--epochs", "1", "--lr", "1e-12",
+              "--batch-size", "16", "--device", "cpu", "--no-eval"]
+    result = run_cli(*common, "--teacher-layers", "1,3", "--out", tmp_path / "given")
+    assert result.exit_code == 0, result.output
+    assert "sections start from the teacher's blocks [[1], [3]] (--teacher-layers)" in result.output
+    student = read_student(tmp_path / "given" / "layers2" / "student.pt")
+    assert student["config"]["teacher_layers"] == [1, 3]
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).state_dict()
+    for j, pick in enumerate((1, 3)):  # lr 1e-12: the blocks are still the teacher's
+        torch.testing.assert_close(student["state_dict"][f"model.layers.{j}.mlp.down_proj.weight"],
+                                   teacher[f"model.layers.{pick}.mlp.down_proj.weight"])
+    result = run_cli(*common, "--out", tmp_path / "default")
+    assert result.exit_code == 0 and "[[0], [2]] (evenly spaced" in result.output, result.output
+    assert read_student(tmp_path / "default" / "layers2" / "student.pt")["config"]["teacher_layers"] is None
+
+    for layers, message in (("2,3", "--teacher-layers gives student 'layers2' section 1 teacher blocks [2]"),
+                            ("1", "Expected --teacher-layers to name 2 teacher blocks")):
+        result = run_cli(*common, "--teacher-layers", layers, "--out", tmp_path / "bad")
+        assert_clean_error(result, message)
+    result = run_cli(*common, "--teacher-layers", "1,x", "--out", tmp_path / "bad")
+    assert result.exit_code != 0 and "Invalid value for '--teacher-layers'" in result.output
+    assert_clean_error(run_cli(*common, "--teacher-layers", "1,3", "--student-init", "scratch", "--out",
+                               tmp_path / "bad"), "--teacher-layers chooses")

@@ -38,7 +38,7 @@ LAYERS = {
     "store": 5,
     "extraction": 6,
     "training": 7,
-    "evaluation": 8, "export": 8, "show": 8, "cli_options": 8,
+    "evaluation": 8, "export": 8, "baselines": 8, "show": 8, "cli_options": 8,
     "sweep_report": 9, "bench": 9,
     "sweeps": 10,
     "cli": 11,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -102,8 +103,13 @@ def _kill_at_every(point: str, reference: Path, ckpt: Path, tmp_path: Path, thre
     killer.write_text(KILLER)
     for at in range(1, most):
         out = tmp_path / f"{point}-{at}.zarr"
+        # Both ways of writing: at 1 writer thread the teacher takes every core, pauses for each shard and the
+        # loop copies its outputs; at more, one torch thread leaves cores free and the encoders, beside the
+        # teacher, cast its outputs themselves (ShardSink's deferred copies).
+        torch_threads = "1" if threads > 1 else str(os.cpu_count() or 1)
         proc = subprocess.run([PYTHON, str(killer), *_extract_args(out, ckpt, threads)], capture_output=True, text=True,
-                              env=subprocess_env(KILL_POINT=point, KILL_AT=str(at)), timeout=300)
+                              env=subprocess_env(KILL_POINT=point, KILL_AT=str(at), OMP_NUM_THREADS=torch_threads),
+                              timeout=300)
         if proc.returncode == 0:
             return at - 1
         assert proc.returncode == -signal.SIGKILL, f"{point} {at}: {proc.stderr}"

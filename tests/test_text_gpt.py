@@ -103,9 +103,17 @@ def test_ir_loss_ignores_padding():
     mask = token_mask(torch.tensor([3, 5]), 5)
     garbage = b.clone()
     garbage[0, 3:] = 1e3
-    for kind in ("mse", "cosine"):
+    for kind in ("mse", "cosine", "relative"):
         assert float(ir_loss(a, garbage, kind, mask)) == pytest.approx(float(ir_loss(a, b, kind, mask)))
     assert float(ir_loss(a, b, "mse", mask)) == pytest.approx(float(((a - b)[mask] ** 2).mean()))
+
+
+def test_the_relative_ir_loss_is_the_error_over_the_targets_energy():
+    a, b = torch.randn(3, 6, 8), torch.randn(3, 6, 8)
+    expected = ((a - b) ** 2).sum() / (b ** 2).sum()
+    assert float(ir_loss(a, b, "relative")) == pytest.approx(float(expected), rel=1e-5)
+    assert float(ir_loss(10 * a, 10 * b, "relative")) == pytest.approx(float(expected), rel=1e-5)  # scale-free
+    assert float(ir_loss(torch.zeros_like(b), b, "relative")) == pytest.approx(1.0)  # predicting zeros: 1
 
 
 def test_gpt_through_the_cli(gpt_recipe, tmp_path):

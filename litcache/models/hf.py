@@ -38,7 +38,7 @@ from ..errors import RecipeError
 __all__ = ["FAMILIES", "HFCausalLM", "CausalLMStem", "DecoderSection", "CausalLMHead", "require_transformers",
            "read_config", "load_pretrained", "build_causal_lm", "hf_stem", "hf_section", "hf_head",
            "is_model_directory", "TOKENIZER_FILES", "copy_tokenizer", "tokenizer_file", "even_sections",
-           "student_config", "pretrained_state"]
+           "student_config", "pretrained_state", "mlp_output_module", "merge_into_mlp_output"]
 
 INSTALL = "pip install 'litcache[hf]'"
 #: Files of a tokenizer that a model directory may hold; export copies those present.
@@ -367,3 +367,31 @@ def pretrained_state(path: str | Path) -> dict:
     """The weights of model directory ``path`` as a state dict of ``HFCausalLM`` (tied weights under
     both their names, as the model's own state dict has them)."""
     return load_pretrained(path, 1).state_dict()
+
+
+def mlp_output_module(layer: nn.Module) -> nn.Module:
+    """The decoder layer's MLP, whose output is added to the residual stream last."""
+    mlp = getattr(layer, "mlp", None)
+    if mlp is None or _mlp_projection(mlp) is None:
+        raise RecipeError("Expected a decoder layer with an MLP ending in down_proj or c_proj, got "
+                          f"{type(layer).__name__}.")
+    return mlp
+
+
+def _mlp_projection(mlp: nn.Module) -> nn.Module | None:
+    return getattr(mlp, "down_proj", None) or getattr(mlp, "c_proj", None)
+
+
+@torch.no_grad()
+def merge_into_mlp_output(layer: nn.Module, T: torch.Tensor) -> None:
+    """Make the layer's MLP output m into m T (T: width x width) by changing its output projection alone:
+    ``nn.Linear`` (y = x W^T + b): W <- T^T W, b <- b T; GPT-2's ``Conv1D`` (y = x W + b): W <- W T, b <- b T."""
+    projection = _mlp_projection(mlp_output_module(layer))
+    weight, bias = projection.weight, getattr(projection, "bias", None)
+    T = T.to(torch.float64)
+    if isinstance(projection, nn.Linear):
+        weight.copy_((T.T @ weight.double()).to(weight.dtype))
+    else:
+        weight.copy_((weight.double() @ T).to(weight.dtype))
+    if bias is not None:
+        bias.copy_((bias.double() @ T).to(bias.dtype))

@@ -51,7 +51,7 @@ from .step import set_train_mode, store_fields, train_step, trainable_parameters
 from .student import adopt_teacher_blocks, adopt_teacher_parts, build_student, read_student, save_student
 
 __all__ = ["BlockTrainOptions", "train_blocks", "prepare_student", "StudentRun", "wanted_fields", "check_student_fits",
-           "recalibrate_batchnorm"]
+           "recalibrate_batchnorm", "teacher_section_states"]
 
 #: train-blocks warns when the epochs exceed the views by more than this factor.
 VIEW_REUSE_WARNING = 4
@@ -155,8 +155,9 @@ def prepare_student(recipe: Recipe, store: Store, student: str, config: RunConfi
     check_student_fits(sectioned, store, student)  # before the head: a misfit section is the clearer message
     adopt_teacher_parts(sectioned, student, store.module_state("stem"), store.module_state("head"))
     if config.student_init == "teacher-blocks" and not config.init:
-        picks = adopt_teacher_blocks(sectioned, student, _teacher_sections(store))
-        log(f"{student}: sections start from the teacher's blocks {picks} (--student-init teacher-blocks)")
+        picks = adopt_teacher_blocks(sectioned, student, teacher_section_states(store), config.teacher_layers)
+        how = "--teacher-layers" if config.teacher_layers else "evenly spaced, --student-init teacher-blocks"
+        log(f"{student}: sections start from the teacher's blocks {picks} ({how})")
     if config.init:
         init = read_student(config.init)
         if init["recipe"] != recipe.name or init["student"] != student:
@@ -350,7 +351,7 @@ def _recalibrate(sectioned: SectionedModel, data: _RunData, compute: Compute, ev
     log(line)
 
 
-def _teacher_sections(store: Store) -> list[dict]:
+def teacher_section_states(store: Store) -> list[dict]:
     """The teacher's section weights kept in the store (stores extracted before they were kept have none)."""
     sections = len(store.boundary_names) - 1
     parts = store.manifest.teacher_modules or {}

@@ -36,7 +36,8 @@ RESUMABLE_KEYS = ("epochs", "recalibrate_bn", "online_teacher", "data_epoch_offs
 #: What a checkpoint written before a record key existed had instead.
 _BEFORE_THE_KEY = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep",
                    "warmup": 0.0, "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None,
-                   "ir_loss": "mse", "ir_feature_axis": 1, "student_init": "scratch", "data_epoch_offset": 0}
+                   "ir_loss": "mse", "ir_feature_axis": 1, "student_init": "scratch", "data_epoch_offset": 0,
+                   "teacher_layers": None}
 #: Record keys of earlier releases that a later key now holds (``amp`` became ``precision``).
 _RETIRED_KEYS = ("amp",)
 
@@ -119,6 +120,9 @@ class BlockTrainOptions:
     ir_loss: str | None = None
     #: --student-init: "scratch" or "teacher-blocks" (None: the recipe's student_init); --init replaces either.
     student_init: str | None = None
+    #: --teacher-layers: with teacher-blocks, the teacher blocks each student block starts from, numbered
+    #: across the whole teacher (None: evenly spaced in each section, the first one first).
+    teacher_layers: tuple[int, ...] | None = None
     #: --train-head/--freeze-head: train the head too, or keep it frozen (None: the mode's default).
     train_head: bool | None = None
     #: --block I of --mode ir: train section I alone.
@@ -200,6 +204,13 @@ class BlockTrainOptions:
                               "drop --train-head.")
         if self.student_init is not None and self.student_init not in STUDENT_INITS:
             raise OptionError(f"Expected --student-init in {STUDENT_INITS}, got {self.student_init!r} instead.")
+        if self.teacher_layers is not None:
+            if self.student_init == "scratch" or self.init:
+                raise OptionError("--teacher-layers chooses the teacher blocks a student starts from (--student-init "
+                                  "teacher-blocks); drop it with --student-init scratch or --init.")
+            if not self.teacher_layers or any(not isinstance(i, int) or i < 0 for i in self.teacher_layers):
+                raise OptionError(f"Expected --teacher-layers as teacher block numbers from 0, e.g. 0,3,5,7, got "
+                                  f"{self.teacher_layers!r} instead.")
         if self.online_teacher is not None and self.in_memory:
             raise OptionError("--online-teacher computes every batch with the teacher; it cannot also read the store "
                               "into memory.")
@@ -218,6 +229,7 @@ class RunConfig:
     phase: Phase
     losses: LossWeights
     student_init: str
+    teacher_layers: tuple[int, ...] | None
     hint_boundary: int | None
     init: str | None
     seed: int
@@ -266,6 +278,7 @@ class RunConfig:
         """The JSON-able dict checkpoints keep under "config", with the keys every release has written."""
         optim = {**asdict(self.optim), "milestones": list(self.optim.milestones), "betas": list(self.optim.betas)}
         record = {**optim, **asdict(self.losses), "student_init": self.student_init,
+                  "teacher_layers": None if self.teacher_layers is None else list(self.teacher_layers),
                   "train_head": self.phase.train_head,
                   "mode": self.phase.mode, "block": self.phase.section, "hint_boundary": self.hint_boundary,
                   "init": self.init, "seed": self.seed, "views": self.views, "buffer_chunks": self.buffer_chunks,
@@ -295,7 +308,8 @@ def resolve_config(recipe: Recipe, options: BlockTrainOptions) -> RunConfig:
     train_head = head_trains_by_default(options.mode) if options.train_head is None else options.train_head
     return RunConfig(
         optim=optim, phase=Phase(options.mode, options.section, train_head), losses=losses,
-        student_init=options.student_init or recipe.student_init, hint_boundary=options.hint_boundary,
+        student_init=options.student_init or recipe.student_init, teacher_layers=options.teacher_layers,
+        hint_boundary=options.hint_boundary,
         init=options.init, seed=options.seed, views=options.views, buffer_chunks=options.buffer_chunks,
         loader_workers=options.loader_workers, device=options.device, precision=_requested_precision(recipe, options),
         verify=options.verify,

@@ -20,13 +20,17 @@ __all__ = ["ir_loss", "kd_loss", "lit_loss", "supervised_loss"]
 def ir_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str = "mse",
             mask: torch.Tensor | None = None, feature_axis: int = 1) -> torch.Tensor:
     """Intermediate-representation loss of one section: MSE, mean over every element (the paper's);
-    or ``cosine``: 1 - cosine similarity of the feature vectors along ``feature_axis``, mean over
-    positions (the channels of a map, axis 1; the hidden size of a residual stream, axis -1)."""
+    ``cosine``: 1 - cosine similarity of the feature vectors along ``feature_axis``, mean over
+    positions (the channels of a map, axis 1; the hidden size of a residual stream, axis -1); or
+    ``relative``: the MSE divided by the target's mean square, ``||s - t||^2 / ||t||^2`` over the
+    batch (Puzzle's normalised MSE): every section weighs the same whatever its stream's scale."""
     if mask is not None:  # token rows: only the valid positions, (N, T, hidden) -> (valid, hidden)
         student_out, teacher_out = student_out[mask], teacher_out[mask]
         feature_axis = -1
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(student_out, teacher_out, dim=feature_axis, eps=1e-6)).mean()
+    if kind == "relative":
+        return F.mse_loss(student_out, teacher_out) / teacher_out.float().pow(2).mean().clamp_min(1e-12)
     return F.mse_loss(student_out, teacher_out)
 
 

@@ -60,11 +60,14 @@ def _teacher_blocks(state: dict, section: int, name: str) -> int:
     return max(int(h) for h in heads) + 1
 
 
-def adopt_teacher_blocks(sectioned: SectionedModel, name: str, section_states: list[dict]) -> list[list[int]]:
+def adopt_teacher_blocks(sectioned: SectionedModel, name: str, section_states: list[dict],
+                         teacher_layers: Sequence[int] | None = None) -> list[list[int]]:
     """Start each student section from evenly spaced blocks of the teacher's section (``--student-init
-    teacher-blocks``). Sections must be runs of blocks (``nn.Sequential``), the student's no longer
-    than the teacher's and of the same block shape. Returns the teacher blocks picked per section,
-    numbered across the whole teacher (0 = its first block)."""
+    teacher-blocks``), or from the ``teacher_layers`` given (numbered across the whole teacher, one per
+    student block, each within its section's teacher blocks). Sections must be runs of blocks
+    (``nn.Sequential``), the student's no longer than the teacher's and of the same block shape.
+    Returns the teacher blocks picked per section, numbered across the whole teacher (0 = its first block)."""
+    given = _split_teacher_layers(sectioned, name, section_states, teacher_layers) if teacher_layers else None
     picked, offset = [], 0
     for i, (section, state) in enumerate(zip(sectioned.sections, section_states), start=1):
         teacher_blocks = _teacher_blocks(state, i, name)
@@ -74,7 +77,7 @@ def adopt_teacher_blocks(sectioned: SectionedModel, name: str, section_states: l
                 f"then be a run of at most {teacher_blocks} blocks (an nn.Sequential, e.g. zoo.block_group), but it is "
                 f"a {type(section).__name__}{f' of {len(section)}' if isinstance(section, nn.Sequential) else ''}. "
                 "Use --student-init scratch.")
-        picks = block_picks(teacher_blocks, len(section))
+        picks = given[i - 1] if given else block_picks(teacher_blocks, len(section))
         for block, pick in zip(section, picks):
             prefix = f"{pick}."
             try:
@@ -85,6 +88,26 @@ def adopt_teacher_blocks(sectioned: SectionedModel, name: str, section_states: l
         picked.append([offset + p for p in picks])
         offset += teacher_blocks
     return picked
+
+
+def _split_teacher_layers(sectioned: SectionedModel, name: str, section_states: list[dict],
+                          teacher_layers: Sequence[int]) -> list[list[int]]:
+    """--teacher-layers (across the teacher) as each section's picks (within it)."""
+    sizes = [len(s) if isinstance(s, nn.Sequential) else 1 for s in sectioned.sections]
+    if len(teacher_layers) != sum(sizes):
+        raise RecipeError(f"Expected --teacher-layers to name {sum(sizes)} teacher blocks, one per block of student "
+                          f"{name!r} ({sizes} per section), got {len(teacher_layers)}: {list(teacher_layers)}.")
+    given, offset, at = [], 0, 0
+    for i, (size, state) in enumerate(zip(sizes, section_states), start=1):
+        teacher_blocks = _teacher_blocks(state, i, name)
+        picks = list(teacher_layers[at:at + size])
+        outside = [p for p in picks if not offset <= p < offset + teacher_blocks]
+        if outside:
+            raise RecipeError(f"--teacher-layers gives student {name!r} section {i} teacher blocks {outside}, but that "
+                              f"section replaces teacher blocks {offset}..{offset + teacher_blocks - 1}.")
+        given.append([p - offset for p in picks])
+        offset, at = offset + teacher_blocks, at + size
+    return given
 
 
 def save_student(path: str | Path, model: nn.Module, *, recipe: Recipe, student: str, mode: str,
