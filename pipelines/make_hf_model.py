@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from litcache.models.hf import require_transformers
+
+    transformers = require_transformers()  # a clear error without the hf extra; no progress bars
+    AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM
 
     out = Path(args.out)
     if out.exists():

@@ -31,8 +31,9 @@ MODES = ("lit", "ir", "finetune", "kd", "hints")
 RUN_ONLY_KEYS = ("device", "loader_workers", "verify", "evaluate", "in_memory", "channels_last")
 #: Record keys a resumed run may change besides the run-only ones: --epochs may grow, the BatchNorm
 #: recalibration runs before the first epoch only, the online teacher's file may move (``online``
-#: says whether there is one), and the data offset is the run's own.
-RESUMABLE_KEYS = ("epochs", "recalibrate_bn", "online_teacher", "data_epoch_offset")
+#: says whether there is one), the data offset is the run's own, and the teacher blocks a student
+#: starts from matter only at its start (a resume loads its weights).
+RESUMABLE_KEYS = ("epochs", "recalibrate_bn", "online_teacher", "data_epoch_offset", "teacher_layers")
 #: What a checkpoint written before a record key existed had instead.
 _BEFORE_THE_KEY = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep",
                    "warmup": 0.0, "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None,
