@@ -66,12 +66,12 @@ def tokenizer_dir(corpus, tmp_path_factory):
     return folder
 
 
-def make_model_dir(family: str, tokenizer_dir, folder, seed: int = 0):
+def make_model_dir(family: str, tokenizer_dir, folder, seed: int = 0, sizes: dict | None = None):
     """A tiny random model of ``family`` saved as an HF directory with the tokenizer beside it."""
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
-    config = transformers.AutoConfig.for_model(family, vocab_size=vocab, **TINY[family])
+    config = transformers.AutoConfig.for_model(family, vocab_size=vocab, **(sizes or TINY[family]))
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
@@ -95,10 +95,21 @@ def use(monkeypatch, corpus, tmp_path, model_dir, sections: int = 2, **more):
         monkeypatch.setenv(key, value)
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_the_split_check_passes_on_padded_rows(family, model_dirs, corpus, tmp_path, monkeypatch):
+#: Sliding-window attention with a window (8) shorter than the rows (24): Mistral slides in every layer,
+#: Qwen2 from layer max_window_layers on.
+SLIDING = {"mistral": {**TINY["mistral"], "sliding_window": 8},
+           "qwen2": {**TINY["qwen2"], "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}}
+
+
+@pytest.mark.parametrize("family", sorted(TINY) + [f"{f}-sliding" for f in sorted(SLIDING)])
+def test_the_split_check_passes_on_padded_rows(family, model_dirs, tokenizer_dir, corpus, tmp_path, monkeypatch):
     """stem -> sections -> head is the HF model's forward, on the recipe's own right-padded rows; and a
     padded row's valid positions equal the row computed alone (no attention mask needed)."""
+    if family.endswith("-sliding"):
+        family = family.removesuffix("-sliding")
+        model_dirs = {family: make_model_dir(family, tokenizer_dir, tmp_path / "model", sizes=SLIDING[family])}
+        if family == "qwen2":
+            assert transformers.AutoConfig.from_pretrained(model_dirs[family]).layer_types[-1] == "sliding_attention"
     use(monkeypatch, corpus, tmp_path, model_dirs[family])
     recipe = load_recipe(HF)
     from litcache.extraction.teacher import load_teacher

@@ -223,6 +223,7 @@ class CausalLMStem(nn.Module):
         return self.dropout(h) if self.dropout is not None else h
 
 
+@functools.cache
 def _mask_arguments() -> str:
     """The name under which this transformers release takes the KV cache in its mask functions."""
     from transformers.masking_utils import create_causal_mask
@@ -239,9 +240,16 @@ class DecoderSection(nn.Sequential):
 
     def __init__(self, model: HFCausalLM, layers: Sequence[nn.Module]) -> None:
         super().__init__(*layers)
-        self.__dict__["model_config"] = model.config
+        config = model.config
+        self.__dict__["model_config"] = config
         rotary = getattr(model.backbone, model.family.rotary) if model.family.rotary else None
         self.__dict__["rotary"] = rotary
+        # Each layer's mask: its attention's layer_type (Qwen2, Qwen3); else every layer slides where the
+        # config has a window and no per-layer list (Mistral), as the model's own forward chooses.
+        sliding = getattr(config, "layer_types", None) is None and getattr(config, "sliding_window", None)
+        default = "sliding_attention" if sliding else "full_attention"
+        self.__dict__["mask_kinds"] = [getattr(getattr(layer, "self_attn", None), "layer_type", None) or default
+                                       for layer in layers]
 
     def _apply(self, fn, recurse=True):
         if self.rotary is not None:  # .to(device) moves the shared rotary buffers with the section
@@ -255,12 +263,10 @@ class DecoderSection(nn.Sequential):
         positions = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
         kwargs = {"config": config, "inputs_embeds": h, "attention_mask": None, _mask_arguments(): None,
                   "position_ids": positions}
-        masks = {"full_attention": create_causal_mask(**kwargs)}
-        if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+        makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        masks = {kind: makers[kind](**kwargs) for kind in set(self.mask_kinds)}
         extra = {} if self.rotary is None else {"position_embeddings": self.rotary(h, position_ids=positions)}
-        for layer in self:
-            kind = getattr(getattr(layer, "self_attn", None), "layer_type", None) or "full_attention"
+        for layer, kind in zip(self, self.mask_kinds):
             h = layer(h, attention_mask=masks[kind], position_ids=positions, use_cache=False, **extra)
         return h
 
