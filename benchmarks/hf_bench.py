@@ -17,6 +17,7 @@ exported as an HF directory (``export_teacher``), which is then the recipe's mod
   scratch        the student trained from scratch with cross-entropy for E = --lit-epochs + --ft-epochs
   kd             KD from the store for E epochs, from the same start as LIT (every other teacher layer)
   lit, lit+ft    LIT for --lit-epochs (MSE IR loss), then fine-tune (KD, head frozen) for --ft-epochs
+  lit-only       LIT for the whole budget E, no fine-tune
   lit-relative, lit-relative+ft   the same with the IR loss normalised by the target's energy
   lit-beta0.9, lit-beta0.9+ft     the same with beta 0.9 (IR weight 0.1)
 
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         [kd] = train_blocks(recipe, store, [student], work / f"kd-seed{args.seed}",
                             BlockTrainOptions(mode="kd", epochs=budget, **common), resume=True, log=print)
         record("kd", {**perplexity(recipe, kd["checkpoint"]), "train_seconds": _seconds(kd["history"])}, t)
+    if wanted("lit-only") and not done("lit-only"):
+        t = time.perf_counter()
+        [lit] = train_blocks(recipe, store, [student], work / f"lit-only-seed{args.seed}",
+                             BlockTrainOptions(mode="lit", epochs=budget, **common), resume=True, log=print)
+        record("lit-only", {**perplexity(recipe, lit["checkpoint"]), "train_seconds": _seconds(lit["history"])}, t)
     for row, settings in LIT_ROWS.items():
         if not (wanted(row) or wanted(row + "+ft")) or (done(row) and done(row + "+ft")):
             continue

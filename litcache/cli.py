@@ -399,6 +399,108 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
         sys.exit(1)
 
 
+@main.command("library")
+@click.argument("recipe")
+@click.option("--store", "store_path", required=True, type=click.Path(),
+              help="The store the candidates train from (`litcache extract`).")
+@click.option("--heldout", "heldout_path", required=True, type=click.Path(),
+              help="A store of held-out rows of the same teacher to score candidates on, e.g. "
+                   "`litcache extract RECIPE --split test --limit 2000 --out H`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The library folder.")
+@click.option("--depths", multiple=True,
+              help="Candidate depths: '1,2,3' for every section, '2:1,3' for section 2; repeat. 0 is the training-free "
+                   "candidate (a least-squares map, or the section skipped). [default: the recipe's students' depths, "
+                   "the teacher's own, and 0 where the family has it]")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="IR epochs of each trained candidate. [default: the recipe's]")
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--lr", type=float)
+@click.option("--student-init", type=click.Choice(STUDENT_INITS))
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--score-rows", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Held-out rows each candidate is scored on (0: all).")
+@click.option("--fit-rows", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="Training rows a least-squares map is fitted on (0: all).")
+@click.option("--latency-rows", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Rows of the batch whose CPU latency is measured.")
+@click.option("--teacher", type=click.Path(),
+              help="The store's teacher (checkpoint or HF directory), where the store keeps no section weights.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local dask cluster of N single-threaded processes; 1: in this process.  [default: one per core]")
+@click.option("--scheduler", help="Use the running dask cluster at ADDRESS instead.")
+@worker_device_option
+@report_options
+@_friendly_errors
+def library_cmd(recipe, store_path, heldout_path, out, depths, quiet, as_json, **options):
+    """Train a block library: each section's candidates once from one store, scored on held-out rows.
+
+    Writes OUT/library.json and OUT/library.csv; candidates made before with the same store and settings
+    are kept, and a killed run resumes.
+
+    Example: litcache library pipelines/cifar10_resnet.py --store runs/c10/train.zarr --heldout runs/c10/val.zarr
+    --depths 1,2,3,5,7 --out runs/c10/library
+    """
+    from .library import LibraryOptions, build_library
+
+    if options["scheduler"] is None:
+        resolve_device(options["device"])
+    library = build_library(load_recipe(recipe), store_path, heldout_path, out,
+                            LibraryOptions(depths=tuple(depths), **options), log=logger(quiet))
+    if as_json:
+        return echo_json(library)
+    if quiet:
+        return
+    for c in library["candidates"]:
+        click.echo(f"{c['candidate']}: {c['kind']}, params {c['params']:,}, MACs {c['macs']:,}, boundary error "
+                   f"{c['boundary_normalised']:.3%}, KL swapped in {c['swap_kl']:.4g}")
+    click.echo(f"library: {out}/library.json, {out}/library.csv")
+
+
+@main.command("search")
+@click.argument("library", type=click.Path(file_okay=False))
+@click.option("--budget", required=True, help="macs=X, params=X (X may end in K, M, G) or latency=Xms.")
+@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Assemble and measure the N best mixes under the budget (to check the predictor).")
+@click.option("--predictor", type=click.Choice(("kl", "accuracy", "boundary")), default="kl", show_default=True,
+              help="A candidate's score, summed over a mix: the KL it adds swapped alone into the teacher, the "
+                   "accuracy (or log-perplexity) it loses there, or its normalised boundary error.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Fine-tune each assembled mix with KD from the library's store for E epochs (0: none).")
+@click.option("--no-uniform", "no_uniform", is_flag=True, help="Do not assemble the uniform mixes to compare with.")
+@click.option("--split", default="test", show_default=True, help="The recipe's split students are evaluated on.")
+@click.option("--store", "store_path", type=click.Path(), help="The library's store, if it moved.")
+@click.option("--out", type=click.Path(file_okay=False), help="[default: LIBRARY/search/BUDGET-PREDICTOR]")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@device_option
+@report_options
+@_friendly_errors
+def search_cmd(library, budget, top, predictor, finetune_epochs, no_uniform, split, store_path, out, seed, device,
+               quiet, as_json):
+    """Pick the best mix of LIBRARY's candidates under a budget, assemble, fine-tune and evaluate it.
+
+    Writes OUT/search.json, OUT/search.csv and OUT/pareto.png: each pick's predicted and measured quality,
+    against the uniform mixes, and the predictor's rank correlation.
+
+    Example: litcache search runs/c10/library --budget macs=41M --top 5 --finetune-epochs 10
+    """
+    from .library import search
+
+    result = search(library, budget, top=top, predictor=predictor, finetune_epochs=finetune_epochs,
+                    uniform=not no_uniform, out=out, split=split, store=store_path, seed=seed, device=device,
+                    log=logger(quiet))
+    if as_json:
+        return echo_json(result)
+    if quiet:
+        return
+    for r in result["students"]:
+        score = f"accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else \
+            f"perplexity {r.get('perplexity', float('nan')):.4f}"
+        click.echo(f"{r['student']} ({r['kind']}): predicted loss {r['predicted_loss']:.4g}, {score}, "
+                   f"MACs {r['macs']:,}, params {r['params']:,}")
+    click.echo(f"rank correlation of predicted and measured quality: {result['rank_correlation']}")
+    click.echo(f"search: {result['out']}")
+
+
 @main.command("evaluate")
 @click.argument("recipe")
 @click.option("--student-checkpoint", type=click.Path(dir_okay=False),

@@ -24,7 +24,7 @@ from .runtime.precision import PRECISIONS
 from .views import Augmentation
 
 __all__ = ["Recipe", "TrainConfig", "DistillConfig", "ModuleRef", "TASKS", "SCHEDULES", "IR_LOSSES", "STUDENT_INITS",
-           "load_recipe", "import_beside"]
+           "mix_name", "mix_depths", "load_recipe", "import_beside"]
 
 #: What a recipe's model outputs, which decides how ``litcache evaluate`` scores it:
 #: "classification" (logits; accuracy), "generation" (an image; error against the teacher's), or
@@ -44,6 +44,21 @@ IR_LOSSES = ("mse", "cosine", "relative")
 #: student section from evenly spaced blocks of the teacher's section (every other block of two, as
 #: DistilBERT initialises its layers); the teacher's section weights come from the store.
 STUDENT_INITS = ("scratch", "teacher-blocks")
+#: Students named by their blocks per section, "mix-3-0-5", are built by ``Recipe.student_depths``.
+MIX_PREFIX = "mix-"
+
+
+def mix_name(depths: Sequence[int]) -> str:
+    """The student name of a mix of ``depths`` blocks per section: (3, 0, 5) -> "mix-3-0-5"."""
+    return MIX_PREFIX + "-".join(str(int(d)) for d in depths)
+
+
+def mix_depths(name: str) -> tuple[int, ...] | None:
+    """The blocks per section a mix's name gives, or None if ``name`` is not a mix."""
+    if not name.startswith(MIX_PREFIX):
+        return None
+    parts = name[len(MIX_PREFIX):].split("-")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
 #: Learning-rate schedules: "multistep" (x gamma at each milestone epoch, the LIT paper's), and two
 #: for short budgets, both with a linear or cosine warm-up over the first ``warmup`` of the steps:
 #: "cosine" (cosine decay to 0) and "onecycle" (torch's OneCycleLR: from lr/25 up to lr and down
@@ -222,6 +237,10 @@ class Recipe:
     precision: str = "auto"
     #: Default --student-init of train-blocks: one of STUDENT_INITS.
     student_init: str = "scratch"
+    #: Builds a student of the given blocks per section (one count per section; 0: the family's
+    #: training-free section, such as a pointwise map, where it has one). With it, students named
+    #: ``mix-3-0-5`` exist besides ``students``: a block library's candidates and mixes (``litcache library``).
+    student_depths: Callable[[tuple[int, ...]], nn.Module] | None = None
     #: Default --views of `litcache extract`: the augmented views of each sample a store keeps. LIT
     #: over one fixed view overfits it (benchmarks/README.md, fidelity: on CIFAR-10, 81.2% from 1
     #: view against 84.4% from 8, the same as scratch).
@@ -237,6 +256,9 @@ class Recipe:
             raise RecipeError("Expected Recipe.build_teacher to be a callable that returns the teacher model.")
         if not isinstance(self.students, Mapping) or not self.students:
             raise RecipeError("Expected Recipe.students to map at least one variant name to a builder.")
+        if self.student_depths is not None and not callable(self.student_depths):
+            raise RecipeError("Expected Recipe.student_depths to be a callable taking blocks per section, got "
+                              f"{self.student_depths!r}.")
         for student_name, builder in self.students.items():
             if not callable(builder):
                 raise RecipeError(f"Expected Recipe.students[{student_name!r}] to be callable, got {builder!r}.")
@@ -274,10 +296,17 @@ class Recipe:
         return self.augment if split in self.augment_splits else None
 
     def student_builder(self, name: str) -> Callable[[], nn.Module]:
-        if name not in self.students:
-            raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}), got "
-                              f"{name!r} instead.")
-        return self.students[name]
+        if name in self.students:
+            return self.students[name]
+        depths = mix_depths(name)
+        if depths is not None and self.student_depths is not None:
+            if len(depths) != len(self.sections):
+                raise RecipeError(f"Expected student {name!r} to give blocks for each of the {len(self.sections)} "
+                                  f"sections of recipe {self.name!r}, got {len(depths)}.")
+            return lambda: self.student_depths(depths)
+        mixes = f", or mixes such as {mix_name([1] * len(self.sections))!r}" if self.student_depths else ""
+        raise RecipeError(f"Expected a student of recipe {self.name!r} ({', '.join(self.students)}{mixes}), got "
+                          f"{name!r} instead.")
 
 
 def import_beside(recipe_file: str | Path, name: str):

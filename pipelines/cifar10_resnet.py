@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
-from litcache.zoo import cifar_resnet
+from litcache.zoo import CifarResNet, cifar_resnet
 
 
 
@@ -46,12 +46,18 @@ def resnet(depth: int | None = None):
     return build
 
 
+def resnet_stages(depths: tuple[int, ...]):
+    """A ResNet of ``depths`` blocks per stage (a block library's mixes; 0: a pointwise linear map)."""
+    return CifarResNet(depths, widths=_data.env_ints("LITCACHE_CIFAR_WIDTHS", (16, 32, 64)), num_classes=10)
+
+
 recipe = Recipe(
     name="cifar10_resnet",
     description="CIFAR-10 (torchvision root or JPEG ImageFolder), ResNet-110 (or $LITCACHE_CIFAR_TEACHER) -> "
                 "ResNet-20/32/44/56, option-A shortcuts, sections = the three stages",
     build_teacher=resnet(),
     students={f"resnet{d}": resnet(d) for d in (20, 32, 44, 56)},
+    student_depths=resnet_stages,
     stem="stem",
     sections=("layer1", "layer2", "layer3"),
     head="head",

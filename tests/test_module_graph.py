@@ -39,7 +39,7 @@ LAYERS = {
     "extraction": 6,
     "training": 7,
     "evaluation": 8, "export": 8, "baselines": 8, "show": 8, "cli_options": 8,
-    "sweep_report": 9, "bench": 9,
+    "sweep_report": 9, "bench": 9, "library": 9,
     "sweeps": 10,
     "cli": 11,
     "_legacy": 12,

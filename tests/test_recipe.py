@@ -108,7 +108,7 @@ def test_split_and_student_names(tiny_recipe):
     with pytest.raises(RecipeError, match=r"Expected a split of recipe 'tiny' \(train, test\), got 'val' instead"):
         tiny_recipe.check_split_name("val")
     assert callable(tiny_recipe.student_builder("resnet8"))
-    with pytest.raises(RecipeError, match=r"\(resnet8\), got 'resnet99'"):
+    with pytest.raises(RecipeError, match=r"\(resnet8, or mixes such as 'mix-1-1-1'\), got 'resnet99'"):
         tiny_recipe.student_builder("resnet99")
 
 

@@ -1,14 +1,17 @@
 """CIFAR-style ResNets (He et al. 2016, section 4.2) with option-A shortcuts: when a block changes
 shape, the shortcut subsamples by 2 and zero-pads the new channels, so it has no parameters.
-Depth = 6n + 2 for n blocks per stage."""
+Depth = 6n + 2 for n blocks per stage; a block library mixes stages of different depths, where a stage
+of 0 blocks is a pointwise linear map (``PointwiseMap``), fitted by least squares rather than trained."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BasicBlock", "CifarResNet", "cifar_resnet"]
+__all__ = ["BasicBlock", "PointwiseMap", "CifarResNet", "cifar_resnet"]
 
 
 class _ZeroPadShortcut(nn.Module):
@@ -39,22 +42,42 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """stem (conv, BN, ReLU) -> layer1..3 -> head (pool, flatten, linear)."""
+class PointwiseMap(nn.Module):
+    """A stage of no blocks: ``y = W x + b`` at every (strided) pixel, a 1x1 convolution. It maps a
+    stage's input to its output shape, so a library can replace a whole stage by it; its weights come
+    from a least-squares fit on stored boundaries (``litcache.library``), not from training."""
 
-    def __init__(self, blocks_per_stage: int, widths: tuple[int, int, int] = (16, 32, 64),
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class CifarResNet(nn.Module):
+    """stem (conv, BN, ReLU) -> layer1..3 -> head (pool, flatten, linear). ``blocks_per_stage`` is one
+    count for every stage, or one per stage (0: a ``PointwiseMap``)."""
+
+    def __init__(self, blocks_per_stage: int | Sequence[int], widths: tuple[int, int, int] = (16, 32, 64),
                  in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
-        self.depth = 6 * blocks_per_stage + 2
+        per_stage = [blocks_per_stage] * 3 if isinstance(blocks_per_stage, int) else list(blocks_per_stage)
+        if len(per_stage) != len(widths) or any(not isinstance(b, int) or b < 0 for b in per_stage):
+            raise ValueError(f"Expected {len(widths)} block counts >= 0, one per stage, got {blocks_per_stage!r}.")
+        self.depth = 2 * sum(per_stage) + 2 + per_stage.count(0)  # a PointwiseMap is one layer
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         stages, channels = [], widths[0]
-        for i, width in enumerate(widths):
-            blocks = []
-            for b in range(blocks_per_stage):
+        for i, (width, count) in enumerate(zip(widths, per_stage)):
+            blocks: list[nn.Module] = []
+            for b in range(count):
                 stride = 2 if (i > 0 and b == 0) else 1
                 blocks.append(BasicBlock(channels, width, stride))
+                channels = width
+            if not count:
+                blocks.append(PointwiseMap(channels, width, 2 if i > 0 else 1))
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from litcache import CropFlip, Recipe, TrainConfig
-from litcache.zoo import cifar_resnet
+from litcache.zoo import CifarResNet, cifar_resnet
 
 SAMPLES = {"train": int(os.environ.get("LITCACHE_TINY_SAMPLES", "48")), "test": 16}
 DELAY = float(os.environ.get("LITCACHE_TINY_DELAY", "0"))
@@ -45,6 +45,7 @@ recipe = Recipe(
     name="tiny",
     build_teacher=resnet(14),
     students={"resnet8": resnet(8)},
+    student_depths=lambda depths: CifarResNet(depths, widths=(4, 8, 8), in_channels=3, num_classes=CLASSES),
     stem="stem",
     sections=("layer1", "layer2", "layer3"),
     head="head",
