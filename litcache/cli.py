@@ -411,11 +411,10 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
               help="Candidate depths: '1,2,3' for every section, '2:1,3' for section 2; repeat. 0 is the training-free "
                    "candidate (a least-squares map, or the section skipped). [default: the recipe's students' depths, "
                    "the teacher's own, and 0 where the family has it]")
-@click.option("--epochs", type=click.IntRange(min=1),
-              help="IR epochs of each trained candidate. [default: the recipe's]")
-@click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--lr", type=float)
-@click.option("--student-init", type=click.Choice(STUDENT_INITS))
+@training_options(epochs_note=" of each trained candidate (IR only)")
+@click.option("--student-init", type=click.Choice(STUDENT_INITS),
+              help="Trained candidates start from scratch or from evenly spaced teacher blocks. "
+                   "[default: the recipe's]")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--score-rows", type=click.IntRange(min=0), default=512, show_default=True,
               help="Held-out rows each candidate is scored on (0: all).")
@@ -431,7 +430,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 @worker_device_option
 @report_options
 @_friendly_errors
-def library_cmd(recipe, store_path, heldout_path, out, depths, quiet, as_json, **options):
+def library_cmd(recipe, store_path, heldout_path, out, depths, student_init, seed, score_rows, fit_rows, latency_rows,
+                teacher, workers, scheduler, device, quiet, as_json, milestones, **training):
     """Train a block library: each section's candidates once from one store, scored on held-out rows.
 
     Writes OUT/library.json and OUT/library.csv; candidates made before with the same store and settings
@@ -442,10 +442,13 @@ def library_cmd(recipe, store_path, heldout_path, out, depths, quiet, as_json, *
     """
     from .library import LibraryOptions, build_library
 
-    if options["scheduler"] is None:
-        resolve_device(options["device"])
-    library = build_library(load_recipe(recipe), store_path, heldout_path, out,
-                            LibraryOptions(depths=tuple(depths), **options), log=logger(quiet))
+    if scheduler is None:
+        resolve_device(device)
+    training["milestones"] = parse_milestones(milestones)
+    options = LibraryOptions(depths=tuple(depths), training=training, student_init=student_init, seed=seed,
+                             score_rows=score_rows, fit_rows=fit_rows, latency_rows=latency_rows, device=device,
+                             workers=workers, scheduler=scheduler, teacher=teacher)
+    library = build_library(load_recipe(recipe), store_path, heldout_path, out, options, log=logger(quiet))
     if as_json:
         return echo_json(library)
     if quiet:

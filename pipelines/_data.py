@@ -222,9 +222,19 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
 
 
 def load_cifar10(split: str) -> NormalizedImages:
-    images, labels = cifar10_arrays(split)
-    subset = env_int("LITCACHE_CIFAR10_TRAIN_SUBSET", 0) if split == "train" else 0
-    if 0 < subset < len(labels):
+    """"train" (the class-balanced LITCACHE_CIFAR10_TRAIN_SUBSET if set), "test", or "val": a class-balanced
+    LITCACHE_CIFAR10_VAL (default 5,000) of the training images the subset leaves out, for choices made on
+    held-out rows that must not be the test split's (a block library's scores)."""
+    images, labels = cifar10_arrays("test" if split == "test" else "train")
+    subset = env_int("LITCACHE_CIFAR10_TRAIN_SUBSET", 0) if split != "test" else 0
+    if split == "val":
+        if not 0 < subset < len(labels):
+            raise RecipeError("The 'val' split is training images outside LITCACHE_CIFAR10_TRAIN_SUBSET: set it to a "
+                              f"subset smaller than the {len(labels)} training images.")
+        rest = np.setdiff1d(np.arange(len(labels)), balanced_subset(labels, subset))
+        keep = rest[balanced_subset(labels[rest], min(env_int("LITCACHE_CIFAR10_VAL", 5000), len(rest)), seed=1)]
+        images, labels = images[keep], labels[keep]
+    elif 0 < subset < len(labels):
         keep = balanced_subset(labels, subset)
         images, labels = images[keep], labels[keep]
     return NormalizedImages(images, labels, CIFAR10_MEAN, CIFAR10_STD)

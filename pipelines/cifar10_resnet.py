@@ -12,6 +12,9 @@ Data (nothing is downloaded), read when a split is loaded:
                            DIR/.litcache/ (or LITCACHE_CACHE_DIR)
   LITCACHE_CIFAR10_TRAIN_SUBSET  N > 0: a class-balanced, seeded subset of N training images (for
                            CPU-sized runs; --limit takes the first N, which a class-sorted folder biases)
+  LITCACHE_CIFAR10_VAL     the "val" split: this many (default 5000) class-balanced training images
+                           outside the subset, held out for choices the test split must not make
+                           (a block library's scores: `litcache library --heldout`)
 
 Model size, read whenever a model is built (the defaults are the paper's):
   LITCACHE_CIFAR_TEACHER   teacher depth, 6n + 2 (default 110; 56 is the other common teacher)
@@ -62,6 +65,7 @@ recipe = Recipe(
     sections=("layer1", "layer2", "layer3"),
     head="head",
     load_split=load_split,
+    splits=("train", "test", "val"),
     num_classes=10,
     # Padded with black pixels, as the uint8 crops of the shared teacher's training script are.
     augment=CropFlip(padding=4, flip=True, fill=_data.CIFAR10_BLACK),

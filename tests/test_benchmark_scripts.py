@@ -297,7 +297,7 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     out = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = {r["row"] for k, r in runs.items() if not k.endswith("/storage")}
-    assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "lit", "lit+ft", "lit-relative",
+    assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "lit", "lit+ft", "lit-only", "lit-relative",
                     "lit-relative+ft", "lit-beta0.9", "lit-beta0.9+ft"}
     for key, r in runs.items():
         if not key.endswith("/storage"):
@@ -311,3 +311,27 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     assert "| dtype | codec | keep bits | bytes/token/boundary |" in out
     again = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     assert "===" not in again  # every row was done: nothing ran again
+
+
+def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
+    """The issue-26 bench at tiny size: stores, a library, the uniform LIT student and the search per budget."""
+    cifar, teacher, env = fake_cifar
+    results = tmp_path / "library.json"
+    args = ["--cifar-dir", cifar, "--teacher", teacher, "--subset", 20, "--val", 10, "--views", 2, "--depths", "0,1,2",
+            "--lit-epochs", 1, "--ft-epochs", 1, "--batch-size", 16, "--top", 2, "--budgets", "resnet20", "resnet14",
+            "--workers", 1, "--work", tmp_path / "work", "--results", results]
+    out = _run_env("library_bench.py", env, *args)
+    runs = json.loads(results.read_text())["runs"]
+    size = "subset20-k2-e1+1"
+    assert set(runs) == {f"{size}/library/seed0", f"{size}/uniform/resnet20/seed0", f"{size}/search/resnet20/seed0",
+                         f"{size}/uniform/resnet14/seed0", f"{size}/search/resnet14/seed0"}
+    assert len(runs[f"{size}/library/seed0"]["candidates"]) == 9
+    headline = runs[f"{size}/search/resnet20/seed0"]["students"]
+    assert [x["rank"] for x in headline if x["kind"] == "searched"] == [1, 2]
+    assert {x["student"] for x in headline if x["kind"] == "uniform"} >= {"mix-0-0-0", "mix-1-1-1"}
+    budget = runs[f"{size}/uniform/resnet20/seed0"]["macs"]
+    assert all(x["macs"] <= budget and x["finetune_epochs"] == 1 for x in headline if x["kind"] == "searched")
+    assert "| resnet20 (" in out and "| library, seed 0: 6 trained candidates |" in out
+    assert (tmp_path / "library.png").read_bytes()[:4] == b"\x89PNG"
+    again = _run_env("library_bench.py", env, *args)
+    assert "===" not in again  # every step was done: nothing ran again

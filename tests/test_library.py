@@ -26,7 +26,7 @@ from litcache.recipe import mix_depths, mix_name
 from litcache.sections import cut_sections
 from litcache.training.student import read_student
 
-OPTIONS = LibraryOptions(epochs=1, batch_size=16, workers=1, score_rows=0, fit_rows=0, latency_rows=8)
+OPTIONS = LibraryOptions(training={"epochs": 1, "batch_size": 16}, workers=1, score_rows=0, fit_rows=0, latency_rows=8)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,8 @@ def test_a_rerun_keeps_what_is_made_and_a_changed_config_trains_anew(stores, tmp
     lines = []
     build_library(recipe, train, heldout, out, replace(OPTIONS, depths=("1",)), log=lines.append)
     assert _mtimes(out) == before and sum("kept" in line for line in lines) == 3
-    changed = build_library(recipe, train, heldout, out, replace(OPTIONS, depths=("1",), lr=0.01), log=quiet)
+    changed = build_library(recipe, train, heldout, out,
+                            replace(OPTIONS, depths=("1",), training={**OPTIONS.training, "lr": 0.01}), log=quiet)
     after = _mtimes(out)
     assert set(before) < set(after) and len(after) == 6  # three new candidates beside the three old ones
     assert all(after[k] == v for k, v in before.items())

@@ -191,6 +191,15 @@ def test_cifar10_train_subset_is_class_balanced(cifar_dir, monkeypatch):
     subset = recipe.load_split("train")
     assert len(subset) == 10 and sorted(subset[i][1] for i in range(10)) == list(range(10))
     assert len(recipe.load_split("test")) == 10  # the test split is never subset
+    # "val": class-balanced training images the subset leaves out (the fake data has 2 per class).
+    monkeypatch.setenv("LITCACHE_CIFAR10_VAL", "10")
+    val = recipe.load_split("val")
+    assert len(val) == 10 and sorted(val[i][1] for i in range(10)) == list(range(10))
+    train_images = {subset[i][0].numpy().tobytes() for i in range(10)}
+    assert not train_images & {val[i][0].numpy().tobytes() for i in range(10)}
+    monkeypatch.setenv("LITCACHE_CIFAR10_TRAIN_SUBSET", "0")
+    with pytest.raises(RecipeError, match="outside LITCACHE_CIFAR10_TRAIN_SUBSET"):
+        recipe.load_split("val")
 
 
 def test_cifar10_without_data_says_how_to_get_it(tmp_path, monkeypatch):

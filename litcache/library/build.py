@@ -15,9 +15,9 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -51,10 +51,9 @@ class LibraryOptions:
     #: --depths: "1,2,3" (every section) or "2:1,3" (section 2); empty: the recipe's students' depths,
     #: the teacher's and the training-free 0.
     depths: tuple[str, ...] = ()
-    #: The trained candidates' IR training (None: the recipe's LIT phase).
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
+    #: The trained candidates' IR training: BlockTrainOptions flags (epochs, lr, schedule, ...; absent: the
+    #: recipe's LIT phase).
+    training: Mapping = field(default_factory=dict)
     student_init: str | None = None
     seed: int = 0
     #: Held-out rows each candidate is scored on (0: all).
@@ -70,9 +69,9 @@ class LibraryOptions:
     teacher: str | None = None
 
     def train_options(self, section: int) -> BlockTrainOptions:
-        return BlockTrainOptions(mode="ir", section=section, epochs=self.epochs, batch_size=self.batch_size,
-                                 lr=self.lr, student_init=self.student_init, seed=self.seed, device=self.device,
-                                 verify=False, evaluate=False)
+        flags = {k: v for k, v in self.training.items() if v is not None}
+        return BlockTrainOptions(mode="ir", section=section, student_init=self.student_init, seed=self.seed,
+                                 device=self.device, verify=False, evaluate=False, **flags)
 
 
 def read_library(path: str | Path) -> dict:
@@ -273,8 +272,9 @@ def build_library(recipe: Recipe, store_path: str | Path, heldout_path: str | Pa
                    "store": {"path": str(store.path), "identity": identity},
                    "heldout": {"path": str(heldout.path), "identity": heldout.manifest.identity.to_dict(),
                                "rows": HeldOutRows(heldout, options.score_rows).rows},
-                   "task": recipe.task, "sections": sections, "options": asdict(replace(options, workers=None,
-                                                                                        scheduler=None)),
+                   "task": recipe.task, "sections": sections,
+                   "options": {**asdict(replace(options, workers=None, scheduler=None)),
+                               "training": dict(options.training)},
                    "teacher": _teacher_reference(recipe, store, heldout, options),
                    "candidates": [records[c.name] for c in candidates]}
         write_json(out / LIBRARY_FILE, library)

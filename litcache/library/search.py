@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -159,11 +159,12 @@ def _measure(recipe: Recipe, checkpoint: str, split: str, device: str, latency_i
 
 
 def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, predictor: str = "kl",
-           finetune_epochs: int = 0, uniform: bool = True, out: str | Path | None = None, split: str = "test",
-           store: str | Path | None = None, seed: int = 0, device: str = "auto",
-           log: Callable[[str], None] = print) -> dict:
+           finetune_epochs: int = 0, finetune: Mapping | None = None, uniform: bool = True,
+           out: str | Path | None = None, split: str = "test", store: str | Path | None = None, seed: int = 0,
+           device: str = "auto", log: Callable[[str], None] = print) -> dict:
     """Pick the ``top`` best mixes under ``budget``, assemble (and fine-tune) them and the uniform mixes,
-    evaluate each, and write search.json, search.csv and pareto.png under ``out``."""
+    evaluate each, and write search.json, search.csv and pareto.png under ``out``. ``finetune``: more
+    BlockTrainOptions flags of the fine-tune (lr, schedule, ...; absent: the recipe's fine-tune phase)."""
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     if predictor not in PREDICTORS:
         raise OptionError(f"Expected --predictor in {', '.join(PREDICTORS)}, got {predictor!r}.")
@@ -213,8 +214,10 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
             checkpoint = assemble_mix(recipe, library, picks, out)
             if finetune_epochs:
                 [result] = train_blocks(recipe, store_path, [name], out / "finetuned",
-                                        BlockTrainOptions(mode="finetune", init=checkpoint, epochs=finetune_epochs,
-                                                          seed=seed, device=device, evaluate=False, verify=False),
+                                        BlockTrainOptions(**{**(finetune or {}), "mode": "finetune",
+                                                             "init": checkpoint, "epochs": finetune_epochs,
+                                                             "seed": seed, "device": device, "evaluate": False,
+                                                             "verify": False}),
                                         resume=True, log=lambda _: None)
                 checkpoint = result["checkpoint"]
             measured = _measure(recipe, checkpoint, split, device, latency_input)
@@ -230,8 +233,8 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
         sign = 1.0 if quality == "accuracy" else -1.0
         rho = spearman([-r["predicted_loss"] for r in measured_rows], [sign * r[quality] for r in measured_rows])
         result = {"library": str(library_path), "budget": str(budget), "predictor": predictor, "top": top,
-                  "finetune_epochs": finetune_epochs, "split": split, "teacher": reference,
-                  "rank_correlation": None if math.isnan(rho) else rho, "students": rows}
+                  "finetune_epochs": finetune_epochs, "finetune": dict(finetune or {}), "split": split,
+                  "teacher": reference, "rank_correlation": None if math.isnan(rho) else rho, "students": rows}
         write_json(out / SEARCH_FILE, result)
         write_csv(out / SEARCH_TABLE, rows, COLUMNS)
         _plot(rows, budget, quality, out / PLOT_FILE, f"{recipe.name}: searched mixes under {budget} and uniform mixes")

@@ -1,0 +1,251 @@
+"""A block library from one store (issue 26): CIFAR-10, the ResNet-56 teacher (9 blocks per stage),
+candidates of 0-7 blocks per stage trained once, searched under three MAC budgets against the uniform
+LIT student of the same MACs, and the predictor's rank correlation.
+
+    tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C runs/data/cifar10-jpeg
+    python benchmarks/library_bench.py --cifar-dir runs/data/cifar10-jpeg --subset 25000 --seeds 0 1 2
+    python benchmarks/library_bench.py --report
+
+Steps, each kept under --work and recorded in benchmarks/results/library.json as it finishes (a rerun
+continues where it stopped; a run killed mid-training resumes from its last epoch):
+
+  stores    the training store (--subset images, --views views; the fidelity bench's) and the held-out
+            store the candidates are scored on: the recipe's "val" split, --val training images outside
+            the subset (the test split is only ever the final measurement)
+  library   per seed: `litcache library --depths` (default 0,1,2,3,5,7: a least-squares map, and 5 depths
+            trained IR-only for --lit-epochs, as the LIT phase of the uniform student trains)
+  uniform   per seed and budget: the uniform student of that budget trained as fidelity_bench trains its
+            LIT row (--mode lit for --lit-epochs, then --mode finetune for --ft-epochs)
+  search    per seed and budget: `litcache search --budget macs=<the uniform student's> --top N`, every
+            pick and (at the headline budget) every uniform mix of the library fine-tuned exactly as the
+            uniform student is, then evaluated on the 10k test split
+
+Budgets: the MACs of ResNet-20 (the headline), ResNet-14 and ResNet-32 (2 and 5 blocks per stage).
+The report prints the cost table (the library's training compute against whole students), the quality
+table (searched against uniform, per budget, over seeds: the last epoch, never the best), the rank
+correlation of predicted and measured accuracy over every assembled student, and draws the Pareto plot
+(benchmarks/results/library.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import load_results, save_results  # beside this script
+
+RESULTS = Path(__file__).parent / "results" / "library.json"
+#: Budget name -> blocks per stage of the uniform student whose MACs it is.
+BUDGETS = {"resnet20": 3, "resnet14": 2, "resnet32": 5}
+HEADLINE = "resnet20"
+
+
+def _training(args, lr: float, epochs: int) -> dict:
+    return dict(epochs=epochs, batch_size=args.batch_size, lr=lr, schedule="cosine", weight_decay=args.weight_decay,
+                momentum=0.9)
+
+
+def run_uniform(args, recipe, store: str, student: str, seed: int, work: Path) -> dict:
+    """The uniform LIT student, as fidelity_bench's lit-kK row trains it: LIT, then fine-tune."""
+    from litcache.training.blocks import BlockTrainOptions, train_blocks
+
+    common = dict(seed=seed, verify=False)
+    [lit] = train_blocks(recipe, store, [student], work / "lit", BlockTrainOptions(
+        mode="lit", **_training(args, args.lit_lr, args.lit_epochs), **common), resume=True, log=print)
+    [ft] = train_blocks(recipe, store, [student], work / "ft", BlockTrainOptions(
+        mode="finetune", init=lit["checkpoint"], **_training(args, args.ft_lr, args.ft_epochs), **common),
+        resume=True, log=print)
+    history = [h for h in ft["history"] if "test_accuracy" in h]
+    return {"test_accuracy": history[-1]["test_accuracy"],
+            "lit_seconds": sum(h["seconds"] for h in lit["history"]),
+            "train_seconds": sum(h["seconds"] for h in lit["history"]) + sum(h["seconds"] for h in ft["history"]),
+            "checkpoint": ft["checkpoint"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar-dir", help="ImageFolder CIFAR-10, e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
+    p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt")
+    p.add_argument("--teacher-depth", type=int, default=56)
+    p.add_argument("--subset", type=int, default=25000, help="class-balanced training subset")
+    p.add_argument("--val", type=int, default=2000, help="held-out training images outside the subset")
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--depths", default="0,1,2,3,5,7")
+    p.add_argument("--lit-epochs", type=int, default=15)
+    p.add_argument("--ft-epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lit-lr", type=float, default=0.2, help="before loss_scale 0.5, as fidelity_bench")
+    p.add_argument("--ft-lr", type=float, default=0.02)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--top", type=int, default=4, help="picks assembled and measured per budget")
+    p.add_argument("--budgets", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
+    p.add_argument("--workers", type=int, default=None, help="library tasks: dask workers (default: one per core)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--work", default="runs/library")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--report", action="store_true", help="print the tables and draw the plot only")
+    args = p.parse_args(argv)
+    results_path = Path(args.results)
+    results = load_results(results_path)
+    if args.report:
+        print(report(results, results_path.with_suffix(".png")))
+        return
+    if not args.cifar_dir:
+        p.error("--cifar-dir is required to train")
+    os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
+    os.environ["LITCACHE_CIFAR_TEACHER"] = str(args.teacher_depth)
+    os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.subset)
+    os.environ["LITCACHE_CIFAR10_VAL"] = str(args.val)
+    from litcache import ExtractOptions, extract, load_recipe
+    from litcache.library import LibraryOptions, build_library, search
+    from litcache.training.metrics import model_stats
+
+    recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
+    size = f"subset{args.subset}-k{args.views}-e{args.lit_epochs}+{args.ft_epochs}"
+    work = Path(args.work) / size
+    store, heldout = str(work / f"train_k{args.views}.zarr"), str(work / f"val{args.val}.zarr")
+    extract(recipe, store, ExtractOptions(views=args.views), teacher_checkpoint=args.teacher, resume=True,
+            progress=False)
+    extract(recipe, heldout, ExtractOptions(split="val", views=1), teacher_checkpoint=args.teacher, resume=True,
+            progress=False)
+    sample = recipe.load_split("test")[0][0][None]
+
+    def record(key: str, values: dict, t: float) -> None:
+        results["runs"][key] = {**values, "wall_seconds": time.perf_counter() - t}
+        save_results(results_path, results)
+        print(f"=== {key}", flush=True)
+
+    for seed in args.seeds:
+        library_dir = work / f"library-seed{seed}"
+        key = f"{size}/library/seed{seed}"
+        t = time.perf_counter()
+        library = build_library(recipe, store, heldout, library_dir, LibraryOptions(
+            depths=(args.depths,), training=_training(args, args.lit_lr, args.lit_epochs), seed=seed,
+            workers=args.workers), log=print)
+        if key not in results["runs"]:
+            record(key, {"candidates": library["candidates"], "teacher": library["teacher"],
+                         "train_seconds": sum(c["train_seconds"] for c in library["candidates"])}, t)
+        for budget in args.budgets:
+            student = f"mix-{BUDGETS[budget]}-{BUDGETS[budget]}-{BUDGETS[budget]}"
+            macs = model_stats(recipe.student_builder(student)(), sample)["macs_per_sample"]
+            key = f"{size}/uniform/{budget}/seed{seed}"
+            if key not in results["runs"]:
+                t = time.perf_counter()
+                record(key, {**run_uniform(args, recipe, store, student, seed, work / f"uniform-{budget}-seed{seed}"),
+                             "macs": macs, "student": student}, t)
+            key = f"{size}/search/{budget}/seed{seed}"
+            if key not in results["runs"]:
+                t = time.perf_counter()
+                found = search(library_dir, f"macs={macs}", top=args.top, finetune_epochs=args.ft_epochs,
+                               finetune=_training(args, args.ft_lr, args.ft_epochs), uniform=budget == HEADLINE,
+                               out=work / f"search-{budget}-seed{seed}", seed=seed, log=print)
+                record(key, {"budget_macs": macs, "students": found["students"],
+                             "rank_correlation": found["rank_correlation"]}, t)
+    print(report(results, results_path.with_suffix(".png")))
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
+
+
+def report(results: dict, png: Path) -> str:
+    """The cost table, the quality table and the rank correlations; draws the Pareto plot."""
+    from litcache.library.search import spearman
+
+    runs = results["runs"]
+    sizes = sorted({k.split("/")[0] for k in runs})
+    lines = []
+    for size in sizes:
+        libraries = {k: r for k, r in runs.items() if k.startswith(f"{size}/library/")}
+        uniform = {k: r for k, r in runs.items() if k.startswith(f"{size}/uniform/")}
+        searches = {k: r for k, r in runs.items() if k.startswith(f"{size}/search/")}
+        lines += [f"## {size}", "", "| cost (training seconds) | value |", "|---|---|"]
+        for key, lib in sorted(libraries.items()):
+            cands = {c["candidate"]: c for c in lib["candidates"]}
+            trained = [c for c in lib["candidates"] if c["kind"] == "trained"]
+            seed = key.rsplit("seed", 1)[1]
+            lines.append(f"| library, seed {seed}: {len(trained)} trained candidates | {lib['train_seconds']:,.0f} |")
+            per_section = {}
+            for c in lib["candidates"]:
+                per_section.setdefault(c["section"], []).append(c)
+            mixes = 1
+            for options in per_section.values():
+                mixes *= len(options)
+            # A whole student of a mix trains its sections together on the same rows: its IR epochs cost about
+            # what its sections cost alone (the uniform LIT rows below measure the KD term's extra).
+            whole = sum(sum(c["train_seconds"] for c in combo) for combo in _product(per_section))
+            lines.append(f"| {mixes} mixes trained as whole students (sum of their sections' seconds) | {whole:,.0f} |")
+            for budget, depth in BUDGETS.items():
+                u = uniform.get(f"{size}/uniform/{budget}/seed{seed}")
+                parts = [cands.get(f"s{i}-d{depth}") for i in (1, 2, 3)]
+                if u and all(parts):
+                    alone = sum(c["train_seconds"] for c in parts)
+                    lines.append(f"| uniform LIT {budget}, LIT phase (its sections alone in the library: "
+                                 f"{alone:,.0f}) | {u['lit_seconds']:,.0f} |")
+        lines += ["", "| budget (MACs) | uniform LIT student | searched #1 (after the same fine-tune) | picks | "
+                      "searched - uniform |", "|---|---|---|---|---|"]
+        for budget in BUDGETS:
+            u = [r for k, r in sorted(uniform.items()) if k.split("/")[2] == budget]
+            s = [r for k, r in sorted(searches.items()) if k.split("/")[2] == budget]
+            best = [next(x for x in r["students"] if x["rank"] == 1) for r in s]
+            deltas = [b["accuracy"] - r["test_accuracy"] for b, r in zip(best, u)]
+            if u or s:
+                macs = (u or [{"macs": s[0]["budget_macs"]}])[0]["macs"]
+                lines.append(f"| {budget} ({macs / 1e6:.1f}M) | {_spread([r['test_accuracy'] for r in u])} | "
+                             f"{_spread([b['accuracy'] for b in best])} | {', '.join(b['student'] for b in best)} | "
+                             f"{_spread(deltas) if deltas else '-'} |")
+        lines += ["", "| seed | assembled students | rank correlation (predicted KL vs measured accuracy) |",
+                  "|---|---|---|"]
+        for seed in sorted({k.rsplit("seed", 1)[1] for k in searches}):
+            rows = {}
+            for k, r in searches.items():
+                if k.endswith(f"seed{seed}"):
+                    rows.update({x["student"]: x for x in r["students"]})
+            rho = spearman([-x["predicted_loss"] for x in rows.values()], [x["accuracy"] for x in rows.values()])
+            lines.append(f"| {seed} | {len(rows)} | {rho:.3f} |")
+        _plot(uniform, searches, png, size)
+    return "\n".join(lines)
+
+
+def _product(per_section: dict) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*(per_section[i] for i in sorted(per_section))))
+
+
+def _plot(uniform: dict, searches: dict, png: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    u = sorted((r["macs"], r["test_accuracy"]) for r in uniform.values())
+    if u:
+        ax.plot([x for x, _ in u], [y for _, y in u], "s-", color="tab:blue", label="uniform LIT students")
+    mixes = [x for r in searches.values() for x in r["students"]]
+    for kind, color, marker in (("uniform", "tab:green", "^"), ("searched", "tab:red", "o")):
+        points = [(x["macs"], x["accuracy"]) for x in mixes if x["kind"] == kind]
+        if points:
+            ax.scatter([x for x, _ in points], [y for _, y in points], color=color, marker=marker,
+                       label=f"library mixes: {kind}", alpha=0.7)
+    ax.set_xlabel("multiply-adds per image")
+    ax.set_ylabel("test accuracy (last epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"Block library, CIFAR-10 ResNet-56 teacher ({title})", fontsize=10)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(os.cpu_count() or 1)
+    main()
