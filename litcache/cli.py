@@ -254,7 +254,9 @@ def verify_cmd(store, recipe, store_option, replay, recipe_option, teacher_check
 @click.option("--student", "students", required=True, multiple=True, help="Student variant; repeat to train several.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder; each student gets OUT/STUDENT/.")
-@click.option("--mode", type=click.Choice(MODES), default="lit", show_default=True)
+@click.option("--mode", type=click.Choice(MODES),
+              help="What trains: lit (IR losses and KD), ir (IR only), finetune (KD end to end from --init), kd, "
+                   "hints. [default: the recipe's DistillConfig.mode: lit, or kd where that measured better]")
 @click.option("--block", "section", type=click.IntRange(min=1), help="--mode ir: train only section I.")
 @click.option("--init", type=click.Path(dir_okay=False),
               help="Start from this student checkpoint (required by finetune).")
@@ -310,6 +312,7 @@ def train_blocks_cmd(recipe, store_path, students, out, resume, quiet, as_json, 
 
     options["milestones"] = parse_milestones(milestones)
     r = load_recipe(recipe)
+    options["mode"] = options["mode"] or r.distill.mode
     results = train_blocks(r, store_path, students, out,
                            BlockTrainOptions(**options, verify=not no_verify, evaluate=not no_eval),
                            resume=resume, log=logger(quiet))

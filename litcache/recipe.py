@@ -44,6 +44,8 @@ IR_LOSSES = ("mse", "cosine", "relative")
 #: student section from evenly spaced blocks of the teacher's section (every other block of two, as
 #: DistilBERT initialises its layers); the teacher's section weights come from the store.
 STUDENT_INITS = ("scratch", "teacher-blocks")
+#: The modes a recipe may make train-blocks' default (DistillConfig.mode): those that need no --init.
+DEFAULT_MODES = ("lit", "kd", "ir")
 #: Students named by their blocks per section, "mix-3-0-5", are built by ``Recipe.student_depths``.
 MIX_PREFIX = "mix-"
 
@@ -177,6 +179,9 @@ class DistillConfig:
     lit: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=175, batch_size=32, lr=0.1, milestones=(100,)))
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=125, batch_size=32, lr=0.01,
                                                                       milestones=(55,)))
+    #: What `train-blocks` trains without --mode: "lit", or "kd" where plain KD from the store measured better
+    #: (the byte-level GPT, benchmarks/README.md), or "ir".
+    mode: str = "lit"
     #: Weight of the hard-label term inside the KD loss.
     alpha: float = 0.95
     #: Softmax temperature of the KD loss.
@@ -193,6 +198,8 @@ class DistillConfig:
     ir_feature_axis: int = 1
 
     def __post_init__(self) -> None:
+        if self.mode not in DEFAULT_MODES:
+            raise RecipeError(f"Expected DistillConfig.mode in {DEFAULT_MODES}, got {self.mode!r} instead.")
         if self.ir_loss not in IR_LOSSES:
             raise RecipeError(f"Expected DistillConfig.ir_loss in {IR_LOSSES}, got {self.ir_loss!r} instead.")
         if self.ir_feature_axis == 0:

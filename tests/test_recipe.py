@@ -115,3 +115,34 @@ def test_split_and_student_names(tiny_recipe):
 def test_shipped_mnist_recipe_loads():
     r = load_recipe(REPO / "pipelines" / "mnist_resnet.py")  # only loads: the data is read lazily
     assert r.name == "mnist_resnet" and r.num_classes == 10 and r.augment.flip is False
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "finetune"}, r"DistillConfig.mode in \('lit', 'kd', 'ir'\), got 'finetune'"),
+    ({"ir_loss": "l1"}, "DistillConfig.ir_loss"),
+    ({"ir_feature_axis": 0}, "name a feature axis"),
+    ({"beta": 1.5}, r"DistillConfig.beta in \[0, 1\]"),
+    ({"tau": 0}, "DistillConfig.tau > 0"),
+])
+def test_distill_config_refused(kwargs, match):
+    from litcache import DistillConfig
+
+    with pytest.raises(RecipeError, match=match):
+        DistillConfig(**kwargs)
+
+
+def test_train_blocks_runs_the_recipes_default_mode(tiny_store, teacher_ckpt, tmp_path):
+    """Without --mode, train-blocks trains what the recipe's DistillConfig.mode says (lit unless it says kd)."""
+    from conftest import run_cli, write_variant
+
+    from litcache.training.student import read_student
+
+    variant = write_variant(tmp_path, "tiny_kd_default", "recipe = replace(base, distill=replace(base.distill, "
+                                                         "mode='kd'))")
+    common = ["--store", str(tiny_store), "--student", "resnet8", "--epochs", "1", "--batch-size", "16", "-q",
+              "--no-eval"]
+    for recipe, expected in ((TINY, "lit"), (variant, "kd")):
+        out = tmp_path / expected
+        result = run_cli("train-blocks", str(recipe), *common, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert read_student(out / "resnet8" / "student.pt")["config"]["mode"] == expected

@@ -117,8 +117,8 @@ def test_the_relative_ir_loss_is_the_error_over_the_targets_energy():
 
 
 def test_gpt_through_the_cli(gpt_recipe, tmp_path):
-    """train-teacher -> extract --logit-topk -> verify --replay -> train-blocks (lit; ir --block;
-    finetune) -> assemble -> evaluate, with perplexity where a classifier has accuracy."""
+    """train-teacher -> extract --logit-topk -> verify --replay -> train-blocks (the recipe's default, KD; lit;
+    ir --block; finetune) -> assemble -> evaluate, with perplexity where a classifier has accuracy."""
     teacher = tmp_path / "teacher.pt"
     result = run_cli("train-teacher", str(GPT), "--out", teacher, "--epochs", "1", "--batch-size", "32",
                      "--device", "cpu", "-q")
@@ -138,7 +138,10 @@ def test_gpt_through_the_cli(gpt_recipe, tmp_path):
     assert result.exit_code == 0 and "6 rows replayed, 0 differ" in result.output, result.output
 
     common = ["--store", store, "--student", "gpt2", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
-    result = run_cli("train-blocks", str(GPT), *common, "--out", tmp_path / "lit")
+    result = run_cli("train-blocks", str(GPT), *common, "--out", tmp_path / "kd")  # the recipe's default mode: KD
+    assert result.exit_code == 0, result.output
+    assert read_student(tmp_path / "kd" / "gpt2" / "student.pt")["config"]["mode"] == "kd"
+    result = run_cli("train-blocks", str(GPT), *common, "--mode", "lit", "--out", tmp_path / "lit")
     assert result.exit_code == 0, result.output
     lit = read_student(tmp_path / "lit" / "gpt2" / "student.pt")
     assert lit["config"]["student_init"] == "teacher-blocks" and math.isfinite(lit["history"][0]["kd"])
