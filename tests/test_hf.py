@@ -448,3 +448,41 @@ def test_students_start_from_the_teacher_layers_given(llama_store, model_dirs, t
     assert result.exit_code != 0 and "Invalid value for '--teacher-layers'" in result.output
     assert_clean_error(run_cli(*common, "--teacher-layers", "1,3", "--student-init", "scratch", "--out",
                                tmp_path / "bad"), "--teacher-layers chooses")
+
+
+# --- block libraries (litcache library, litcache search) ---------------------------------------------
+
+
+def test_a_block_library_of_decoder_layers_searches_and_exports(llama_store, tmp_path, monkeypatch):
+    """Sections of 2 decoder layers, candidates of 0 (the section skipped), 1 and 2 (the teacher's own) layers;
+    a searched mix is the HF class with fewer layers: it exports and loads with from_pretrained."""
+    from litcache.library import LibraryOptions, build_library, search
+    from litcache.library.search import assemble_mix
+
+    recipe = load_recipe(HF)
+    heldout = tmp_path / "heldout.zarr"
+    extract(recipe, heldout, ExtractOptions(split="test", dtype="float32", chunk_rows=16, batch_size=16,
+                                            device="cpu", limit=32), progress=False, log=quiet)
+    library = build_library(recipe, llama_store, heldout, tmp_path / "lib", LibraryOptions(
+        training={"epochs": 1, "batch_size": 16}, workers=1, score_rows=0, latency_rows=4), log=quiet)
+    table = {c["candidate"]: c for c in library["candidates"]}
+    assert sorted(table) == ["s1-d0", "s1-d1", "s1-d2", "s2-d0", "s2-d1", "s2-d2"]
+    assert table["s1-d0"]["kind"] == "skip" and table["s1-d0"]["params"] == 0 == table["s1-d0"]["macs"]
+    assert table["s2-d2"]["kind"] == "teacher" and table["s2-d2"]["swap_kl_delta"] == pytest.approx(0, abs=1e-5)
+    assert table["s2-d2"]["swap_perplexity_delta"] == pytest.approx(0, abs=1e-3)
+    assert table["s1-d1"]["swap_perplexity"] > 1.0 and table["s1-d1"]["kind"] == "trained"
+    layer = table["s1-d2"]["params"] - table["s1-d1"]["params"]
+    whole = library["teacher"]["whole"]["params"]
+    found = search(tmp_path / "lib", f"params={whole - layer}", top=2, out=tmp_path / "search", log=quiet)
+    for row in found["students"]:
+        assert row["params"] == row["predicted_params"] and "perplexity" in row
+    assert all(r["params"] <= whole - layer for r in found["students"] if r["kind"] == "searched")
+
+    skipped = assemble_mix(recipe, library, [table["s1-d0"], table["s2-d2"]], tmp_path / "mixes")
+    out = tmp_path / "exported"
+    result = run_cli("export", HF, "--student-checkpoint", skipped, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["num_hidden_layers"] == 2 and report["missing_keys"] == [] == report["unexpected_keys"]
+    assert report["max_logit_difference"] <= 1e-4
+    _generate_same_with_and_without_cache(out)
