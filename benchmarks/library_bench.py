@@ -193,12 +193,13 @@ def report(results: dict, png: Path) -> str:
         lines += ["", "| budget (MACs) | uniform LIT student | searched #1 (after the same fine-tune) | picks | "
                       "searched - uniform |", "|---|---|---|---|---|"]
         for budget in BUDGETS:
-            u = [r for k, r in sorted(uniform.items()) if k.split("/")[2] == budget]
-            s = [r for k, r in sorted(searches.items()) if k.split("/")[2] == budget]
-            best = [next(x for x in r["students"] if x["rank"] == 1) for r in s]
-            deltas = [b["accuracy"] - r["test_accuracy"] for b, r in zip(best, u)]
+            u = {k.rsplit("seed", 1)[1]: r for k, r in uniform.items() if k.split("/")[2] == budget}
+            s = {k.rsplit("seed", 1)[1]: r for k, r in searches.items() if k.split("/")[2] == budget}
+            best = {seed: next(x for x in r["students"] if x["rank"] == 1) for seed, r in s.items()}
+            deltas = [best[seed]["accuracy"] - u[seed]["test_accuracy"] for seed in sorted(set(best) & set(u))]
+            u, best = [u[k] for k in sorted(u)], [best[k] for k in sorted(best)]
             if u or s:
-                macs = (u or [{"macs": s[0]["budget_macs"]}])[0]["macs"]
+                macs = u[0]["macs"] if u else next(iter(s.values()))["budget_macs"]
                 lines.append(f"| {budget} ({macs / 1e6:.1f}M) | {_spread([r['test_accuracy'] for r in u])} | "
                              f"{_spread([b['accuracy'] for b in best])} | {', '.join(b['student'] for b in best)} | "
                              f"{_spread(deltas) if deltas else '-'} |")

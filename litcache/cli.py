@@ -407,8 +407,8 @@ def sweep_cmd(recipe, store_path, students, out, seeds, mode, workers, scheduler
 @click.option("--store", "store_path", required=True, type=click.Path(),
               help="The store the candidates train from (`litcache extract`).")
 @click.option("--heldout", "heldout_path", required=True, type=click.Path(),
-              help="A store of held-out rows of the same teacher to score candidates on, e.g. "
-                   "`litcache extract RECIPE --split test --limit 2000 --out H`.")
+              help="A store of held-out rows of the same teacher to score candidates on: a validation split, e.g. "
+                   "`litcache extract RECIPE --split val --out H` (not the split search measures on).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The library folder.")
 @click.option("--depths", multiple=True,
               help="Candidate depths: '1,2,3' for every section, '2:1,3' for section 2; repeat. 0 is the training-free "

@@ -478,7 +478,7 @@ def test_a_block_library_of_decoder_layers_searches_and_exports(llama_store, tmp
         assert row["params"] == row["predicted_params"] and "perplexity" in row
     assert all(r["params"] <= whole - layer for r in found["students"] if r["kind"] == "searched")
 
-    skipped = assemble_mix(recipe, library, [table["s1-d0"], table["s2-d2"]], tmp_path / "mixes")
+    skipped = assemble_mix(recipe, library, [table["s1-d0"], table["s2-d2"]], tmp_path / "mixes", tmp_path / "lib")
     out = tmp_path / "exported"
     result = run_cli("export", HF, "--student-checkpoint", skipped, "--out", out, "--json")
     assert result.exit_code == 0, result.output

@@ -24,6 +24,7 @@ from litcache.library.candidates import fit_pointwise_map
 from litcache.library.search import spearman
 from litcache.recipe import mix_depths, mix_name
 from litcache.sections import cut_sections
+from litcache.training.metrics import model_stats
 from litcache.training.student import read_student
 
 OPTIONS = LibraryOptions(training={"epochs": 1, "batch_size": 16}, workers=1, score_rows=0, fit_rows=0, latency_rows=8)
@@ -129,13 +130,15 @@ def test_the_library_makes_scores_and_costs_each_candidate(stores, library):
         assert table[f"s{i}-d1"]["train_seconds"] > 0 and table[f"s{i}-d0"]["train_seconds"] == 0
         assert table[f"s{i}-d0"]["params"] < table[f"s{i}-d1"]["params"] < teacher["params"]
         assert 0 < table[f"s{i}-d1"]["boundary_normalised"]
-    # The teacher's sections and the shared stem and head add up to the whole teacher.
+    # The whole teacher's cost, which every mix's predicted cost starts from, is the teacher's own.
     t = lib["teacher"]
-    assert t["shared"]["macs"] + sum(c["macs"] for c in t["sections"]) == t["whole"]["macs"]
+    sample = recipe.load_split("test")[0][0][None]
+    assert t["whole"]["macs"] == model_stats(recipe.build_teacher(), sample)["macs_per_sample"] > t["shared"]["macs"]
+    assert all(c["latency_ms"] > 0 for c in lib["candidates"] if c["params"])
     assert (out / "library.csv").read_text().splitlines()[0].startswith("candidate,section,depth,kind,params,macs")
     assert json.loads((out / "library.json").read_text())["candidates"] == lib["candidates"]
     # A trained candidate is section I of its carrier, trained alone from the store (IR only).
-    saved = read_student(table["s2-d1"]["checkpoint"])
+    saved = read_student(out / table["s2-d1"]["checkpoint"])  # checkpoints are relative to the library
     assert saved["student"] == "mix-1-1-1" and saved["sections_trained"] == [2] and saved["config"]["mode"] == "ir"
 
 
@@ -199,6 +202,45 @@ def test_a_killed_library_resumes(stores, tmp_path, monkeypatch):
     assert all(_mtimes(out)[k] == v for k, v in made.items())
 
 
+def test_a_candidate_killed_mid_training_resumes_from_its_last_epoch(stores, tmp_path, monkeypatch):
+    import litcache.training.blocks as blocks
+
+    recipe, train, heldout = stores
+    out = tmp_path / "lib"
+    options = replace(OPTIONS, depths=("0", "2:1"), training={**OPTIONS.training, "epochs": 2})  # one trained
+    real = blocks.save_student
+
+    def dies_after_the_first_epoch(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(blocks, "save_student", dies_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        build_library(recipe, train, heldout, out, options, log=quiet)
+    [last] = (out / "candidates").glob("s2-d1-*/mix-1-1-1/last.pt")
+    first_epoch = read_student(last)["history"]
+    assert [h["epoch"] for h in first_epoch] == [1]
+    monkeypatch.setattr(blocks, "save_student", real)
+    lib = build_library(recipe, train, heldout, out, options, log=quiet)
+    [candidate] = [c for c in lib["candidates"] if c["candidate"] == "s2-d1"]
+    history = read_student(out / candidate["checkpoint"])["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == first_epoch[0]  # epoch 1 was not trained again
+
+
+def test_other_scoring_settings_score_again_without_training_again(stores, tmp_path):
+    recipe, train, heldout = stores
+    out = tmp_path / "lib"
+    first = build_library(recipe, train, heldout, out, replace(OPTIONS, depths=("1",)), log=quiet)
+    made = _mtimes(out)
+    again = build_library(recipe, train, heldout, out, replace(OPTIONS, depths=("1",), score_rows=8), log=quiet)
+    assert _mtimes(out) == made  # nothing trained again
+    assert again["heldout"]["rows"] == 8 and first["heldout"]["rows"] == 16
+    assert [c["swap_kl"] for c in again["candidates"]] != [c["swap_kl"] for c in first["candidates"]]
+    assert all(json.loads((out / Path(c["checkpoint"]).parents[1] / "record.json").read_text())["scored_on"]
+               ["score_rows"] == 8 for c in again["candidates"])
+
+
 # ---------------------------------------------------------------------------------------------
 # The search.
 
@@ -224,7 +266,7 @@ def test_search_picks_under_the_budget_and_measures_what_it_predicts(stores, lib
     picks = read_student(best["checkpoint"])["config"]["library_picks"]
     table = {c["candidate"]: c for c in lib["candidates"]}
     for i, (section, pick) in enumerate(zip(cut_sections(model, recipe).sections, picks), start=1):
-        donor = load_student(table[pick]["checkpoint"], recipe)
+        donor = load_student(out / table[pick]["checkpoint"], recipe)
         expected = cut_sections(donor, recipe).sections[i - 1].state_dict()
         for key, value in section.state_dict().items():
             torch.testing.assert_close(value, expected[key])
@@ -240,6 +282,34 @@ def test_search_fine_tunes_the_picks_with_kd_from_the_store(library, tmp_path):
     [row] = result["students"]
     saved = read_student(row["checkpoint"])
     assert saved["mode"] == "finetune" and saved["epoch"] == 1 and saved["student"] == row["student"]
+
+
+def test_a_moved_library_and_store_are_found_with_store(stores, library, tmp_path):
+    import shutil
+
+    recipe, train, _ = stores
+    out, _ = library
+    moved, store = tmp_path / "moved-lib", tmp_path / "moved.zarr"
+    shutil.copytree(out, moved)
+    shutil.copytree(train, store)
+    found = search(moved, "macs=1G", top=1, uniform=False, out=tmp_path / "s", store=store, log=quiet)
+    assert found["students"][0]["student"] == "mix-2-2-2"
+    shutil.move(str(train), str(tmp_path / "elsewhere.zarr"))  # the recorded store is gone: --store is needed
+    try:
+        with pytest.raises(Exception, match="If it moved, give it with --store"):
+            search(moved, "macs=1G", out=tmp_path / "s2", log=quiet)
+    finally:
+        shutil.move(str(tmp_path / "elsewhere.zarr"), str(train))
+
+
+def test_a_rerun_search_fine_tunes_anew_when_its_settings_change(library, tmp_path):
+    out, _ = library
+    common = dict(top=1, uniform=False, out=tmp_path / "s", log=quiet)
+    two = search(out, "latency=1e9ms", finetune_epochs=2, **common)["students"][0]
+    one = search(out, "latency=1e9ms", finetune_epochs=1, **common)["students"][0]
+    assert read_student(two["checkpoint"])["epoch"] == 2 and read_student(one["checkpoint"])["epoch"] == 1
+    assert one["checkpoint"] != two["checkpoint"]
+    assert one["latency_ms"] > 0 and one["predicted_latency_ms"] > 0  # a latency budget works end to end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +329,8 @@ def test_bad_library_and_search_input_is_refused_cleanly(stores, library, tmp_pa
     error = assert_clean_error(search_cli("--budget", f"macs={cheapest - 1}"), "No mix meets --budget")
     assert f"the cheapest, mix-0-0-0, has macs {cheapest:,}" in error
     assert_clean_error(search_cli("--budget", "flops=3M"), "Expected --budget as macs=X")
-    assert_clean_error(search_cli("--budget", "macs=1G", "--store", str(heldout)), "Library")
+    assert_clean_error(search_cli("--budget", "macs=1G", "--store", str(heldout)),
+                       f"Library {str(out)!r} was made from store")
     assert not (tmp_path / "s").exists() and sorted(p.name for p in out.iterdir()) == before
 
     new = tmp_path / "new"

@@ -32,10 +32,11 @@ from ..store.arrays import Store, open_store
 from ..store.verify import require_intact
 from ..training.blocks import BlockTrainOptions, teacher_section_states, train_blocks
 from ..training.config import RUN_ONLY_KEYS, resolve_config
+from ..training.metrics import model_stats
 from ..training.outputs import claim_output
 from ..training.student import adopt_teacher_parts, build_student, read_student, save_student
 from .candidates import Candidate, candidate_key, fit_pointwise_map, parse_depths, plan_candidates, section_of
-from .scores import HeldOutRows, Scorer, section_cost
+from .scores import HeldOutRows, Scorer, latency_ms
 
 __all__ = ["LibraryOptions", "LIBRARY_FILE", "LIBRARY_FORMAT", "build_library", "read_library", "teacher_parts"]
 
@@ -121,13 +122,13 @@ def _make(recipe: Recipe, store: Store, candidate: Candidate, directory: Path, o
     """The candidate's checkpoint: its carrier student with the candidate in its section."""
     sections = len(recipe.sections)
     carrier = candidate.carrier(sections)
+    final = directory / carrier / "student.pt"
+    if final.is_file():  # made before: the folder's key says with this store and these settings
+        return str(final)
     if candidate.kind == "trained":
         [result] = train_blocks(recipe, store.path, [carrier], directory, options.train_options(candidate.section),
                                 resume=True, log=lambda _: None)
         return result["checkpoint"]
-    final = directory / carrier / "student.pt"
-    if final.is_file():
-        return str(final)
     model, sectioned = build_student(recipe, carrier, store.module_state("stem"), store.module_state("head"))
     section = sectioned.sections[candidate.section - 1]
     report: dict = {}
@@ -153,20 +154,29 @@ def candidate_task(recipe_source: str, store_path: str, heldout_path: str, candi
     directory = Path(directory)
     checkpoint = _make(recipe, store, candidate, directory, options)
     saved = read_student(checkpoint)
-    model, _ = build_student(recipe, saved["student"])
-    model.load_state_dict(saved["state_dict"])
-    module = section_of(recipe, model, candidate.section).eval()
+    module = _section_module(recipe, checkpoint, candidate.section)
     _, sections, head = teacher_parts(recipe, store, options.teacher)
     rows = HeldOutRows(heldout, options.score_rows)
+    stats = model_stats(module, rows.sample(candidate.section - 1))
     record = {"candidate": candidate.name, "section": candidate.section, "depth": candidate.depth,
-              "kind": candidate.kind,
-              **section_cost(module, rows.sample(candidate.section - 1),
-                             rows.sample(candidate.section - 1, options.latency_rows)),
+              "kind": candidate.kind, "params": stats["params"], "macs": stats["macs_per_sample"],
               **Scorer(rows, sections, head, recipe.task).score(candidate.section, module),
               "train_seconds": round(sum(h.get("seconds", 0.0) for h in saved["history"]), 3),
-              "checkpoint": checkpoint, "heldout": heldout.manifest.identity.to_dict()}
+              "checkpoint": checkpoint, "scored_on": _scoring(heldout, options)}
     write_json(directory / RECORD_FILE, record)
     return record
+
+
+def _scoring(heldout: Store, options: LibraryOptions) -> dict:
+    """What a candidate's scores depend on besides the candidate: a kept record with other ones is scored again."""
+    return {"heldout": heldout.manifest.identity.to_dict(), "score_rows": options.score_rows}
+
+
+def _section_module(recipe: Recipe, checkpoint: str, section: int) -> nn.Module:
+    saved = read_student(checkpoint)
+    model, _ = build_student(recipe, saved["student"])
+    model.load_state_dict(saved["state_dict"])
+    return section_of(recipe, model, section).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +195,8 @@ def _check_stores(recipe: Recipe, store: Store, heldout: Store) -> None:
     if (a.split, a.data_fingerprint) == (b.split, b.data_fingerprint):
         raise OptionError(f"--heldout {str(heldout.path)!r} holds the same rows as --store (split {a.split!r}, "
                           "the same data): scores on rows the candidates trained on would flatter them. Extract "
-                          "held-out rows, e.g. `litcache extract RECIPE --split test --limit 2000 --out H`.")
+                          "held-out rows of a validation split, e.g. `litcache extract RECIPE --split val --out H` "
+                          "(cifar10_resnet.py's 'val': training images outside LITCACHE_CIFAR10_TRAIN_SUBSET).")
 
 
 def _check_same_library(out: Path, recipe: Recipe, store: Store) -> None:
@@ -199,16 +210,36 @@ def _check_same_library(out: Path, recipe: Recipe, store: Store) -> None:
 
 def _teacher_reference(recipe: Recipe, store: Store, heldout: Store, options: LibraryOptions) -> dict:
     """The teacher's own figures on the held-out rows, its sections' costs, and the cost every mix shares
-    (stem and head: the whole teacher's cost, on a row of the held-out split's data, less its sections')."""
+    (stem and head: the whole teacher's cost, on a row of the held-out split's data, less its sections').
+    Latencies are filled in by ``_measure_latencies``."""
     stem, sections, head = teacher_parts(recipe, store, options.teacher)
     rows = HeldOutRows(heldout, options.score_rows)
-    costs = [section_cost(s, rows.sample(i), rows.sample(i, options.latency_rows)) for i, s in enumerate(sections)]
-    dataset = recipe.load_split(heldout.manifest.identity.split)
-    inputs = torch.stack([dataset[i][0] for i in range(min(options.latency_rows, len(dataset)))])
-    whole = section_cost(SectionedModel(stem, sections, head), inputs[:1], inputs)
-    shared = {k: max(whole[k] - sum(c[k] for c in costs), 0) for k in ("params", "macs", "latency_ms")}
+    costs = [_stats(s, rows.sample(i)) for i, s in enumerate(sections)]
+    whole = _stats(SectionedModel(stem, sections, head), _data_rows(recipe, heldout, 1))
+    shared = {k: whole[k] - sum(c[k] for c in costs) for k in ("params", "macs")}
     return {"figures": Scorer(rows, sections, head, recipe.task).reference, "sections": costs, "whole": whole,
             "shared": shared}
+
+
+def _stats(module: nn.Module, sample: torch.Tensor) -> dict:
+    stats = model_stats(module, sample[:1])
+    return {"params": stats["params"], "macs": stats["macs_per_sample"]}
+
+
+def _data_rows(recipe: Recipe, heldout: Store, rows: int) -> torch.Tensor:
+    """The first ``rows`` inputs of the held-out store's split, as the recipe loads them (the stem's input)."""
+    dataset = recipe.load_split(heldout.manifest.identity.split)
+    return torch.stack([torch.as_tensor(dataset[i][0]) for i in range(min(rows, len(dataset)))])
+
+
+def _measure_latencies(recipe: Recipe, heldout: Store, records: dict, options: LibraryOptions, log) -> None:
+    """Every candidate's latency and the teacher's, measured here one after another (a task's measurement would
+    share the machine with other tasks' training), on a batch of held-out rows, one thread."""
+    rows = HeldOutRows(heldout, options.latency_rows)
+    for record in records.values():
+        module = _section_module(recipe, record["checkpoint"], record["section"])
+        record["latency_ms"] = latency_ms(module, rows.sample(record["section"] - 1, options.latency_rows))
+    log(f"latency of {len(records)} candidates measured ({options.latency_rows} rows, one thread)")
 
 
 def build_library(recipe: Recipe, store_path: str | Path, heldout_path: str | Path, out: str | Path,
@@ -235,18 +266,21 @@ def build_library(recipe: Recipe, store_path: str | Path, heldout_path: str | Pa
             record = resolve_config(recipe, options.train_options(c.section)).record()
             config = {k: v for k, v in record.items() if k not in RUN_ONLY_KEYS and k != "precision"}
         keys[c.name] = candidate_key(c, identity, config, options.fit_rows)
+    # The teacher's weights, the held-out split's data and its reference figures, before any candidate trains:
+    # whatever is missing fails now, not after hours of training.
+    teacher = _teacher_reference(recipe, store, heldout, options)
     with claim_output(out):
-        records, jobs = {}, []
+        records, jobs, failed = {}, [], {}
         for c in candidates:
             directory = out / "candidates" / f"{c.name}-{keys[c.name]}"
             try:
                 done = json.loads((directory / RECORD_FILE).read_text())
             except (OSError, ValueError):
                 done = None
-            if done is not None and done.get("heldout") == heldout.manifest.identity.to_dict():
+            if done is not None and done.get("scored_on") == _scoring(heldout, options):
                 records[c.name] = done
                 log(f"{c.name}: kept ({c.kind}, made before with the same store and settings)")
-            else:
+            else:  # a candidate made before but scored on other rows is scored again, not trained again
                 jobs.append((c, directory))
         if jobs:
             require_intact(store)
@@ -259,24 +293,41 @@ def build_library(recipe: Recipe, store_path: str | Path, heldout_path: str | Pa
             log(f"library {recipe.name}: {len(candidates)} candidates, {len(jobs)} to make {where}")
             args = (portable_path(recipe.source), portable_path(str(store.path)), portable_path(str(heldout.path)))
             for c, record in _run(jobs, args, options, in_process):
-                if isinstance(record, BaseException):
-                    if isinstance(record, LitcacheError):
-                        raise record
-                    raise RuntimeError(f"Library candidate {c.name} failed: {type(record).__name__}: {record}") \
-                        from record
+                if isinstance(record, BaseException):  # one failed candidate must not lose the others
+                    text = str(record) if isinstance(record, LitcacheError) else f"{type(record).__name__}: {record}"
+                    failed[c.name] = " ".join(text.split())
+                    log(f"{c.name}: failed: {failed[c.name]}")
+                    continue
                 records[c.name] = record
                 log(f"{c.name}: {c.kind}, boundary error {record['boundary_normalised']:.3%} of the target's energy, "
                     f"KL swapped in {record['swap_kl']:.4g}, {record['macs']:,} MACs")
+        if failed:
+            raise LitcacheError(f"{len(failed)} of {len(candidates)} library candidates failed "
+                                f"({'; '.join(f'{n}: {e}' for n, e in failed.items())}). The others are kept: run the "
+                                "same command again once the cause is fixed.")
+        _measure_latencies(recipe, heldout, records, options, log)
+        stem, teacher_sections, head = teacher_parts(recipe, store, options.teacher)
+        rows = HeldOutRows(heldout, options.latency_rows)
+        for i, (cost, section) in enumerate(zip(teacher["sections"], teacher_sections)):
+            cost["latency_ms"] = latency_ms(section, rows.sample(i, options.latency_rows))
+        teacher["whole"]["latency_ms"] = latency_ms(SectionedModel(stem, teacher_sections, head),
+                                                    _data_rows(recipe, heldout, options.latency_rows))
+        teacher["shared"]["latency_ms"] = max(teacher["whole"]["latency_ms"] -
+                                              sum(c["latency_ms"] for c in teacher["sections"]), 0.0)
         library = {"format": LIBRARY_FORMAT,
-                   "recipe": {"name": recipe.name, "source": recipe.source, "hash": recipe.source_hash},
-                   "store": {"path": str(store.path), "identity": identity},
-                   "heldout": {"path": str(heldout.path), "identity": heldout.manifest.identity.to_dict(),
+                   "recipe": {"name": recipe.name, "source": portable_path(recipe.source), "hash": recipe.source_hash},
+                   "store": {"path": portable_path(str(store.path)), "identity": identity},
+                   "heldout": {"path": portable_path(str(heldout.path)),
+                               "identity": heldout.manifest.identity.to_dict(),
                                "rows": HeldOutRows(heldout, options.score_rows).rows},
                    "task": recipe.task, "sections": sections,
                    "options": {**asdict(replace(options, workers=None, scheduler=None)),
                                "training": dict(options.training)},
-                   "teacher": _teacher_reference(recipe, store, heldout, options),
-                   "candidates": [records[c.name] for c in candidates]}
+                   "teacher": teacher,
+                   # Checkpoints relative to the library, so that a library moved whole still finds them.
+                   "candidates": [{**records[c.name], "checkpoint": os.path.relpath(records[c.name]["checkpoint"],
+                                                                                    out.resolve())}
+                                  for c in candidates]}
         write_json(out / LIBRARY_FILE, library)
         write_csv(out / TABLE_FILE, library["candidates"], COLUMNS)
     return library

@@ -85,7 +85,7 @@ def _free_kind(recipe: Recipe, section: int, sections: int) -> str | None:
     """What the family's section of 0 blocks is at ``section``: a fitted map, a skip, or None if it has none."""
     try:
         carrier = recipe.student_builder(mix_name([0 if i == section else 1 for i in range(1, sections + 1)]))()
-    except (RecipeError, ValueError):
+    except (RecipeError, ValueError, TypeError, RuntimeError):  # the family builds no section of 0 blocks there
         return None
     module = cut_sections(carrier, recipe).sections[section - 1]
     if not any(True for _ in module.parameters()):

@@ -25,10 +25,10 @@ from ..runtime.eval_mode import evaluating
 from ..store.arrays import Store
 from ..store.layout import IGNORE_INDEX, token_mask
 from ..training.dataset import StoreDataset
-from ..training.metrics import cpu_latency, model_stats
+from ..training.metrics import cpu_latency
 from ..training.step import TOPK_FIELDS
 
-__all__ = ["HeldOutRows", "Scorer", "section_cost", "latency_ms"]
+__all__ = ["HeldOutRows", "Scorer", "latency_ms"]
 
 
 class HeldOutRows:
@@ -127,13 +127,6 @@ def _output_sums(sums: dict, logits: torch.Tensor, batch: dict, topk: bool, task
     sums["nll"] += float(F.nll_loss(log_student, labels, reduction="sum"))
     sums["correct"] += int((logits.argmax(-1) == labels).sum())
     sums["count"] += len(labels)
-
-
-def section_cost(module: nn.Module, sample: torch.Tensor, latency_rows: torch.Tensor) -> dict:
-    """Parameters, multiply-adds of one row (``sample``: one stored input row) and the latency of
-    ``latency_rows`` through ``module`` (``latency_ms``)."""
-    stats = model_stats(module, sample[:1])
-    return {"params": stats["params"], "macs": stats["macs_per_sample"], "latency_ms": latency_ms(module, latency_rows)}
 
 
 def latency_ms(module: nn.Module, rows: torch.Tensor, repeats: int = 9) -> float:

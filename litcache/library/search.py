@@ -13,6 +13,7 @@ store, evaluated on the recipe's split, and compared with the uniform mixes of t
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,12 +21,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+import xxhash
 
-from ..errors import OptionError, StoreMismatchError
+from ..errors import LitcacheError, OptionError, StoreMismatchError
 from ..evaluation import evaluate
 from ..recipe import Recipe, load_recipe, mix_name
 from ..sections import cut_sections
-from ..store.arrays import open_store
+from ..store.arrays import Store, open_store
 from ..training.blocks import BlockTrainOptions, train_blocks
 from ..training.outputs import claim_output
 from ..training.student import build_student, load_student, read_student, save_student
@@ -131,21 +133,23 @@ def _loss(candidate: dict, predictor: str, task: str) -> float:
     return -candidate["swap_accuracy_delta"]
 
 
-def assemble_mix(recipe: Recipe, library: dict, picks: Sequence[dict], out: Path) -> str:
-    """A student checkpoint of the mix of ``picks`` (one candidate record per section): the teacher's stem and
-    head from the store, each section from its candidate's checkpoint."""
-    store = open_store(library["store"]["path"])
+def assemble_mix(recipe: Recipe, library: dict, picks: Sequence[dict], out: Path, library_path: str | Path = ".",
+                 store: Store | None = None) -> str:
+    """A student checkpoint of the mix of ``picks`` (one candidate record per section; checkpoints relative to
+    ``library_path``): the teacher's stem and head from the library's store, each section from its candidate."""
+    store = store or open_store(library["store"]["path"])
     student = mix_name([p["depth"] for p in picks])
     model, sectioned = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
     for i, pick in enumerate(picks, start=1):
-        saved = read_student(pick["checkpoint"])
+        saved = read_student(Path(library_path) / pick["checkpoint"])
         donor, _ = build_student(recipe, saved["student"])
         donor.load_state_dict(saved["state_dict"])
         sectioned.sections[i - 1].load_state_dict(cut_sections(donor, recipe).sections[i - 1].state_dict())
     final = out / student / "assembled.pt"
     with claim_output(out / student):
         save_student(final, model, recipe=recipe, student=student, mode="library-mix",
-                     sections_trained=range(1, len(picks) + 1), store=library["store"],
+                     sections_trained=range(1, len(picks) + 1),
+                     store={"path": str(store.path), "identity": store.manifest.identity.to_dict()},
                      config={"library_picks": [p["candidate"] for p in picks]}, history=[], epoch=0)
     return str(final)
 
@@ -175,9 +179,18 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
     if recipe.name != library["recipe"]["name"]:
         raise StoreMismatchError(f"Library {str(library_path)!r} was made for recipe {library['recipe']['name']!r}, "
                                  f"but its recipe file now defines {recipe.name!r}.")
-    if store is not None and open_store(store).manifest.identity.to_dict() != library["store"]["identity"]:
+    if library["task"] not in ("classification", "language_model"):
+        raise OptionError(f"litcache search measures accuracy or perplexity; recipe {recipe.name!r} is a "
+                          f"{library['task']} task. Its library's scores (library.json) still rank its candidates.")
+    store_path = store if store is not None else library["store"]["path"]
+    try:
+        opened = open_store(store_path)
+    except LitcacheError as exc:
+        raise StoreMismatchError(f"Library {str(library_path)!r} needs its store {str(store_path)!r}, which cannot be "
+                                 f"opened ({exc}). If it moved, give it with --store.") from None
+    if opened.manifest.identity.to_dict() != library["store"]["identity"]:
         raise StoreMismatchError(f"Library {str(library_path)!r} was made from store {library['store']['path']!r}, not "
-                                 f"from {str(store)!r}: its candidates were trained on other rows.")
+                                 f"from {str(store_path)!r}: its candidates were trained on other rows.")
     recipe.check_split_name(split)
     sections = library["sections"]
     options = [[c for c in library["candidates"] if c["section"] == i] for i in range(1, sections + 1)]
@@ -192,6 +205,12 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
         raise OptionError(f"No mix meets --budget {budget}: the cheapest, {name}, has {budget.key} "
                           f"{floor:,.4g}{'ms' if budget.key == 'latency' else ''}. Give a larger budget.")
     found = best_mixes(costs, losses, budget.limit, top, shared)
+    if not found:  # the floor met the budget in another order of summation: no mix meets it after all
+        raise OptionError(f"No mix meets --budget {budget}: the cheapest has {budget.key} {floor:,.4g}. "
+                          "Give a larger budget.")
+    if library["heldout"]["identity"]["split"] == split:
+        log(f"warning: the library scored its candidates on split {split!r}, which the picks are now measured on: "
+            "the measured figures flatter the search. Score on a validation split (e.g. cifar10_resnet's 'val').")
     out = Path(out) if out is not None else Path(library_path) / "search" / re.sub(r"[^A-Za-z0-9_.=+-]", "-",
                                                                                    f"{budget}-{predictor}")
     picked = {mix_name([options[i][j]["depth"] for i, j in enumerate(m.picks)]): m for m in found}
@@ -200,7 +219,6 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
     reference = library["teacher"]["figures"]
     rows = []
     with claim_output(out):
-        store_path = library["store"]["path"]
         dataset = recipe.load_split(split)
         latency_input = torch.stack([dataset[i][0] for i in range(min(library["options"]["latency_rows"],
                                                                       len(dataset)))])
@@ -211,9 +229,15 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
                 [next(j for j, c in enumerate(o) if c["depth"] == uniform_mixes[name]) for o in options]
             picks = [options[i][j] for i, j in enumerate(chosen)]
             predicted = _predicted(picks, library, predictor, column)
-            checkpoint = assemble_mix(recipe, library, picks, out)
+            checkpoint = assemble_mix(recipe, library, picks, out, library_path, opened)
             if finetune_epochs:
-                [result] = train_blocks(recipe, store_path, [name], out / "finetuned",
+                # The fine-tune's folder is keyed by what it starts from and how it trains: a rerun after the
+                # library changed, or with other fine-tune settings, trains anew instead of resuming another run.
+                key = xxhash.xxh3_64_hexdigest(json.dumps(
+                    {"picks": [p["checkpoint"] for p in picks], "finetune": dict(finetune or {}),
+                     "epochs": finetune_epochs, "seed": seed, "store": library["store"]["identity"]},
+                    sort_keys=True, default=str).encode())[:12]
+                [result] = train_blocks(recipe, str(opened.path), [name], out / "finetuned" / key,
                                         BlockTrainOptions(**{**(finetune or {}), "mode": "finetune",
                                                              "init": checkpoint, "epochs": finetune_epochs,
                                                              "seed": seed, "device": device, "evaluate": False,
