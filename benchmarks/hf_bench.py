@@ -16,6 +16,7 @@ exported as an HF directory (``export_teacher``), which is then the recipe's mod
   linear-map     no training: layer-drop, plus a least-squares map merged into the last kept layer's MLP
   scratch        the student trained from scratch with cross-entropy for E = --lit-epochs + --ft-epochs
   kd             KD from the store for E epochs, from the same start as LIT (every other teacher layer)
+  kd-soft        the same with alpha 0: the teacher's soft targets only, no hard-label cross-entropy
   lit, lit+ft    LIT for --lit-epochs (MSE IR loss), then fine-tune (KD, head frozen) for --ft-epochs
   lit-only       LIT for the whole budget E, no fine-tune
   lit-relative, lit-relative+ft   the same with the IR loss normalised by the target's energy
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         [kd] = train_blocks(recipe, store, [student], work / f"kd-seed{args.seed}",
                             BlockTrainOptions(mode="kd", epochs=budget, **common), resume=True, log=print)
         record("kd", {**perplexity(recipe, kd["checkpoint"]), "train_seconds": _seconds(kd["history"])}, t)
+    if wanted("kd-soft") and not done("kd-soft"):
+        t = time.perf_counter()
+        [kd] = train_blocks(recipe, store, [student], work / f"kd-soft-seed{args.seed}",
+                            BlockTrainOptions(mode="kd", alpha=0.0, epochs=budget, **common), resume=True, log=print)
+        record("kd-soft", {**perplexity(recipe, kd["checkpoint"]), "train_seconds": _seconds(kd["history"])}, t)
     if wanted("lit-only") and not done("lit-only"):
         t = time.perf_counter()
         [lit] = train_blocks(recipe, store, [student], work / f"lit-only-seed{args.seed}",

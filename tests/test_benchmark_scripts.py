@@ -297,8 +297,8 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     out = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = {r["row"] for k, r in runs.items() if not k.endswith("/storage")}
-    assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "lit", "lit+ft", "lit-only", "lit-relative",
-                    "lit-relative+ft", "lit-beta0.9", "lit-beta0.9+ft"}
+    assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "kd-soft", "lit", "lit+ft", "lit-only",
+                    "lit-relative", "lit-relative+ft", "lit-beta0.9", "lit-beta0.9+ft"}
     for key, r in runs.items():
         if not key.endswith("/storage"):
             assert 1.0 < r["perplexity"] < 2 * 280, key
