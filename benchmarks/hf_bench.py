@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="rows to run (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", action="store_true", help="also the storage table of the stored residual stream")
+    p.add_argument("--train-perplexity", nargs="*", metavar="ROW",
+                   help="also each finished ROW's (of --seed) perplexity on its own training rows: how much of the "
+                        "held-out gap is fitting the rows")
     p.add_argument("--work", default="runs/hf")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the table only")
@@ -195,7 +198,26 @@ def main(argv: list[str] | None = None) -> None:
                                               **common), resume=True, log=print)
         record(row + "+ft", {**perplexity(recipe, ft["checkpoint"]),
                              "train_seconds": _seconds(lit["history"]) + _seconds(ft["history"])}, t)
+    for row in args.train_perplexity or []:
+        key = f"{prefix}/{row}/seed{args.seed}"
+        if key in results["runs"] and "train_perplexity" not in results["runs"][key]:
+            path = _checkpoint(work, row, args.seed, student)
+            report_ = evaluate(recipe, None if row == "teacher" else path, path if row == "teacher" else None,
+                               split="train", device="cpu", precision="fp32")
+            results["runs"][key]["train_perplexity"] = report_["teacher" if row == "teacher" else "student"][
+                "perplexity"]
+            save_results(results_path, results)
+            print(f"=== {key}: training perplexity {results['runs'][key]['train_perplexity']:.4f}", flush=True)
     print(report(results))
+
+
+def _checkpoint(work: Path, row: str, seed: int, student: str) -> str:
+    """Where a row's model is: the teacher's HF directory, or the row's student checkpoint."""
+    if row == "teacher":
+        return str(work / "teacher")
+    if row == "scratch":
+        return str(work / f"scratch-seed{seed}" / "student.pt")
+    return str(work / f"{row}-seed{seed}" / student / "student.pt")
 
 
 def _seconds(history: list[dict]) -> float:
@@ -238,14 +260,15 @@ def report(results: dict) -> str:
             storage[key] = r
             continue
         runs.setdefault(key.rsplit("/seed", 1)[0], []).append(r)
-    lines = ["| run | seeds | held-out perplexity, mean | min | max | params | depth | train time / seed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | seeds | held-out perplexity, mean | min | max | training-rows perplexity | params | depth | "
+             "train time / seed |", "|---|---|---|---|---|---|---|---|---|"]
     for run, records in sorted(runs.items()):
         scores = [r["perplexity"] for r in records]
         seeds = ",".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
         seconds = sum(r.get("train_seconds", 0.0) for r in records) / len(records)
+        fitted = ", ".join(f"{r['train_perplexity']:.2f}" for r in records if "train_perplexity" in r) or "-"
         lines.append(f"| {run} | {seeds} | {sum(scores) / len(scores):.4f} | {min(scores):.4f} | {max(scores):.4f} | "
-                     f"{records[0]['params']:,} | {records[0]['depth']} | {seconds / 60:.1f} min |")
+                     f"{fitted} | {records[0]['params']:,} | {records[0]['depth']} | {seconds / 60:.1f} min |")
     for key, s in storage.items():
         lines += ["", f"{key}: bytes per token per boundary (width {s['rows'][0]['width']}), and 1B tokens of a "
                       "4,096-wide model at 8 boundaries",

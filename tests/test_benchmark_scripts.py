@@ -293,7 +293,8 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     results = tmp_path / "hf.json"
     args = ["--corpus", corpus, "--layers", 2, "--width", 32, "--heads", 4, "--kv-heads", 2, "--mlp", 64,
             "--vocab", 280, "--context", 24, "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
-            "--batch-size", 16, "--topk", 8, "--storage", "--work", tmp_path / "work", "--results", results]
+            "--batch-size", 16, "--topk", 8, "--storage", "--train-perplexity", "teacher", "kd", "lit-only",
+            "--work", tmp_path / "work", "--results", results]
     out = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     runs = json.loads(results.read_text())["runs"]
     rows = {r["row"] for k, r in runs.items() if not k.endswith("/storage")}
@@ -309,6 +310,8 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     assert {(s["dtype"], s["codec"]) for s in storage["rows"]} >= {("float16", "zstd"), ("bfloat16", "lz4")}
     assert all(0 < s["bytes_per_token_per_boundary"] < 4 * 32 for s in storage["rows"])
     assert "| dtype | codec | keep bits | bytes/token/boundary |" in out
+    fitted = {r["row"]: r.get("train_perplexity") for k, r in runs.items() if not k.endswith("/storage")}
+    assert all(1.0 < fitted[row] < 2 * 280 for row in ("teacher", "kd", "lit-only")) and fitted["lit"] is None
     again = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     assert "===" not in again  # every row was done: nothing ran again
 
