@@ -202,6 +202,25 @@ def test_a_killed_library_resumes(stores, tmp_path, monkeypatch):
     assert all(_mtimes(out)[k] == v for k, v in made.items())
 
 
+def test_candidates_train_as_dask_tasks_with_the_weights_of_one_process(stores, tmp_path):
+    """On a local cluster of 2 workers, each candidate is the one this process makes: one torch thread in every
+    task, whichever runs it."""
+    from litcache.extraction.distributed import dask_client
+
+    recipe, train, heldout = stores
+    options = replace(OPTIONS, depths=("0,1",))
+    alone = build_library(recipe, train, heldout, tmp_path / "alone", options, log=quiet)
+    with dask_client(2, None) as client:
+        spread = build_library(recipe, train, heldout, tmp_path / "spread",
+                               replace(options, workers=None, scheduler=client.scheduler.address), log=quiet)
+    for a, b in zip(alone["candidates"], spread["candidates"]):
+        assert a["candidate"] == b["candidate"] and a["swap_kl"] == pytest.approx(b["swap_kl"], rel=1e-6)
+        wa = read_student(tmp_path / "alone" / a["checkpoint"])["state_dict"]
+        wb = read_student(tmp_path / "spread" / b["checkpoint"])["state_dict"]
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
 def test_a_candidate_killed_mid_training_resumes_from_its_last_epoch(stores, tmp_path, monkeypatch):
     import litcache.training.blocks as blocks
 

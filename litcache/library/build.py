@@ -129,6 +129,7 @@ def _make(recipe: Recipe, store: Store, candidate: Candidate, directory: Path, o
         [result] = train_blocks(recipe, store.path, [carrier], directory, options.train_options(candidate.section),
                                 resume=True, log=lambda _: None)
         return result["checkpoint"]
+    torch.manual_seed(options.seed)  # the carrier's unused sections too: the same checkpoint in every process
     model, sectioned = build_student(recipe, carrier, store.module_state("stem"), store.module_state("head"))
     section = sectioned.sections[candidate.section - 1]
     report: dict = {}
