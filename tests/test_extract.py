@@ -121,7 +121,8 @@ def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, 
     rows = limit * views
     base = tempfile.mkdtemp(dir=tmp_path)
     out = Path(base) / "s.zarr"
-    result = _run(tiny_recipe, out, teacher_ckpt, views=views, limit=limit, dtype="float32",
+    # The codec named: auto chooses by measured speed, so two stores compared here could differ in it.
+    result = _run(tiny_recipe, out, teacher_ckpt, views=views, limit=limit, dtype="float32", codec="zstd",
                   chunk_rows=chunk_rows, shard_rows=shard_rows, batch_size=batch_size)
     assert (result.status, result.rows, result.rows_written) == ("created", rows, rows)
 
@@ -146,7 +147,7 @@ def test_extract_stores_teacher_outputs(tiny_recipe, teacher_ckpt, direct_tiny, 
 
     # The stored bytes, hence the checksums, do not depend on how rows were batched.
     other = Path(base) / "one-batch-per-shard.zarr"
-    _run(tiny_recipe, other, teacher_ckpt, views=views, limit=limit, dtype="float32",
+    _run(tiny_recipe, other, teacher_ckpt, views=views, limit=limit, dtype="float32", codec="zstd",
          chunk_rows=chunk_rows, shard_rows=shard_rows, batch_size=shard_rows)
     assert shard_checksums(other) == shard_checksums(out)
     assert manifest_of(other)["identity"] == store.manifest.identity

@@ -160,7 +160,8 @@ def test_sweep_refuses_bad_options_before_training(tiny_store, tmp_path):
     assert_clean_error(run_cli(*base, "--student", "resnet8", "--scheduler", "nonsense"),
                        "Expected a running dask scheduler at --scheduler 'nonsense'", exit_code=1)
     assert_clean_error(run_cli(*base, "--student", "nope"),
-                       "Expected a student of recipe 'tiny' (resnet8), got 'nope'", exit_code=1)
+                       "Expected a student of recipe 'tiny' (resnet8, or mixes such as 'mix-1-1-1'), got 'nope'",
+                       exit_code=1)
     assert_clean_error(run_cli(*base, "--student", "resnet8", "--mode", "ir", "--beta", "0.5"),
                        "--beta weights the KD term", exit_code=1)
     assert not (tmp_path / "s").exists()  # nothing trained, nothing written

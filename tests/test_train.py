@@ -236,7 +236,8 @@ def test_several_students_and_cli_end_to_end(tiny_store, teacher_ckpt, tmp_path)
     result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "nope",
                                   "--out", str(tmp_path / "x")])
     assert (result.exit_code == 1
-            and result.output.startswith("Error: Expected a student of recipe 'tiny' (resnet8), got 'nope'"))
+            and result.output.startswith("Error: Expected a student of recipe 'tiny' (resnet8, or mixes such as "
+                                         "'mix-1-1-1'), got 'nope'"))
     result = runner.invoke(main, ["train-blocks", tiny, "--store", str(tiny_store), "--student", "resnet8", "--out",
                                   str(tmp_path / "y"), "--mode", "lit", "--block", "1"])
     assert result.exit_code == 1 and "Error: --block trains one section alone" in result.output
