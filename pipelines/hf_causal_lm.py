@@ -17,8 +17,14 @@ folder written by ``save_pretrained`` (config.json, safetensors weights, tokeniz
   section, the first one first (``--student-init teacher-blocks``: every other layer for half the
   depth, the span's first layer for one, as LLM-Streamline starts); ``--student-init scratch``
   starts from the HF class's own initialisation.
+- students of mixed depths, ``mix-1-0-2-1`` (layers per section; 0 skips the section), are a block
+  library's candidates and picks (``litcache library``, ``litcache search``);
 - ``--teacher`` defaults to the model directory itself; ``litcache export`` writes a student back as
   an HF directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+- what trains by default: ``train-blocks`` without --mode trains LIT (beta 0.5, MSE IR loss). On the
+  CPU-size Llama of ``benchmarks/hf_bench.py`` (8 -> 4 layers, 3 seeds) LIT for the whole budget beat
+  KD from the same store and start by about 2 perplexity, with seeds 0.3 apart; a fine-tune epoch after
+  LIT (``--mode finetune``) cost about 1 there, so spend the epochs on LIT (benchmarks/README.md).
 
 Environment (read when the recipe is loaded):
   LITCACHE_HF_MODEL       the teacher's model directory (required)
@@ -110,6 +116,8 @@ recipe = Recipe(
                 f"students {', '.join(f'{n} {list(s)}' for n, s in STUDENTS.items())}; its own tokenizer, "
                 f"context {CONTEXT}",
     build_teacher=teacher,
+    # Mixes of 0 (the section skipped) to all of a section's layers: a block library's candidates.
+    student_depths=lambda depths: student(tuple(depths))(),
     students={name: student(sections) for name, sections in STUDENTS.items()},
     stem=hf.hf_stem,
     sections=tuple(hf.hf_section(i, SECTIONS) for i in range(SECTIONS)),
@@ -124,6 +132,7 @@ recipe = Recipe(
         finetune=TrainConfig(epochs=3, batch_size=32, lr=2e-4, **_ADAMW),
         alpha=0.5, tau=1.0, beta=0.5,
         ir_feature_axis=-1,  # boundaries are (tokens, hidden)
+        mode="lit",  # measured against kd on a Llama (benchmarks/README.md): LIT won, unlike on the byte-level GPT
     ),
     student_init="teacher-blocks",
 )
