@@ -61,6 +61,8 @@ def mix_depths(name: str) -> tuple[int, ...] | None:
         return None
     parts = name[len(MIX_PREFIX):].split("-")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
 #: Learning-rate schedules: "multistep" (x gamma at each milestone epoch, the LIT paper's), and two
 #: for short budgets, both with a linear or cosine warm-up over the first ``warmup`` of the steps:
 #: "cosine" (cosine decay to 0) and "onecycle" (torch's OneCycleLR: from lr/25 up to lr and down
