@@ -35,7 +35,7 @@ from ..training.config import RUN_ONLY_KEYS, resolve_config
 from ..training.metrics import model_stats
 from ..training.outputs import claim_output
 from ..training.student import adopt_teacher_parts, build_student, read_student, save_student
-from .candidates import Candidate, candidate_key, fit_pointwise_map, parse_depths, plan_candidates, section_of
+from .candidates import Candidate, candidate_key, candidate_section, fit_pointwise_map, parse_depths, plan_candidates
 from .scores import HeldOutRows, Scorer, latency_ms
 
 __all__ = ["LibraryOptions", "LIBRARY_FILE", "LIBRARY_FORMAT", "build_library", "read_library", "teacher_parts"]
@@ -155,7 +155,7 @@ def candidate_task(recipe_source: str, store_path: str, heldout_path: str, candi
     directory = Path(directory)
     checkpoint = _make(recipe, store, candidate, directory, options)
     saved = read_student(checkpoint)
-    module = _section_module(recipe, checkpoint, candidate.section)
+    module = candidate_section(recipe, saved, candidate.section)
     _, sections, head = teacher_parts(recipe, store, options.teacher)
     rows = HeldOutRows(heldout, options.score_rows)
     stats = model_stats(module, rows.sample(candidate.section - 1))
@@ -171,13 +171,6 @@ def candidate_task(recipe_source: str, store_path: str, heldout_path: str, candi
 def _scoring(heldout: Store, options: LibraryOptions) -> dict:
     """What a candidate's scores depend on besides the candidate: a kept record with other ones is scored again."""
     return {"heldout": heldout.manifest.identity.to_dict(), "score_rows": options.score_rows}
-
-
-def _section_module(recipe: Recipe, checkpoint: str, section: int) -> nn.Module:
-    saved = read_student(checkpoint)
-    model, _ = build_student(recipe, saved["student"])
-    model.load_state_dict(saved["state_dict"])
-    return section_of(recipe, model, section).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +231,7 @@ def _measure_latencies(recipe: Recipe, heldout: Store, records: dict, options: L
     share the machine with other tasks' training), on a batch of held-out rows, one thread."""
     rows = HeldOutRows(heldout, options.latency_rows)
     for record in records.values():
-        module = _section_module(recipe, record["checkpoint"], record["section"])
+        module = candidate_section(recipe, read_student(record["checkpoint"]), record["section"])
         record["latency_ms"] = latency_ms(module, rows.sample(record["section"] - 1, options.latency_rows))
     log(f"latency of {len(records)} candidates measured ({options.latency_rows} rows, one thread)")
 

@@ -21,15 +21,15 @@ import torch
 import torch.nn as nn
 import xxhash
 
+from ..baselines import StoredBoundaries
 from ..errors import OptionError, RecipeError
 from ..models.resnet import PointwiseMap
 from ..recipe import Recipe, mix_name
 from ..sections import cut_sections
 from ..store.arrays import Store
-from ..training.dataset import StoreDataset
 
 __all__ = ["KINDS", "Candidate", "teacher_depths", "parse_depths", "plan_candidates", "candidate_key",
-           "section_of", "fit_pointwise_map"]
+           "candidate_section", "fit_pointwise_map"]
 
 KINDS = ("trained", "teacher", "linear-map", "skip")
 
@@ -133,8 +133,11 @@ def candidate_key(candidate: Candidate, store_identity: Mapping, config: Mapping
     return xxhash.xxh3_64_hexdigest(json.dumps(what, sort_keys=True, default=str).encode())[:12]
 
 
-def section_of(recipe: Recipe, student: nn.Module, section: int) -> nn.Module:
-    return cut_sections(student, recipe).sections[section - 1]
+def candidate_section(recipe: Recipe, saved: dict, section: int) -> nn.Module:
+    """Section ``section`` (from 1) of a saved student checkpoint (a carrier's), in eval mode."""
+    model = recipe.student_builder(saved["student"])()
+    model.load_state_dict(saved["state_dict"])
+    return cut_sections(model, recipe).sections[section - 1].eval()
 
 
 @torch.inference_mode()
@@ -145,14 +148,10 @@ def fit_pointwise_map(module: nn.Module, store: Store, section: int, rows: int, 
     [pointwise] = [m for m in module.modules() if isinstance(m, PointwiseMap)]
     conv = pointwise.conv
     stride = conv.stride[0]
-    names = store.boundary_names
-    dataset = StoreDataset(store, [names[section - 1], names[section]])
-    rows = min(rows, store.rows) if rows > 0 else store.rows
+    batches = StoredBoundaries(store, section - 1, rows, batch_size)
     gram = cross = None
-    for start in range(0, rows, batch_size):
-        batch = dataset.__getitems__(range(start, min(start + batch_size, rows)))
-        x = batch[names[section - 1]].double()[:, :, ::stride, ::stride]
-        y = batch[names[section]].double()
+    for x, y, _ in batches:
+        x, y = x.double()[:, :, ::stride, ::stride], y.double()
         x = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), torch.ones(x.numel() // x.shape[1], 1,
                                                                                     dtype=torch.float64)], 1)
         y = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
@@ -161,5 +160,5 @@ def fit_pointwise_map(module: nn.Module, store: Store, section: int, rows: int, 
     solution = torch.linalg.lstsq(gram, cross).solution  # minimum norm where a channel is constant
     conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape).float())
     conv.bias.copy_(solution[-1].float())
-    return {"fit_rows": rows}
+    return {"fit_rows": batches.rows}
 

@@ -26,12 +26,12 @@ import xxhash
 from ..errors import LitcacheError, OptionError, StoreMismatchError
 from ..evaluation import evaluate
 from ..recipe import Recipe, load_recipe, mix_name
-from ..sections import cut_sections
 from ..store.arrays import Store, open_store
 from ..training.blocks import BlockTrainOptions, train_blocks
 from ..training.outputs import claim_output
 from ..training.student import build_student, load_student, read_student, save_student
 from .build import read_library, write_csv, write_json
+from .candidates import candidate_section
 from .scores import latency_ms
 
 __all__ = ["BUDGET_KEYS", "PREDICTORS", "Budget", "Mix", "parse_budget", "best_mixes", "assemble_mix",
@@ -142,9 +142,7 @@ def assemble_mix(recipe: Recipe, library: dict, picks: Sequence[dict], out: Path
     model, sectioned = build_student(recipe, student, store.module_state("stem"), store.module_state("head"))
     for i, pick in enumerate(picks, start=1):
         saved = read_student(Path(library_path) / pick["checkpoint"])
-        donor, _ = build_student(recipe, saved["student"])
-        donor.load_state_dict(saved["state_dict"])
-        sectioned.sections[i - 1].load_state_dict(cut_sections(donor, recipe).sections[i - 1].state_dict())
+        sectioned.sections[i - 1].load_state_dict(candidate_section(recipe, saved, i).state_dict())
     final = out / student / "assembled.pt"
     with claim_output(out / student):
         save_student(final, model, recipe=recipe, student=student, mode="library-mix",
