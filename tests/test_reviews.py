@@ -263,3 +263,13 @@ def test_an_unknown_source_is_refused(reviews, monkeypatch):
     recipe = load("reviews_vdcnn", monkeypatch, LITCACHE_REVIEWS_SOURCES="imdb")
     with pytest.raises(RecipeError, match="LITCACHE_REVIEWS_SOURCES to name sources among"):
         recipe.load_split("train")
+
+
+def test_the_cli_says_one_error_line_and_writes_nothing(tmp_path, monkeypatch):
+    from conftest import assert_clean_error, run_cli
+
+    monkeypatch.setenv("LITCACHE_REVIEWS_DIR", str(tmp_path / "nothing"))
+    out = tmp_path / "teacher.pt"
+    result = run_cli("train-teacher", REPO / "pipelines" / "reviews_vdcnn.py", "--out", out)
+    assert_clean_error(result, "Expected the review archive")
+    assert "make review-data" in result.output and not out.exists()
