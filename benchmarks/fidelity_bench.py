@@ -4,6 +4,12 @@ the same budget, against scratch, KD, FitNets hints and online LIT with fresh vi
     tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C runs/cifar10
     python benchmarks/fidelity_bench.py --cifar-dir runs/cifar10 --teacher ../shared/teachers/cifar10_resnet56.pt
 
+``--recipe resnext`` runs the same protocol for the paper's ResNeXt system at CPU size
+(pipelines/cifar10_resnext.py with LITCACHE_RESNEXT_SIZE=cpu: ResNeXt-110 4x4d -> ResNeXt-20), from a
+teacher trained by `litcache train-teacher` (default runs/cifar10_resnext/teacher.pt), into
+benchmarks/results/fidelity-resnext.json. Either way the teacher's test accuracy is measured once and
+printed above the table.
+
 Rows, each trained for the same number of epochs E = --lit-epochs + --ft-epochs over the same
 training images (the full 50k split, or a class-balanced --subset) and scored on the full 10k test split:
 
@@ -47,6 +53,13 @@ WEIGHT_DECAY = 5e-4
 #: row of its own, on a store of its own (see precision_variant).
 TABLE_PRECISION = "fp32"
 RESULTS = Path(__file__).parent / "results" / "fidelity.json"
+#: --recipe -> (recipe file, teacher, teacher depth, its environment variable, student, results file).
+RECIPES = {
+    "resnet": ("cifar10_resnet.py", "../shared/teachers/cifar10_resnet56.pt", 56, "LITCACHE_CIFAR_TEACHER",
+               "resnet20", RESULTS),
+    "resnext": ("cifar10_resnext.py", "runs/cifar10_resnext/teacher.pt", 110, "LITCACHE_RESNEXT_TEACHER",
+                "resnext20", RESULTS.with_name("fidelity-resnext.json")),
+}
 
 
 def _accuracies(history: list[dict]) -> dict:
@@ -145,6 +158,17 @@ def run_store_baseline(args, recipe, store, seed: int, work: Path, mode: str) ->
     return _accuracies(result["history"])
 
 
+def teacher_accuracy(recipe, checkpoint: str, precision: str | None) -> float:
+    """The teacher's top-1 on the whole test split."""
+    from litcache.extraction.teacher import load_teacher
+    from litcache.runtime.precision import resolve_compute
+    from litcache.training.metrics import accuracy
+
+    model, _, _ = load_teacher(recipe, checkpoint)
+    compute = resolve_compute(precision or recipe.precision, "cpu", model)
+    return accuracy(compute.model(model), recipe.load_split("test"), compute)
+
+
 def store_bytes(store: str) -> int:
     from litcache.store.verify import store_info
 
@@ -161,7 +185,8 @@ def report(results: dict, out_png: Path) -> str:
     rows: dict[str, list[dict]] = {}
     for record in results["runs"].values():
         rows.setdefault(record["row"], []).append(record)
-    lines = ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | "
+    lines = [f"teacher {path}: test top-1 {100 * acc:.2f}%" for path, acc in results.get("teachers", {}).items()]
+    lines += ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | "
              "best epoch (test-selected) mean | training time / seed | store bytes | precision | "
              "after the LIT phase, mean | the same, BatchNorm recalibrated |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -222,10 +247,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar-dir",
                    help="ImageFolder CIFAR-10 (train/, test/), e.g. unpacked ../shared/data/cifar10-jpeg.tar.gz")
-    p.add_argument("--teacher", default="../shared/teachers/cifar10_resnet56.pt",
-                   help="a state dict of litcache.zoo.cifar_resnet(--teacher-depth) (widths: $LITCACHE_CIFAR_WIDTHS)")
-    p.add_argument("--teacher-depth", type=int, default=56)
-    p.add_argument("--student", default="resnet20")
+    p.add_argument("--recipe", choices=list(RECIPES), default="resnet",
+                   help="resnet: cifar10_resnet.py; resnext: cifar10_resnext.py at LITCACHE_RESNEXT_SIZE=cpu")
+    p.add_argument("--teacher", help="the teacher checkpoint (default: the shared ResNet-56, or "
+                                     "runs/cifar10_resnext/teacher.pt)")
+    p.add_argument("--teacher-depth", type=int, help="default 56 (resnet), 110 (resnext)")
+    p.add_argument("--student", help="default resnet20 or resnext20")
     p.add_argument("--subset", type=int, default=0, help="class-balanced training subset (0: all 50k)")
     p.add_argument("--lit-epochs", type=int, default=15)
     p.add_argument("--ft-epochs", type=int, default=5)
@@ -242,9 +269,12 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=ROWS, help="rows to run (default: all)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--work", default="runs/fidelity")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", help="default benchmarks/results/fidelity.json (resnext: fidelity-resnext.json)")
     p.add_argument("--report", action="store_true", help="print the table and draw the plot only")
     args = p.parse_args()
+    recipe_file, teacher, depth, depth_var, student, results_file = RECIPES[args.recipe]
+    args.teacher, args.teacher_depth = args.teacher or teacher, args.teacher_depth or depth
+    args.student, args.results = args.student or student, args.results or str(results_file)
 
     results_path = Path(args.results)
     results = load_results(results_path)
@@ -257,13 +287,18 @@ def main() -> None:
     if not args.cifar_dir:
         p.error("--cifar-dir is required to train")
     os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
-    os.environ["LITCACHE_CIFAR_TEACHER"] = str(args.teacher_depth)
+    os.environ[depth_var] = str(args.teacher_depth)
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(args.subset)
+    if args.recipe == "resnext":
+        os.environ.setdefault("LITCACHE_RESNEXT_SIZE", "cpu")
     from litcache import ExtractOptions, extract, load_recipe
     from litcache.runtime.devices import resolve_device
     from litcache.runtime.precision import resolve_compute
 
-    recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / "cifar10_resnet.py")
+    recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / recipe_file)
+    if args.teacher not in results.setdefault("teachers", {}):
+        results["teachers"][args.teacher] = teacher_accuracy(recipe, args.teacher, args.precision)
+        save_results(results_path, results)
     # The compute the runs get: they train on the device train-blocks picks (CUDA when present).
     precision = resolve_compute(args.precision or recipe.precision, resolve_device("auto")).precision
     work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"

@@ -13,25 +13,42 @@ Data (nothing is downloaded), read when a split is loaded:
 
 Model size, read whenever a model is built. The defaults are the ResNeXt paper's CIFAR template
 (ResNeXt-29 8x64d widths); DESIGN.md does not record the LIT paper's ResNeXt width:
+  LITCACHE_RESNEXT_SIZE         "paper" (default) or "cpu": the defaults of the four below (see CPU_SIZE)
   LITCACHE_RESNEXT_TEACHER      teacher depth, 9n + 2 (default 110)
-  LITCACHE_RESNEXT_CARDINALITY  groups of each grouped conv (default 8)
-  LITCACHE_RESNEXT_BASE_WIDTH   channels per group in stage 1, doubled per stage (default 64)
-  LITCACHE_RESNEXT_WIDTHS       stage output widths (default 256,512,1024; the stem has a quarter
-                                of the first)
+  LITCACHE_RESNEXT_CARDINALITY  groups of each grouped conv (default 8; cpu: 4)
+  LITCACHE_RESNEXT_BASE_WIDTH   channels per group in stage 1, doubled per stage (default 64; cpu: 4)
+  LITCACHE_RESNEXT_WIDTHS       stage output widths (default 256,512,1024; cpu: 32,64,128; the stem has a
+                                quarter of the first)
+
+The paper's 8x64d ResNeXt-110 has 139.9M parameters and 5.5G multiply-adds per image: no CPU trains it.
+LITCACHE_RESNEXT_SIZE=cpu keeps the depth (110 -> 20, the paper's 5.5x) and the family (bottlenecks of
+grouped 3x3 convs, 3 stages, stage widths doubling) at cardinality 4, 4 channels per group and stage
+widths 32/64/128: ResNeXt-110 4x4d has 420,914 parameters and 61.2M multiply-adds per image (ResNet-56:
+853,018 and 125.5M), ResNeXt-20 75,954 and 12.0M. The teacher trains on the 50k JPEGs with
+`litcache train-teacher` (the command is in benchmarks/README.md, ResNeXt).
 """
 
 from __future__ import annotations
 
+import os
 
-
-from litcache.recipe import import_beside
 from litcache import CropFlip, DistillConfig, Recipe, TrainConfig
+from litcache.errors import RecipeError
+from litcache.recipe import import_beside
 from litcache.zoo import cifar_resnext
 
-
-
-
 _data = import_beside(__file__, "_data")
+
+#: LITCACHE_RESNEXT_SIZE -> (cardinality, base width, stage widths).
+SIZES = {"paper": (8, 64, (256, 512, 1024)), "cpu": (4, 4, (32, 64, 128))}
+CPU_SIZE = SIZES["cpu"]
+
+
+def _size() -> tuple[int, int, tuple[int, int, int]]:
+    name = os.environ.get("LITCACHE_RESNEXT_SIZE", "").strip() or "paper"
+    if name not in SIZES:
+        raise RecipeError(f"Expected LITCACHE_RESNEXT_SIZE to be one of {sorted(SIZES)}, got {name!r}.")
+    return SIZES[name]
 
 
 def load_split(split: str):
@@ -43,9 +60,10 @@ def resnext(depth: int | None = None):
 
     def build():
         d = depth if depth is not None else _data.env_int("LITCACHE_RESNEXT_TEACHER", 110)
-        return cifar_resnext(d, cardinality=_data.env_int("LITCACHE_RESNEXT_CARDINALITY", 8),
-                             base_width=_data.env_int("LITCACHE_RESNEXT_BASE_WIDTH", 64),
-                             widths=_data.env_ints("LITCACHE_RESNEXT_WIDTHS", (256, 512, 1024)), num_classes=10)
+        cardinality, base_width, widths = _size()
+        return cifar_resnext(d, cardinality=_data.env_int("LITCACHE_RESNEXT_CARDINALITY", cardinality),
+                             base_width=_data.env_int("LITCACHE_RESNEXT_BASE_WIDTH", base_width),
+                             widths=_data.env_ints("LITCACHE_RESNEXT_WIDTHS", widths), num_classes=10)
 
     return build
 

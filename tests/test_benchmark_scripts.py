@@ -163,6 +163,27 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
             and (work / "train_k2.zarr").is_dir())
 
 
+def test_fidelity_bench_runs_the_resnext_system(fake_cifar, tmp_path):
+    import torch
+
+    from litcache.models.resnext import cifar_resnext
+
+    cifar, _, env = fake_cifar
+    torch.manual_seed(0)
+    teacher = tmp_path / "resnext29.pt"
+    torch.save(cifar_resnext(29, cardinality=2, base_width=2, widths=(8, 16, 16), num_classes=10).state_dict(), teacher)
+    env = {**env, "LITCACHE_RESNEXT_CARDINALITY": "2", "LITCACHE_RESNEXT_BASE_WIDTH": "2",
+           "LITCACHE_RESNEXT_WIDTHS": "8,16,16"}
+    results = tmp_path / "fidelity-resnext.json"
+    out = _run_env("fidelity_bench.py", env, "--recipe", "resnext", "--cifar-dir", cifar, "--teacher", teacher,
+                   "--teacher-depth", 29, "--lit-epochs", 1, "--ft-epochs", 1, "--max-views", 2, "--batch-size", 16,
+                   "--results", results, "--work", tmp_path / "work", "--only", "scratch", "lit-k2")
+    saved = json.loads(results.read_text())
+    assert {r["student"] for r in saved["runs"].values()} == {"resnext20"}
+    assert 0 <= saved["teachers"][str(teacher)] <= 1 and f"teacher {teacher}: test top-1" in out
+    assert "| lit-k2 | 2 | 1 + 1 | 0 |" in out
+
+
 def test_speed_bench(fake_cifar, tmp_path):
     from test_gpt import ALPHA, BETA, play
     from test_text_gpt import TINY_GPT, _text

@@ -223,6 +223,19 @@ def test_cifar10_resnext_pipeline(cifar_dir, tmp_path, monkeypatch):
             and report["student"]["compression_by_depth"] == pytest.approx(29 / 20, abs=1e-3))
 
 
+def test_resnext_cpu_size(monkeypatch):
+    for var in ("LITCACHE_RESNEXT_TEACHER", "LITCACHE_RESNEXT_CARDINALITY", "LITCACHE_RESNEXT_BASE_WIDTH",
+                "LITCACHE_RESNEXT_WIDTHS"):
+        monkeypatch.delenv(var, raising=False)
+    recipe = load("cifar10_resnext", monkeypatch, LITCACHE_RESNEXT_SIZE="cpu")
+    teacher, student = recipe.build_teacher(), recipe.students["resnext20"]()
+    count = sum(p.numel() for p in teacher.parameters())
+    assert count == 420_914 and sum(p.numel() for p in student.parameters()) == 75_954
+    monkeypatch.setenv("LITCACHE_RESNEXT_SIZE", "tiny")
+    with pytest.raises(RecipeError, match=r"LITCACHE_RESNEXT_SIZE to be one of \['cpu', 'paper'\]"):
+        recipe.build_teacher()
+
+
 def test_resnext_grouped_bottlenecks():
     from litcache.models.resnext import cifar_resnext
     from litcache.training.metrics import depth
