@@ -184,6 +184,24 @@ def test_fidelity_bench_runs_the_resnext_system(fake_cifar, tmp_path):
     assert "| lit-k2 | 2 | 1 + 1 | 0 |" in out
 
 
+def test_vdcnn_bench(tmp_path):
+    from test_reviews import make_reviews
+
+    env = {"LITCACHE_REVIEWS_DIR": str(make_reviews(tmp_path / "reviews")), "LITCACHE_REVIEWS_SEQ_LEN": "64",
+           "LITCACHE_VDCNN_WIDTHS": "4,8,8,8", "LITCACHE_VDCNN_HIDDEN": "16"}
+    results = tmp_path / "vdcnn.json"
+    args = ["--teachers", 17, "--pair", 17, "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
+            "--results", results, "--work", tmp_path / "work"]
+    out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(runs) == ["17-vdcnn9/kd/seed0", "17-vdcnn9/kd/seed1", "17-vdcnn9/lit+ft/seed0",
+                            "17-vdcnn9/lit+ft/seed1", "17-vdcnn9/scratch/seed0", "17-vdcnn9/scratch/seed1", "teacher17"]
+    assert runs["17-vdcnn9/lit+ft/seed0"]["epochs"] == 2 and runs["teacher17"]["epochs"] == 1
+    assert "| 17-vdcnn9 | lit+ft | 2 |" in out and "majority class of the test split" in out
+    out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)  # everything done: nothing trains again
+    assert "=== " not in out
+
+
 def test_speed_bench(fake_cifar, tmp_path):
     from test_gpt import ALPHA, BETA, play
     from test_text_gpt import TINY_GPT, _text
