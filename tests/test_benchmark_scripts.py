@@ -202,6 +202,24 @@ def test_vdcnn_bench(tmp_path):
     assert "=== " not in out
 
 
+def test_stargan_bench(tmp_path):
+    from test_emoji_stargan import TINY, _codes, make_archive
+
+    archive = make_archive(tmp_path / "emoji.tgz", _codes(train=6, test=2))
+    env = {"LITCACHE_EMOJI_ARCHIVE": str(archive), **TINY}
+    results = tmp_path / "stargan.json"
+    args = ["--iterations", 2, "--classifier-epochs", 1, "--lit-epochs", 1, "--results", results,
+            "--work", tmp_path / "work", "--seeds", 0, 1]
+    out = _run_env("stargan_bench.py", env, *args)
+    runs = json.loads(results.read_text())["runs"]
+    assert sorted(runs) == ["classifier", "lit/seed0", "lit/seed1", "score/seed0", "score/seed1", "scratch/seed0",
+                            "scratch/seed1", "teacher"]
+    assert 0 < runs["lit/seed0"]["evaluate"]["ssim_vs_teacher"] <= 1
+    assert runs["lit/seed0"]["evaluate"]["compression_by_depth"] == pytest.approx(18 / 10)
+    assert "| 2 blocks, LIT (IR only) from the store | 2 |" in out and (tmp_path / "work" / "grid-seed1.png").exists()
+    assert "=== " not in _run_env("stargan_bench.py", env, *args)  # all done: nothing runs again
+
+
 def test_speed_bench(fake_cifar, tmp_path):
     from test_gpt import ALPHA, BETA, play
     from test_text_gpt import TINY_GPT, _text
