@@ -25,7 +25,7 @@ LITCACHE_RESNEXT_SIZE=cpu keeps the depth (110 -> 20, the paper's 5.5x) and the 
 grouped 3x3 convs, 3 stages, stage widths doubling) at cardinality 4, 4 channels per group and stage
 widths 32/64/128: ResNeXt-110 4x4d has 420,914 parameters and 61.2M multiply-adds per image (ResNet-56:
 853,018 and 125.5M), ResNeXt-20 75,954 and 12.0M. The teacher trains on the 50k JPEGs with
-`litcache train-teacher` (the command is in benchmarks/README.md, ResNeXt).
+`litcache train-teacher` (the command is in pipelines/README.md).
 """
 
 from __future__ import annotations
