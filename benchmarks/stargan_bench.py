@@ -123,7 +123,7 @@ def report(results: dict) -> str:
               "training |", "|---|---|---|---|---|---|---|"]
     if scores:
         t, tone = runs["teacher"], _spread([s["teacher"]["tone_accuracy"] for s in scores])
-        lines.append(f"| teacher, 6 blocks | 0 | - | - | - | {tone} | {t['iterations']} adversarial iterations, "
+        lines.append(f"| teacher, 6 blocks | - | - | - | - | {tone} | {t['iterations']} adversarial iterations, "
                      f"{t['train_seconds'] / 60:.0f} min |")
     for name, what in (("scratch", "2 blocks, adversarial, the teacher's iterations"),
                        ("lit", "2 blocks, LIT (IR only) from the store")):

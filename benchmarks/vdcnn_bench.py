@@ -107,11 +107,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"=== {key}: test accuracy {results['runs'][key]['test_accuracy']:.4f}", flush=True)
         return results["runs"][key]
 
+    # Keys and folders name the epochs, so a run of other lengths never reuses these.
+    teacher_epochs = args.teacher_epochs or recipe.teacher_training.epochs
     for depth in sorted(set(args.teachers) | {args.pair}, reverse=True):
-        record(f"teacher{depth}", lambda: run_teacher(recipe, depth, work, 0,
-                                                      args.teacher_epochs or recipe.teacher_training.epochs))
-    teacher = results["runs"][f"teacher{args.pair}"]["checkpoint"]
+        record(f"teacher{depth}-e{teacher_epochs}",
+               lambda: run_teacher(recipe, depth, work / f"e{teacher_epochs}", 0, teacher_epochs))
+    teacher = results["runs"][f"teacher{args.pair}-e{teacher_epochs}"]["checkpoint"]
     os.environ["LITCACHE_VDCNN_TEACHER"] = str(args.pair)
+    work = work / f"e{teacher_epochs}"
     store = str(work / f"train-teacher{args.pair}.zarr")
     extract(recipe, store, ExtractOptions(views=1), teacher_checkpoint=teacher, resume=True, progress=False)
     student, d = PAIRS[args.pair], recipe.distill
@@ -119,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     epochs = lit_epochs + ft_epochs
     for seed in args.seeds:
         for row in args.rows:
-            key = f"{args.pair}-{student}/{row}/seed{seed}"
-            run_dir = work / f"{args.pair}-{student}" / row.replace("+", "-") / f"seed{seed}"
+            pair = f"{args.pair}-e{teacher_epochs}-{student}-e{lit_epochs}+{ft_epochs}"
+            key = f"{pair}/{row}/seed{seed}"
+            run_dir = work / pair / row.replace("+", "-") / f"seed{seed}"
             if row == "scratch":
                 record(key, lambda: run_scratch(recipe, student, epochs, seed, run_dir))
             elif row == "kd":

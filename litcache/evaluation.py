@@ -1,7 +1,7 @@
 """`litcache evaluate`: accuracy on the recipe's real split, size, cost, depth and CPU latency.
 
 Generation recipes (``Recipe.task == "generation"``) have no labels to score: their students are
-measured against the teacher's outputs on the held-out split instead (MSE and PSNR), and a PNG
+measured against the teacher's outputs on the held-out split instead (MSE, PSNR and SSIM), and a PNG
 of a few (input, teacher, student) rows is written next to the student checkpoint.
 """
 

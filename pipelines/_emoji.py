@@ -7,8 +7,10 @@ Fitzpatrick tones), 1,896 RGBA 64x64 PNGs. The attribute is the skin tone; StarG
 values. Images are composited on white, resized (antialiased) to the chosen side, and decoded once into a
 cache next to the archive.
 
-The split is by whole emoji: an emoji goes to the test split when a hash of its code point falls in the
-lowest ``TEST_PERCENT`` percent, so a test emoji is never seen in any tone during training.
+The split is by whole emoji, and by family of emoji: the man, woman and person versions of an emoji (farmer,
+man farmer, woman farmer; surfer, man surfing, woman surfing) are drawn alike, so they form one group (see
+``emoji_group``), and a group goes to the test split when a hash of its key falls in the lowest
+``TEST_PERCENT`` percent. A test emoji is never seen in any tone during training, nor is its gendered twin.
 
 Environment variables read here:
   LITCACHE_EMOJI_ARCHIVE     the package archive (default runs/data/emoji/emoji-datasource-google-16.0.0.tgz)
@@ -45,7 +47,7 @@ SKIN_TONES = (("default", None), ("light", "1F3FB"), ("medium-light", "1F3FC"), 
 ATTRIBUTES = {"skin_tone": tuple(name for name, _ in SKIN_TONES)}
 TEST_PERCENT = 15
 #: Changes whenever the selection, compositing or split changes, so cached arrays are rebuilt.
-READER_FORMAT = "emoji-v1"
+READER_FORMAT = "emoji-v2"
 _IMAGES = "package/img/google/64/"
 
 
@@ -72,8 +74,31 @@ def image_size() -> int:
     return size
 
 
+#: A ZWJ sequence's gender sign (female, male; with or without the emoji presentation selector), and its
+#: "facing right" sign (a mirrored drawing).
+_GENDER_SIGNS = ("-200D-2640-FE0F", "-200D-2642-FE0F", "-200D-2640", "-200D-2642", "-200D-27A1-FE0F")
+#: Single code points for pairs whose other versions are ZWJ sequences of people: the couples holding hands
+#: (woman and man, two men, two women), the kiss and the couple with heart.
+_PAIRS = {"1F46B": "1F9D1-200D-1F91D-200D-1F9D1", "1F46C": "1F9D1-200D-1F91D-200D-1F9D1",
+          "1F46D": "1F9D1-200D-1F91D-200D-1F9D1", "1F48F": "1F9D1-200D-2764-FE0F-200D-1F48B-200D-1F9D1",
+          "1F491": "1F9D1-200D-2764-FE0F-200D-1F9D1"}
+#: Gendered people and their neutral form -> one key: man, woman, person; boy, girl, child; old man, old woman,
+#: older person.
+_PEOPLE = {"1F468": "P", "1F469": "P", "1F9D1": "P", "1F466": "C", "1F467": "C", "1F9D2": "C", "1F474": "O",
+           "1F475": "O", "1F9D3": "O"}
+
+
+def emoji_group(code: str) -> str:
+    """The key an emoji shares with its man, woman and person versions and its mirror image
+    (``1F469-200D-1F33E``, woman farmer -> ``P-200D-1F33E``)."""
+    code = _PAIRS.get(code, code)
+    for sign in _GENDER_SIGNS:
+        code = code.replace(sign, "")
+    return "-".join(_PEOPLE.get(part, part) for part in code.split("-"))
+
+
 def is_test_emoji(code: str) -> bool:
-    return xxhash.xxh64_intdigest(code.encode()) % 100 < TEST_PERCENT
+    return xxhash.xxh64_intdigest(emoji_group(code).encode()) % 100 < TEST_PERCENT
 
 
 def _damaged(path: Path, what: str, error: object = None) -> RecipeError:
@@ -88,24 +113,32 @@ def _decode(path: Path, size: int) -> dict[str, np.ndarray]:
 
     images, tones, emoji, test, codes = [], [], [], [], []
     try:
+        # One pass over the archive: gzip cannot seek back without decompressing again from the start.
+        files, meta = {}, None
         with tarfile.open(path) as tgz:
-            meta = json.load(tgz.extractfile("package/emoji.json"))
-            for entry in sorted(meta, key=lambda m: m.get("sort_order", 0)):
-                variations = entry.get("skin_variations") or {}
-                files = [entry.get("image")] + [variations.get(code, {}).get("image") for _, code in SKIN_TONES[1:]]
-                if not all(files) or not entry.get("has_img_google"):
-                    continue  # not drawn in every tone
-                index = len(codes)
-                codes.append(entry["unified"])
-                for tone, name in enumerate(files):
-                    with Image.open(io.BytesIO(tgz.extractfile(_IMAGES + name).read())) as img:
-                        rgba = img.convert("RGBA")
-                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.LANCZOS)
-                    images.append(np.asarray(rgb, dtype=np.uint8))
-                    tones.append(tone)
-                    emoji.append(index)
-                    test.append(is_test_emoji(entry["unified"]))
+            for member in tgz:
+                if member.name == "package/emoji.json":
+                    meta = json.load(tgz.extractfile(member))
+                elif member.name.startswith(_IMAGES) and member.isfile():
+                    files[member.name[len(_IMAGES):]] = tgz.extractfile(member).read()
+        if meta is None:
+            raise KeyError("package/emoji.json")
+        for entry in sorted(meta, key=lambda m: m.get("sort_order", 0)):
+            variations = entry.get("skin_variations") or {}
+            names = [entry.get("image")] + [variations.get(code, {}).get("image") for _, code in SKIN_TONES[1:]]
+            if not all(names) or not entry.get("has_img_google"):
+                continue  # not drawn in every tone
+            index = len(codes)
+            codes.append(entry["unified"])
+            for tone, name in enumerate(names):
+                with Image.open(io.BytesIO(files[name])) as img:
+                    rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                rgb = Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.LANCZOS)
+                images.append(np.asarray(rgb, dtype=np.uint8))
+                tones.append(tone)
+                emoji.append(index)
+                test.append(is_test_emoji(entry["unified"]))
     except (tarfile.TarError, KeyError, AttributeError, OSError, EOFError, zlib.error, json.JSONDecodeError,
             UnidentifiedImageError) as e:
         raise _damaged(path, "the emoji-datasource-google package (emoji.json and img/google/64/*.png)", e) from None

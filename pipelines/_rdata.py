@@ -7,7 +7,8 @@ there is a 4-byte big-endian uncompressed length, one byte naming the compressio
 
 Only what data frames of text, numbers and factors need is read: vectors, lists, pairlists, symbols,
 attributes, references and the compact integer sequences R 3.5+ writes for row names. Anything else (closures,
-environments, other ALTREP classes) is refused with :class:`RDataError`, naming the type.
+environments, other ALTREP classes such as wrappers) is refused with :class:`RDataError`, naming the type, as
+are damaged bytes (negative lengths, references to nothing, a stream that ends early).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class _Reader:
             raise RDataError(f"expected serialisation version 2 or 3, found {version}")
 
     def take(self, n: int) -> bytes:
+        if n < 0:
+            raise RDataError(f"a negative length ({n}) in the serialisation")
         if self.pos + n > len(self.data):
             raise RDataError("the serialisation ends early")
         chunk = self.data[self.pos:self.pos + n]
@@ -67,9 +70,11 @@ class _Reader:
 
     def length(self) -> int:
         n = self.int()
-        if n == -1:  # a long vector: two more words
-            upper, lower = self.int(), self.int()
+        if n == -1:  # a long vector: two more (unsigned) words
+            upper, lower = struct.unpack(">II", self.take(8))
             n = (upper << 32) + lower
+        elif n < 0:
+            raise RDataError(f"a negative vector length ({n}) in the serialisation")
         return n
 
     def item(self):
@@ -79,6 +84,8 @@ class _Reader:
             return None
         if kind == REFSXP:
             index = flags >> 8 or self.int()
+            if not 1 <= index <= len(self.refs):
+                raise RDataError(f"a reference to object {index}, of {len(self.refs)} read so far")
             return self.refs[index - 1]
         if kind == SYMSXP:
             symbol = Symbol(self.item())
@@ -98,7 +105,7 @@ class _Reader:
             return out
         if kind == CHARSXP:
             n = self.int()
-            return None if n == -1 else self.take(n).decode("utf-8", "replace")
+            return None if n == -1 else self.take(n).decode("utf-8", "replace")  # take() refuses other n < 0
         if kind in (LGLSXP, INTSXP):
             n = self.length()
             values = [None if v == NA_INTEGER else v for v in struct.unpack(f">{n}i", self.take(4 * n))]
@@ -117,11 +124,11 @@ class _Reader:
         info, state, attributes = self.item(), self.item(), self.item()
         name = str(info.get("0")) if isinstance(info, dict) else "?"
         if name == "compact_intseq":  # state: (length, first, step) as doubles
-            n, first, step = (int(v) for v in state)
+            try:
+                n, first, step = (int(v) for v in state)
+            except (TypeError, ValueError, OverflowError):
+                raise RDataError(f"a compact integer sequence whose state is {state!r}") from None
             return RVector(range(first, first + n * step, step), attributes)
-        if name.startswith("wrap_"):  # state: list(the vector, metadata)
-            vector = state[0]
-            return RVector(vector, attributes or getattr(vector, "attributes", None))
         raise RDataError(f"the ALTREP class {name!r} is not one this reader reads")
 
 
@@ -151,7 +158,8 @@ def read_rdx(rdx: bytes) -> dict[str, tuple[int, int]]:
         names = index.attributes["names"]
         variables = index[names.index("variables")]
         return {name: (int(v[0]), int(v[1])) for name, v in zip(variables.attributes["names"], variables)}
-    except (OSError, EOFError, KeyError, ValueError, IndexError, AttributeError, TypeError, struct.error) as e:
+    except (OSError, EOFError, KeyError, ValueError, IndexError, AttributeError, TypeError, struct.error,
+            RecursionError) as e:
         raise RDataError(f"not an R lazy-load index ({e})") from None
 
 
@@ -162,7 +170,8 @@ def read_object(rdb: bytes, index: dict[str, tuple[int, int]], name: str):
     offset, length = index[name]
     try:
         return _Reader(_decompress(rdb[offset:offset + length])).item()
-    except (lzma.LZMAError, OSError, zlib.error, struct.error, IndexError, KeyError, TypeError) as e:
+    except (lzma.LZMAError, OSError, zlib.error, struct.error, IndexError, KeyError, TypeError, ValueError,
+            RecursionError) as e:
         raise RDataError(f"object {name!r} is damaged ({e})") from None
 
 
@@ -171,7 +180,10 @@ def data_frame_columns(frame) -> dict[str, list]:
     if not isinstance(frame, RVector) or "data.frame" not in (frame.attributes.get("class") or []):
         raise RDataError("expected an R data.frame")
     columns = {}
-    for name, column in zip(frame.attributes["names"], frame):
-        levels = column.attributes.get("levels")
-        columns[name] = [None if v is None else levels[v - 1] for v in column] if levels else list(column)
+    try:
+        for name, column in zip(frame.attributes["names"], frame):
+            levels = column.attributes.get("levels")
+            columns[name] = [None if v is None else levels[v - 1] for v in column] if levels else list(column)
+    except (KeyError, AttributeError, TypeError, IndexError) as e:
+        raise RDataError(f"a data.frame whose columns are not named vectors ({e!r})") from None
     return columns

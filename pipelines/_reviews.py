@@ -15,7 +15,9 @@ text seen with both labels is dropped.
 
 The split is by source document, never by row: a document (film, product or review) goes to the test split
 when a hash of its name falls in the lowest ``TEST_PERCENT`` percent, so no film, product or review has rows
-on both sides, and the split never changes as sources are added.
+on both sides, and no document changes side as sources are added. (Which copy of a text found twice is kept
+follows the order of LITCACHE_REVIEWS_SOURCES, so rows can move with that order; a text appears on one side
+only either way.)
 
 Environment variables read here:
   LITCACHE_REVIEWS_DIR      the folder ``make review-data`` downloads into (default runs/data/reviews)
@@ -94,42 +96,52 @@ def _rotten_tomatoes(path: Path) -> list[Review]:
             for r in reader if r["category"] in labels]
 
 
-def _deb_member(path: Path, member: str) -> bytes:
-    """One file from a Debian package: an ``ar`` archive holding ``data.tar.xz``."""
+def _deb_members(path: Path, members: list[str]) -> list[bytes]:
+    """Files from a Debian package: an ``ar`` archive holding ``data.tar.xz`` (or .gz, .bz2)."""
     data = path.read_bytes()
     if data[:8] != b"!<arch>\n":
         raise _damaged(path, "a Debian package (an ar archive)")
     pos = 8
     while pos + 60 <= len(data):
-        name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
+        try:
+            name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
+        except (UnicodeDecodeError, ValueError):
+            raise _damaged(path, f"an ar member header at byte {pos}") from None
         body = data[pos + 60:pos + 60 + size]
         if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise RecipeError(f"Expected {str(path)!r}'s data.tar compressed with xz, gzip or bzip2; it is {name} "
+                                  "(zstd, as Ubuntu builds packages), which this reader does not read. Fetch the "
+                                  f"Debian package with `{FETCH}`.")
             try:
                 with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                    return tar.extractfile(member).read()
-            except (tarfile.TarError, KeyError, AttributeError, lzma.LZMAError, EOFError) as e:
-                raise _damaged(path, member, e) from None
+                    return [tar.extractfile(member).read() for member in members]
+            except (tarfile.TarError, KeyError, AttributeError, lzma.LZMAError, EOFError, OSError) as e:
+                raise _damaged(path, f"{', '.join(members)}", e) from None
         pos += 60 + size + size % 2
     raise _damaged(path, "a data.tar member")
 
 
 def _amazon_food(path: Path) -> list[Review]:
     folder = "./usr/lib/R/site-library/modeldata/data/"
+    names = ("training_data", "testing_data")
     try:
-        index = _rdata.read_rdx(_deb_member(path, folder + "Rdata.rdx"))
-        rdb = _deb_member(path, folder + "Rdata.rdb")
-        frames = [_rdata.data_frame_columns(_rdata.read_object(rdb, index, name))
-                  for name in ("training_data", "testing_data")]
+        rdx, rdb = _deb_members(path, [folder + "Rdata.rdx", folder + "Rdata.rdb"])
+        index = _rdata.read_rdx(rdx)
+        frames = [_rdata.data_frame_columns(_rdata.read_object(rdb, index, name)) for name in names]
     except _rdata.RDataError as e:
         raise _damaged(path, "modeldata's training_data and testing_data", e) from None
-    labels, out = {"great": 1, "other": 0}, []
-    for frame in frames:
-        if not {"product", "review", "score"} <= set(frame):
-            raise _columns_error(path, "modeldata's training_data", ["product", "review", "score"], list(frame))
+    labels, expected, out = {"great": 1, "other": 0}, ["product", "review", "score"], []
+    for name, frame in zip(names, frames):
+        if not set(expected) <= set(frame):
+            raise _columns_error(path, f"modeldata's {name}", expected, list(frame))
         for product, text, score in zip(frame["product"], frame["review"], frame["score"]):
             if score not in labels:
-                raise _damaged(path, f"scores 'great' or 'other', not {score!r},")
-            out.append(Review(_clean(text), labels[score], "amazon-food", product))
+                raise RecipeError(f"Expected the score of every review in modeldata's {name} in {str(path)!r} to be "
+                                  f"'great' or 'other'; found {score!r}. This reader knows the package version "
+                                  f"`{FETCH}` fetches; fetch that one.")
+            if isinstance(text, str) and isinstance(product, str):  # an NA review or product is no review
+                out.append(Review(_clean(text), labels[score], "amazon-food", product))
     return out
 
 

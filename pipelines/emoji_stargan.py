@@ -7,8 +7,9 @@ default yellow, light, medium-light, medium, medium-dark, dark), as celeba_starg
 target attributes: its input is the image in [-1, 1] with the one-hot target broadcast to 6 constant maps.
 
 A row of the store is (emoji image, target tone) for every target but the image's own tone: 5 rows per
-image, so the student learns every translation the teacher makes. Training rows: 282 emoji x 6 tones x 5
-targets = 8,460; the test split holds the other 34 emoji (1,020 rows; never seen in any tone).
+image, so the student learns every translation the teacher makes. Training rows: 285 emoji x 6 tones x 5
+targets = 8,550; the test split holds the other 31 emoji (930 rows; never seen in any tone, nor their
+gendered or mirrored twins: _emoji.py).
 
 The teacher is a StarGAN (generator + discriminator with the domain classification loss), trained by
 ``python pipelines/train_stargan.py train`` (adversarial, not ``litcache train-teacher``); the same script
@@ -106,7 +107,7 @@ class StarGANDiscriminator(nn.Module):
 
 def discriminator() -> StarGANDiscriminator:
     size = _emoji.image_size()
-    repeat = max(1, min(6, size.bit_length() - 3))  # 128 -> 6 (StarGAN's), 32 -> 3, down to a 4x4 map
+    repeat = max(1, size.bit_length() - 2)  # StarGAN's: down to a 2x2 map (128 -> 6 layers, 32 -> 4)
     return StarGANDiscriminator(size, _data.env_int("LITCACHE_STARGAN_CONV_DIM", 32), C_DIM, repeat)
 
 

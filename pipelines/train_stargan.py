@@ -36,9 +36,24 @@ import torch
 import torch.nn.functional as F
 
 from litcache.errors import LitcacheError
-from litcache.runtime.checkpoint import load_checkpoint, save_atomic
+from litcache.runtime.checkpoint import fit_state, load_checkpoint, save_atomic
 
 DEFAULT_RECIPE = Path(__file__).with_name("emoji_stargan.py")
+
+
+def _checkpoint(path: str, what: str, how: str) -> dict:
+    """A checkpoint that must exist, or an error naming the command that makes it."""
+    if not Path(path).is_file():
+        raise LitcacheError(f"Expected {what} at {str(path)!r}, but there is none. Make it with `python "
+                            f"pipelines/train_stargan.py {how}`.")
+    return load_checkpoint(path)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def load_module(path: Path):
@@ -75,12 +90,21 @@ def train(args) -> dict:
     state_path, start, log, seconds = out / "state.pt", 0, [], 0.0
     settings = {k: getattr(args, k) for k in ("blocks", "iterations", "batch_size", "lr", "n_critic", "lambda_cls",
                                               "lambda_rec", "lambda_gp", "seed")}
+    # What the weights' shapes may not tell apart: another image side or recipe.
+    settings.update(recipe=Path(args.recipe).name, image_size=images.shape[-1], conv_dim=G.stem[0].out_channels,
+                    train_images=len(images))
+    if (out / "generator.pt").exists() and (out / "log.json").exists():
+        summary = json.loads((out / "log.json").read_text())
+        if summary.get("settings") == settings:
+            print(f"{out / 'generator.pt'} is trained already ({args.iterations} iterations)")
+            return summary
     if state_path.exists():
         state = load_checkpoint(state_path)
-        if state["settings"] != settings:
+        if state.get("settings") != settings:
             raise LitcacheError(f"Expected {str(out)!r} to continue a run of the same settings; it holds "
-                                f"{state['settings']}, asked {settings}. Use another --out.")
-        G.load_state_dict(state["G"]), D.load_state_dict(state["D"])
+                                f"{state.get('settings')}, asked {settings}. Use another --out.")
+        fit_state(G, state["G"], f"The generator in {str(state_path)!r}")
+        fit_state(D, state["D"], f"The discriminator in {str(state_path)!r}")
         g_opt.load_state_dict(state["g_opt"]), d_opt.load_state_dict(state["d_opt"])
         rng.set_state(state["rng"])
         start, log, seconds = state["iteration"], state["log"], state["seconds"]
@@ -125,11 +149,12 @@ def train(args) -> dict:
         window.append(record)
         done = it + 1
         if done % args.log_every == 0 or done == args.iterations:
-            mean = {k: sum(r[k] for r in window if k in r) / max(1, sum(k in r for r in window))
+            # A window without a generator step has no generator losses: None, not 0.
+            mean = {k: (sum(r[k] for r in window if k in r) / n if (n := sum(k in r for r in window)) else None)
                     for k in ("d_loss", "d_cls", "g_loss", "g_cls", "g_rec")}
             elapsed = seconds + time.perf_counter() - t0
             log.append({"iteration": done, "lr": lr, "seconds": round(elapsed, 1), **mean})
-            print(f"it {done}/{args.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in mean.items())
+            print(f"it {done}/{args.iterations}  " + "  ".join(f"{k} {v:.4f}" for k, v in mean.items() if v is not None)
                   + f"  {elapsed:.0f} s", flush=True)
             window = []
         if done % args.save_every == 0 and done < args.iterations:
@@ -138,7 +163,8 @@ def train(args) -> dict:
                          "seconds": seconds + time.perf_counter() - t0, "settings": settings}, state_path)
     seconds += time.perf_counter() - t0
     recipe_name = module.recipe.name
-    save_atomic({"state_dict": G.state_dict(), "recipe": recipe_name, "blocks": blocks}, out / "generator.pt")
+    save_atomic({"state_dict": G.state_dict(), "recipe": recipe_name, "blocks": blocks, "settings": settings},
+                out / "generator.pt")
     torch.save(D.state_dict(), out / "discriminator.pt")
     summary = {"settings": settings, "seconds": round(seconds, 1), "log": log}
     (out / "log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -182,10 +208,10 @@ def classifier(args) -> dict:
 
 def load_generator(module, path: str):
     """A generator from train_stargan's generator.pt or from a litcache student checkpoint."""
-    obj = load_checkpoint(path)
+    obj = _checkpoint(path, "a generator checkpoint", "train --out DIR (DIR/generator.pt)")
     if "blocks" in obj and "state_dict" in obj:
         model = module.generator(obj["blocks"])()
-        model.load_state_dict(obj["state_dict"])
+        fit_state(model, obj["state_dict"], f"The generator {str(path)!r}")
         return model.eval()
     from litcache.training.student import load_student
 
@@ -200,8 +226,12 @@ def score(args) -> dict:
     dataset = module.load_split("test")
     inputs = torch.stack([dataset[r][0] for r in range(len(dataset))])
     targets = torch.tensor([dataset.target(r) for r in range(len(dataset))])
+    for spec in args.generator:
+        if not spec.partition("=")[2]:
+            raise LitcacheError(f"Expected --generator NAME=CHECKPOINT, got {spec!r}.")
     judge = module.tone_classifier()
-    judge.load_state_dict(load_checkpoint(args.classifier)["state_dict"])
+    saved = _checkpoint(args.classifier, "the tone classifier", "classifier --out FILE")
+    fit_state(judge, saved.get("state_dict", saved), f"The classifier {str(args.classifier)!r}")
     judge.eval()
 
     def run(model):
@@ -238,33 +268,32 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="a StarGAN (generator + discriminator), adversarially")
     t.add_argument("--out", required=True)
-    t.add_argument("--blocks", type=int, default=6, help="residual blocks of the generator")
-    t.add_argument("--iterations", type=int, default=20000)
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--blocks", type=_positive, default=6, help="residual blocks of the generator")
+    t.add_argument("--iterations", type=_positive, default=20000)
+    t.add_argument("--batch-size", type=_positive, default=16)
     t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--n-critic", type=int, default=5)
+    t.add_argument("--n-critic", type=_positive, default=5)
     t.add_argument("--lambda-cls", type=float, default=1.0)
     t.add_argument("--lambda-rec", type=float, default=10.0)
     t.add_argument("--lambda-gp", type=float, default=10.0)
-    t.add_argument("--log-every", type=int, default=250)
-    t.add_argument("--save-every", type=int, default=1000)
+    t.add_argument("--log-every", type=_positive, default=250)
+    t.add_argument("--save-every", type=_positive, default=1000)
     c = sub.add_parser("classifier", help="the tone classifier that judges translations")
     c.add_argument("--out", required=True)
-    c.add_argument("--epochs", type=int, default=15)
+    c.add_argument("--epochs", type=_positive, default=15)
     s = sub.add_parser("score", help="MSE, PSNR, SSIM against the teacher and tone accuracy, on held-out emoji")
     s.add_argument("--teacher", required=True)
     s.add_argument("--classifier", required=True)
     s.add_argument("--generator", action="append", default=[], help="NAME=CHECKPOINT, repeatable")
     s.add_argument("--out", required=True)
     s.add_argument("--grid", default=None, help="PNG grid (default: beside --out)")
-    s.add_argument("--grid-rows", type=int, default=12)
+    s.add_argument("--grid-rows", type=_positive, default=12)
     for sp in (t, c, s):
         sp.add_argument("--recipe", default=str(DEFAULT_RECIPE))
         sp.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.command == "score" and args.grid is None:
         args.grid = str(Path(args.out).with_suffix(".png"))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         {"train": train, "classifier": classifier, "score": score}[args.command](args)
     except LitcacheError as e:

@@ -194,10 +194,11 @@ def test_vdcnn_bench(tmp_path):
             "--results", results, "--work", tmp_path / "work"]
     out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)
     runs = json.loads(results.read_text())["runs"]
-    assert sorted(runs) == ["17-vdcnn9/kd/seed0", "17-vdcnn9/kd/seed1", "17-vdcnn9/lit+ft/seed0",
-                            "17-vdcnn9/lit+ft/seed1", "17-vdcnn9/scratch/seed0", "17-vdcnn9/scratch/seed1", "teacher17"]
-    assert runs["17-vdcnn9/lit+ft/seed0"]["epochs"] == 2 and runs["teacher17"]["epochs"] == 1
-    assert "| 17-vdcnn9 | lit+ft | 2 |" in out and "majority class of the test split" in out
+    pair = "17-e1-vdcnn9-e1+1"
+    assert sorted(runs) == [f"{pair}/{row}/seed{s}" for row in ("kd", "lit+ft", "scratch") for s in (0, 1)] + [
+        "teacher17-e1"]
+    assert runs[f"{pair}/lit+ft/seed0"]["epochs"] == 2 and runs["teacher17-e1"]["epochs"] == 1
+    assert f"| {pair} | lit+ft | 2 |" in out and "majority class of the test split" in out
     out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)  # everything done: nothing trains again
     assert "=== " not in out
 
@@ -208,7 +209,7 @@ def test_stargan_bench(tmp_path):
     archive = make_archive(tmp_path / "emoji.tgz", _codes(train=6, test=2))
     env = {"LITCACHE_EMOJI_ARCHIVE": str(archive), **TINY}
     results = tmp_path / "stargan.json"
-    args = ["--iterations", 2, "--classifier-epochs", 1, "--lit-epochs", 1, "--results", results,
+    args = ["--iterations", 5, "--classifier-epochs", 1, "--lit-epochs", 1, "--results", results,
             "--work", tmp_path / "work", "--seeds", 0, 1]
     out = _run_env("stargan_bench.py", env, *args)
     runs = json.loads(results.read_text())["runs"]

@@ -145,19 +145,31 @@ def test_stargan_teacher_lit_student_and_scores(emoji, tmp_path, monkeypatch):
     assert Image.open(scores["grid"]).size[0] > 4 * 8  # input, teacher, lit, scratch side by side
 
 
-def test_a_killed_stargan_run_resumes(emoji, tmp_path, monkeypatch):
+def test_a_killed_stargan_run_resumes(emoji, tmp_path, monkeypatch, capsys):
     train_stargan = import_beside(str(REPO / "pipelines" / "train_stargan.py"), "train_stargan")
     load("emoji_stargan", monkeypatch)
     args = ["train", "--iterations", "4", "--n-critic", "2", "--batch-size", "4", "--save-every", "2"]
     assert train_stargan.main([*args, "--out", str(tmp_path / "whole")]) == 0
-    # A run killed after iteration 2 left its state; the rerun continues from it and ends where the whole run did.
     whole = torch.load(tmp_path / "whole" / "generator.pt", weights_only=False)
+    # A run killed after iteration 2 left its state; the rerun continues from it and ends where the whole run did.
     half = _state_after(train_stargan, args, tmp_path / "killed", stop_after=2)
     assert (half / "state.pt").exists()
+    capsys.readouterr()
     assert train_stargan.main([*args, "--out", str(half)]) == 0
+    out = capsys.readouterr().out
+    assert "resuming at iteration 2" in out and "it 3/4" not in out.split("resuming")[0]
     resumed = torch.load(half / "generator.pt", weights_only=False)
     for key, value in whole["state_dict"].items():
         assert torch.allclose(value, resumed["state_dict"][key], atol=1e-5), key
+    # A finished run is not trained again.
+    assert train_stargan.main([*args, "--out", str(half)]) == 0
+    assert "trained already" in capsys.readouterr().out
+    # A killed run asked to continue with other settings is refused, its state kept.
+    other = _state_after(train_stargan, args, tmp_path / "other", stop_after=2)
+    before = (other / "state.pt").read_bytes()
+    capsys.readouterr()
+    assert train_stargan.main([*args[:2], "6", *args[3:], "--out", str(other)]) == 1
+    assert "Error: Expected" in capsys.readouterr().err and (other / "state.pt").read_bytes() == before
 
 
 def _state_after(train_stargan, args, out: Path, stop_after: int) -> Path:

