@@ -16,6 +16,10 @@ continues where it stopped; a run killed mid-training resumes from its last epoc
             trained IR-only for --lit-epochs, as the LIT phase of the uniform student trains)
   uniform   per seed and budget: the uniform student of that budget trained as fidelity_bench trains its
             LIT row (--mode lit for --lit-epochs, then --mode finetune for --ft-epochs)
+  uniform-ir  per seed, at the headline budget: the same student with an IR-only first phase (--mode ir, all
+            sections at once), the library candidates' loss: it tells how much of a library mix's lead over
+            the uniform LIT student is the loss (LIT's beta 0.75 gives the IR terms a quarter of the weight
+            IR-only gives them) and how much is training sections apart
   search    per seed and budget: `litcache search --budget macs=<the uniform student's> --top N`, every
             pick and (at the headline budget) every uniform mix of the library fine-tuned exactly as the
             uniform student is, then evaluated on the 10k test split
@@ -49,14 +53,15 @@ def _training(args, lr: float, epochs: int) -> dict:
                 momentum=0.9)
 
 
-def run_uniform(args, recipe, store: str, student: str, seed: int, work: Path) -> dict:
-    """The uniform LIT student, as fidelity_bench's lit-kK row trains it: LIT, then fine-tune."""
+def run_uniform(args, recipe, store: str, student: str, seed: int, work: Path, mode: str = "lit") -> dict:
+    """The uniform LIT student, as fidelity_bench's lit-kK row trains it: LIT, then fine-tune. With ``mode="ir"``
+    the first phase is IR only (beta 0), all sections at once: the library's loss, trained jointly."""
     from litcache.training.blocks import BlockTrainOptions, train_blocks
 
     common = dict(seed=seed, verify=False)
-    [lit] = train_blocks(recipe, store, [student], work / "lit", BlockTrainOptions(
-        mode="lit", **_training(args, args.lit_lr, args.lit_epochs), **common), resume=True, log=print)
-    [ft] = train_blocks(recipe, store, [student], work / "ft", BlockTrainOptions(
+    [lit] = train_blocks(recipe, store, [student], work / mode, BlockTrainOptions(
+        mode=mode, **_training(args, args.lit_lr, args.lit_epochs), **common), resume=True, log=print)
+    [ft] = train_blocks(recipe, store, [student], work / ("ft" if mode == "lit" else f"ft-{mode}"), BlockTrainOptions(
         mode="finetune", init=lit["checkpoint"], **_training(args, args.ft_lr, args.ft_epochs), **common),
         resume=True, log=print)
     history = [h for h in ft["history"] if "test_accuracy" in h]
@@ -137,6 +142,11 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.perf_counter()
                 record(key, {**run_uniform(args, recipe, store, student, seed, work / f"uniform-{budget}-seed{seed}"),
                              "macs": macs, "student": student}, t)
+            key = f"{size}/uniform-ir/{budget}/seed{seed}"
+            if budget == HEADLINE and key not in results["runs"]:
+                t = time.perf_counter()
+                record(key, {**run_uniform(args, recipe, store, student, seed, work / f"uniform-{budget}-seed{seed}",
+                                           mode="ir"), "macs": macs, "student": student}, t)
             key = f"{size}/search/{budget}/seed{seed}"
             if key not in results["runs"]:
                 t = time.perf_counter()
@@ -166,6 +176,7 @@ def report(results: dict, png: Path) -> str:
     for size in sizes:
         libraries = {k: r for k, r in runs.items() if k.startswith(f"{size}/library/")}
         uniform = {k: r for k, r in runs.items() if k.startswith(f"{size}/uniform/")}
+        uniform_ir = {k: r for k, r in runs.items() if k.startswith(f"{size}/uniform-ir/")}
         searches = {k: r for k, r in runs.items() if k.startswith(f"{size}/search/")}
         lines += [f"## {size}", "", "| cost (training seconds) | value |", "|---|---|"]
         for key, lib in sorted(libraries.items()):
@@ -190,17 +201,22 @@ def report(results: dict, png: Path) -> str:
                     alone = sum(c["train_seconds"] for c in parts)
                     lines.append(f"| uniform LIT {budget}, LIT phase (its sections alone in the library: "
                                  f"{alone:,.0f}) | {u['lit_seconds']:,.0f} |")
-        lines += ["", "| budget (MACs) | uniform LIT student | searched #1 (after the same fine-tune) | picks | "
-                      "searched - uniform |", "|---|---|---|---|---|"]
-        for budget in BUDGETS:
+        lines += ["", "| budget (MACs) | uniform LIT student | the same shape, IR-only first phase | library mix of "
+                      "the uniform shape | searched #1 (after the same fine-tune) | picks | searched - uniform LIT |",
+                  "|---|---|---|---|---|---|---|"]
+        for budget, depth in BUDGETS.items():
             u = {k.rsplit("seed", 1)[1]: r for k, r in uniform.items() if k.split("/")[2] == budget}
+            u_ir = [r["test_accuracy"] for k, r in sorted(uniform_ir.items()) if k.split("/")[2] == budget]
             s = {k.rsplit("seed", 1)[1]: r for k, r in searches.items() if k.split("/")[2] == budget}
             best = {seed: next(x for x in r["students"] if x["rank"] == 1) for seed, r in s.items()}
+            shape = f"mix-{depth}-{depth}-{depth}"
+            same_shape = [x["accuracy"] for _, r in sorted(s.items()) for x in r["students"] if x["student"] == shape]
             deltas = [best[seed]["accuracy"] - u[seed]["test_accuracy"] for seed in sorted(set(best) & set(u))]
             u, best = [u[k] for k in sorted(u)], [best[k] for k in sorted(best)]
             if u or s:
                 macs = u[0]["macs"] if u else next(iter(s.values()))["budget_macs"]
                 lines.append(f"| {budget} ({macs / 1e6:.1f}M) | {_spread([r['test_accuracy'] for r in u])} | "
+                             f"{_spread(u_ir)} | {_spread(same_shape)} | "
                              f"{_spread([b['accuracy'] for b in best])} | {', '.join(b['student'] for b in best)} | "
                              f"{_spread(deltas) if deltas else '-'} |")
         lines += ["", "| seed | assembled students | rank correlation (predicted KL vs measured accuracy) |",

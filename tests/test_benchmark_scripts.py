@@ -385,7 +385,8 @@ def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
     runs = json.loads(results.read_text())["runs"]
     size = "subset20-k2-e1+1"
     assert set(runs) == {f"{size}/library/seed0", f"{size}/uniform/resnet20/seed0", f"{size}/search/resnet20/seed0",
-                         f"{size}/uniform/resnet14/seed0", f"{size}/search/resnet14/seed0"}
+                         f"{size}/uniform/resnet14/seed0", f"{size}/search/resnet14/seed0",
+                         f"{size}/uniform-ir/resnet20/seed0"}  # the IR-only diagnostic: the headline budget only
     assert len(runs[f"{size}/library/seed0"]["candidates"]) == 9
     headline = runs[f"{size}/search/resnet20/seed0"]["students"]
     assert [x["rank"] for x in headline if x["kind"] == "searched"] == [1, 2]
@@ -393,6 +394,9 @@ def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
     budget = runs[f"{size}/uniform/resnet20/seed0"]["macs"]
     assert all(x["macs"] <= budget and x["finetune_epochs"] == 1 for x in headline if x["kind"] == "searched")
     assert "| resnet20 (" in out and "| library, seed 0: 6 trained candidates |" in out
+    ir = runs[f"{size}/uniform-ir/resnet20/seed0"]
+    assert 0 <= ir["test_accuracy"] <= 1 and ir["student"] == "mix-3-3-3"
+    assert (tmp_path / "work" / size / "uniform-resnet20-seed0" / "ft-ir").is_dir()
     assert (tmp_path / "library.png").read_bytes()[:4] == b"\x89PNG"
     again = _run_env("library_bench.py", env, *args)
     assert "===" not in again  # every step was done: nothing ran again
