@@ -4,6 +4,7 @@ LIT student of the same MACs, and the predictor's rank correlation.
 
     tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C runs/data/cifar10-jpeg
     python benchmarks/library_bench.py --cifar-dir runs/data/cifar10-jpeg --subset 25000 --seeds 0 1 2
+    python benchmarks/library_bench.py --analyse      # the predictors compared, from what the runs left
     python benchmarks/library_bench.py --report
 
 Steps, each kept under --work and recorded in benchmarks/results/library.json as it finishes (a rerun
@@ -29,6 +30,13 @@ The report prints the cost table (the library's training compute against whole s
 table (searched against uniform, per budget, over seeds: the last epoch, never the best), the rank
 correlation of predicted and measured accuracy over every assembled student, and draws the Pareto plot
 (benchmarks/results/library.png).
+
+``--analyse`` compares predictors over the assembled students of every finished seed (rank correlation
+with the accuracy measured after the fine-tune), into benchmarks/results/library-predictors.json: the
+search's additive ones (the candidates' swap KL, swap accuracy and normalised boundary error, summed over
+sections) and the assembled student's own KL from the teacher on the held-out rows before any fine-tune
+(one forward of each mix: what a search could re-rank its top picks by, catching the sections' interplay
+that sums miss).
 """
 
 from __future__ import annotations
@@ -87,17 +95,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ft-lr", type=float, default=0.02)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--top", type=int, default=4, help="picks assembled and measured per budget")
+    p.add_argument("--score-rows", type=int, default=1000, help="--analyse: held-out rows of the assembled KL")
     p.add_argument("--budgets", nargs="*", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--workers", type=int, default=None, help="library tasks: dask workers (default: one per core)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--work", default="runs/library")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the tables and draw the plot only")
+    p.add_argument("--analyse", action="store_true", help="compare the predictors over the finished seeds")
     args = p.parse_args(argv)
     results_path = Path(args.results)
     results = load_results(results_path)
-    if args.report:
-        print(report(results, results_path.with_suffix(".png")))
+    predictors_path = results_path.with_name(results_path.stem + "-predictors.json")
+    if args.analyse:
+        analyse(results, predictors_path, args.score_rows, Path(args.work), args.budgets)
+    if args.report or args.analyse:
+        print(report(results, results_path.with_suffix(".png"), load_results(predictors_path)))
         return
     if not args.cifar_dir:
         p.error("--cifar-dir is required to train")
@@ -155,7 +168,80 @@ def main(argv: list[str] | None = None) -> None:
                                out=work / f"search-{budget}-seed{seed}", seed=seed, log=print)
                 record(key, {"budget_macs": macs, "students": found["students"],
                              "rank_correlation": found["rank_correlation"]}, t)
-    print(report(results, results_path.with_suffix(".png")))
+    print(report(results, results_path.with_suffix(".png"), load_results(predictors_path)))
+
+
+@torch.inference_mode()
+def assembled_kl(recipe, checkpoint: str, heldout, rows: int) -> float:
+    """The mean KL from the teacher's stored logits of a whole assembled student (stem skipped: its input is the
+    stored stem output) over the first ``rows`` held-out rows."""
+    from litcache.library.scores import HeldOutRows, _output_sums
+    from litcache.runtime.eval_mode import evaluating
+    from litcache.sections import cut_sections
+    from litcache.training.student import load_student
+
+    model = load_student(checkpoint, recipe)
+    sectioned = cut_sections(model, recipe)
+    sums = {"kl": 0.0, "nll": 0.0, "correct": 0, "count": 0}
+    held = HeldOutRows(heldout, rows)
+    with evaluating(model):
+        for batch in held:
+            h = batch[heldout.boundary_names[0]].float()
+            for section in sectioned.sections:
+                h = section(h)
+            _output_sums(sums, sectioned.head(h).float(), batch, held.topk, "classification")
+    return sums["kl"] / max(sums["count"], 1)
+
+
+def analyse(results: dict, path: Path, rows: int, work_root: Path, budgets: list[str]) -> None:
+    """Each predictor's rank correlation with the measured accuracy, per finished seed (see the docstring)."""
+    from litcache import load_recipe, open_store
+    from litcache.library import read_library
+    from litcache.library.search import spearman
+
+    runs, out = results["runs"], load_results(path)
+    for key in sorted(k for k in runs if k.split("/")[1] == "library"):
+        size, _, seed = key.split("/")
+        searches = {k.split("/")[2]: r for k, r in runs.items()
+                    if k.startswith(f"{size}/search/") and k.endswith(f"/{seed}")}
+        if not set(budgets) <= set(searches) or f"{size}/{seed}" in out["runs"]:
+            continue
+        work = work_root / size
+        library = read_library(work / f"library-{seed}")
+        recipe = load_recipe(library["recipe"]["source"])
+        heldout = open_store(library["heldout"]["path"])
+        candidates = {(c["section"], c["depth"]): c for c in library["candidates"]}
+        students = {}
+        for budget, r in sorted(searches.items()):
+            for x in r["students"]:
+                students.setdefault(x["student"], (x, work / f"search-{budget}-{seed}" / x["student"] / "assembled.pt"))
+        table = []
+        for name, (x, assembled) in sorted(students.items()):
+            picks = [candidates[(i, d)] for i, d in enumerate(recipe_mix_depths(name), start=1)]
+            table.append({"student": name, "accuracy": x["accuracy"], "macs": x["macs"],
+                          "kl_sum": sum(p["swap_kl_delta"] for p in picks),
+                          "accuracy_sum": -sum(p["swap_accuracy_delta"] for p in picks),
+                          "boundary_sum": sum(p["boundary_normalised"] for p in picks),
+                          "assembled_kl": assembled_kl(recipe, str(assembled), heldout, rows)})
+            print(f"{seed} {name}: assembled KL {table[-1]['assembled_kl']:.4f}, accuracy {x['accuracy']:.4f}")
+        accuracy = [r["accuracy"] for r in table]
+        correlations = {k: spearman([-r[k] for r in table], accuracy)
+                        for k in ("kl_sum", "accuracy_sum", "boundary_sum", "assembled_kl")}
+        # Within a budget the picks differ by little: the predictors' rank correlation over each budget's picks.
+        within = {}
+        for r in searches.values():
+            picks = [table_row for table_row in table
+                     if table_row["student"] in {x["student"] for x in r["students"] if x["kind"] == "searched"}]
+            for k in correlations:
+                within.setdefault(k, []).append(spearman([-t[k] for t in picks], [t["accuracy"] for t in picks]))
+        out["runs"][f"{size}/{seed}"] = {"students": table, "rank_correlation": correlations,
+                                          "within_budgets": within, "score_rows": rows}
+        save_results(path, out)
+
+
+def recipe_mix_depths(name: str) -> list[int]:
+    """mix-3-0-5 -> [3, 0, 5]."""
+    return [int(d) for d in name.split("-")[1:]]
 
 
 def _spread(values: list[float]) -> str:
@@ -166,7 +252,7 @@ def _spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
 
 
-def report(results: dict, png: Path) -> str:
+def report(results: dict, png: Path, predictors: dict | None = None) -> str:
     """The cost table, the quality table and the rank correlations; draws the Pareto plot."""
     from litcache.library.search import spearman
 
@@ -219,15 +305,31 @@ def report(results: dict, png: Path) -> str:
                              f"{_spread(u_ir)} | {_spread(same_shape)} | "
                              f"{_spread([b['accuracy'] for b in best])} | {', '.join(b['student'] for b in best)} | "
                              f"{_spread(deltas) if deltas else '-'} |")
-        lines += ["", "| seed | assembled students | rank correlation (predicted KL vs measured accuracy) |",
-                  "|---|---|---|"]
+        lines += ["", "| seed | assembled students | rank correlation (predicted KL vs measured accuracy) | "
+                      "within each budget's picks (mean over budgets) |", "|---|---|---|---|"]
         for seed in sorted({k.rsplit("seed", 1)[1] for k in searches}):
-            rows = {}
+            rows, within = {}, []
             for k, r in searches.items():
                 if k.endswith(f"seed{seed}"):
                     rows.update({x["student"]: x for x in r["students"]})
+                    picks = [x for x in r["students"] if x["kind"] == "searched"]
+                    if len(picks) > 2:
+                        within.append(spearman([-x["predicted_loss"] for x in picks], [x["accuracy"] for x in picks]))
             rho = spearman([-x["predicted_loss"] for x in rows.values()], [x["accuracy"] for x in rows.values()])
-            lines.append(f"| {seed} | {len(rows)} | {rho:.3f} |")
+            lines.append(f"| {seed} | {len(rows)} | {rho:.3f} | "
+                         f"{statistics.mean(within):.2f} ({', '.join(f'{w:.2f}' for w in within)}) |"
+                         if within else f"| {seed} | {len(rows)} | {rho:.3f} | - |")
+        analysed = {k: r for k, r in (predictors or {}).get("runs", {}).items() if k.startswith(f"{size}/")}
+        if analysed:
+            names = {"kl_sum": "swap KL, summed (the search's)", "accuracy_sum": "swap accuracy loss, summed",
+                     "boundary_sum": "normalised boundary error, summed",
+                     "assembled_kl": "the assembled mix's KL, before the fine-tune"}
+            lines += ["", "| predictor | rank correlation with the fine-tuned accuracy, per seed | within each "
+                          "budget's picks (mean) |", "|---|---|---|"]
+            for k, label in names.items():
+                rhos = [f"{r['rank_correlation'][k]:.3f}" for _, r in sorted(analysed.items())]
+                within = [statistics.mean(r["within_budgets"][k]) for _, r in sorted(analysed.items())]
+                lines.append(f"| {label} | {', '.join(rhos)} | {', '.join(f'{w:.2f}' for w in within)} |")
         _plot(uniform, searches, png, size)
     return "\n".join(lines)
 

@@ -400,3 +400,9 @@ def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
     assert (tmp_path / "library.png").read_bytes()[:4] == b"\x89PNG"
     again = _run_env("library_bench.py", env, *args)
     assert "===" not in again  # every step was done: nothing ran again
+    out = _run_env("library_bench.py", env, *args, "--analyse", "--score-rows", 8)
+    analysed = json.loads((tmp_path / "library-predictors.json").read_text())["runs"][f"{size}/seed0"]
+    assert set(analysed["rank_correlation"]) == {"kl_sum", "accuracy_sum", "boundary_sum", "assembled_kl"}
+    assert {r["student"] for r in analysed["students"]} == {x["student"] for x in headline} | {
+        x["student"] for x in runs[f"{size}/search/resnet14/seed0"]["students"]}
+    assert "| the assembled mix's KL, before the fine-tune |" in out
