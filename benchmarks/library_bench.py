@@ -17,10 +17,10 @@ continues where it stopped; a run killed mid-training resumes from its last epoc
             trained IR-only for --lit-epochs, as the LIT phase of the uniform student trains)
   uniform   per seed and budget: the uniform student of that budget trained as fidelity_bench trains its
             LIT row (--mode lit for --lit-epochs, then --mode finetune for --ft-epochs)
-  uniform-ir  per seed, at the headline budget: the same student with an IR-only first phase (--mode ir, all
-            sections at once), the library candidates' loss: it tells how much of a library mix's lead over
-            the uniform LIT student is the loss (LIT's beta 0.75 gives the IR terms a quarter of the weight
-            IR-only gives them) and how much is training sections apart
+  uniform-ir  per seed and budget: the same student with an IR-only first phase (--mode ir, all sections at
+            once), the library candidates' loss: it tells how much of a library mix's lead over the uniform
+            LIT student is the loss (LIT's beta 0.75 gives the IR terms a quarter of the weight IR-only gives
+            them) and how much is training sections apart; the fair baseline of the search
   search    per seed and budget: `litcache search --budget macs=<the uniform student's> --top N`, every
             pick and (at the headline budget) every uniform mix of the library fine-tuned exactly as the
             uniform student is, then evaluated on the 10k test split
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                 record(key, {**run_uniform(args, recipe, store, student, seed, work / f"uniform-{budget}-seed{seed}"),
                              "macs": macs, "student": student}, t)
             key = f"{size}/uniform-ir/{budget}/seed{seed}"
-            if budget == HEADLINE and key not in results["runs"]:
+            if key not in results["runs"]:
                 t = time.perf_counter()
                 record(key, {**run_uniform(args, recipe, store, student, seed, work / f"uniform-{budget}-seed{seed}",
                                            mode="ir"), "macs": macs, "student": student}, t)
@@ -288,11 +288,12 @@ def report(results: dict, png: Path, predictors: dict | None = None) -> str:
                     lines.append(f"| uniform LIT {budget}, LIT phase (its sections alone in the library: "
                                  f"{alone:,.0f}) | {u['lit_seconds']:,.0f} |")
         lines += ["", "| budget (MACs) | uniform LIT student | the same shape, IR-only first phase | library mix of "
-                      "the uniform shape | searched #1 (after the same fine-tune) | picks | searched - uniform LIT |",
-                  "|---|---|---|---|---|---|---|"]
+                      "the uniform shape | searched #1 (after the same fine-tune) | picks | searched - uniform LIT | "
+                      "searched - uniform IR-only |", "|---|---|---|---|---|---|---|---|"]
         for budget, depth in BUDGETS.items():
             u = {k.rsplit("seed", 1)[1]: r for k, r in uniform.items() if k.split("/")[2] == budget}
-            u_ir = [r["test_accuracy"] for k, r in sorted(uniform_ir.items()) if k.split("/")[2] == budget]
+            u_ir = {k.rsplit("seed", 1)[1]: r["test_accuracy"] for k, r in uniform_ir.items()
+                    if k.split("/")[2] == budget}
             s = {k.rsplit("seed", 1)[1]: r for k, r in searches.items() if k.split("/")[2] == budget}
             best = {seed: next(x for x in r["students"] if x["rank"] == 1) for seed, r in s.items()}
             shape = f"mix-{depth}-{depth}-{depth}"
@@ -303,13 +304,15 @@ def report(results: dict, png: Path, predictors: dict | None = None) -> str:
                          for x in r["students"] if x["student"] == shape]
                 same_shape += found[:1]
             deltas = [best[seed]["accuracy"] - u[seed]["test_accuracy"] for seed in sorted(set(best) & set(u))]
+            deltas_ir = [best[seed]["accuracy"] - u_ir[seed] for seed in sorted(set(best) & set(u_ir))]
+            u_ir = [u_ir[k] for k in sorted(u_ir)]
             u, best = [u[k] for k in sorted(u)], [best[k] for k in sorted(best)]
             if u or s:
                 macs = u[0]["macs"] if u else next(iter(s.values()))["budget_macs"]
                 lines.append(f"| {budget} ({macs / 1e6:.1f}M) | {_spread([r['test_accuracy'] for r in u])} | "
                              f"{_spread(u_ir)} | {_spread(same_shape)} | "
                              f"{_spread([b['accuracy'] for b in best])} | {', '.join(b['student'] for b in best)} | "
-                             f"{_spread(deltas) if deltas else '-'} |")
+                             f"{_spread(deltas) if deltas else '-'} | {_spread(deltas_ir) if deltas_ir else '-'} |")
         lines += ["", "| seed | assembled students | rank correlation (predicted KL vs measured accuracy) | "
                       "within each budget's picks (mean over budgets) |", "|---|---|---|---|"]
         for seed in sorted({k.rsplit("seed", 1)[1] for k in searches}):

@@ -386,7 +386,7 @@ def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
     size = "subset20-k2-e1+1"
     assert set(runs) == {f"{size}/library/seed0", f"{size}/uniform/resnet20/seed0", f"{size}/search/resnet20/seed0",
                          f"{size}/uniform/resnet14/seed0", f"{size}/search/resnet14/seed0",
-                         f"{size}/uniform-ir/resnet20/seed0"}  # the IR-only diagnostic: the headline budget only
+                         f"{size}/uniform-ir/resnet20/seed0", f"{size}/uniform-ir/resnet14/seed0"}
     assert len(runs[f"{size}/library/seed0"]["candidates"]) == 9
     headline = runs[f"{size}/search/resnet20/seed0"]["students"]
     assert [x["rank"] for x in headline if x["kind"] == "searched"] == [1, 2]
