@@ -98,6 +98,8 @@ def train(args) -> dict:
         if summary.get("settings") == settings:
             print(f"{out / 'generator.pt'} is trained already ({args.iterations} iterations)")
             return summary
+        raise LitcacheError(f"Expected {str(out)!r} to be empty or to hold a run of the same settings; it holds a "
+                            f"finished run of {summary.get('settings')}, asked {settings}. Use another --out.")
     if state_path.exists():
         state = load_checkpoint(state_path)
         if state.get("settings") != settings:

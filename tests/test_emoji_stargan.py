@@ -161,9 +161,12 @@ def test_a_killed_stargan_run_resumes(emoji, tmp_path, monkeypatch, capsys):
     resumed = torch.load(half / "generator.pt", weights_only=False)
     for key, value in whole["state_dict"].items():
         assert torch.allclose(value, resumed["state_dict"][key], atol=1e-5), key
-    # A finished run is not trained again.
+    # A finished run is not trained again, nor replaced by a run of other settings.
     assert train_stargan.main([*args, "--out", str(half)]) == 0
     assert "trained already" in capsys.readouterr().out
+    finished = (half / "generator.pt").read_bytes()
+    assert train_stargan.main([*args, "--out", str(half), "--seed", "1"]) == 1
+    assert "finished run" in capsys.readouterr().err and (half / "generator.pt").read_bytes() == finished
     # A killed run asked to continue with other settings is refused, its state kept.
     other = _state_after(train_stargan, args, tmp_path / "other", stop_after=2)
     before = (other / "state.pt").read_bytes()
