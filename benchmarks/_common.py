@@ -16,7 +16,7 @@ from litcache import ExtractOptions
 from litcache.extraction.plan import plan_extraction
 from litcache.runtime.devices import resolve_device
 
-__all__ = ["bare_forward_seconds", "peak_rss_mb", "load_results", "save_results"]
+__all__ = ["bare_forward_seconds", "peak_rss_mb", "load_results", "save_results", "run_once"]
 
 
 def load_results(path: Path) -> dict:
@@ -30,6 +30,17 @@ def save_results(path: Path, results: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def run_once(results: dict, path: Path, key: str, run) -> dict:
+    """``results["runs"][key]``: made by ``run()`` (plus its wall seconds) and saved at once if missing, so a
+    rerun of a resumable bench skips every step already done."""
+    if key not in results["runs"]:
+        print(f"=== {key}", flush=True)
+        t = time.perf_counter()
+        results["runs"][key] = {**run(), "wall_seconds": time.perf_counter() - t}
+        save_results(path, results)
+    return results["runs"][key]
 
 
 def bare_forward_seconds(recipe, teacher, options: ExtractOptions) -> tuple[float, int]:

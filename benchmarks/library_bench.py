@@ -171,26 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     print(report(results, results_path.with_suffix(".png"), load_results(predictors_path)))
 
 
-@torch.inference_mode()
 def assembled_kl(recipe, checkpoint: str, heldout, rows: int) -> float:
     """The mean KL from the teacher's stored logits of a whole assembled student (stem skipped: its input is the
-    stored stem output) over the first ``rows`` held-out rows."""
-    from litcache.library.scores import HeldOutRows, _output_sums
-    from litcache.runtime.eval_mode import evaluating
+    stored stem output) over the first ``rows`` held-out rows: the library's Scorer, given the student's sections
+    in place of the teacher's, swapping none."""
+    from litcache.library.scores import HeldOutRows, Scorer
     from litcache.sections import cut_sections
     from litcache.training.student import load_student
 
-    model = load_student(checkpoint, recipe)
-    sectioned = cut_sections(model, recipe)
-    sums = {"kl": 0.0, "nll": 0.0, "correct": 0, "count": 0}
-    held = HeldOutRows(heldout, rows)
-    with evaluating(model):
-        for batch in held:
-            h = batch[heldout.boundary_names[0]].float()
-            for section in sectioned.sections:
-                h = section(h)
-            _output_sums(sums, sectioned.head(h).float(), batch, held.topk, "classification")
-    return sums["kl"] / max(sums["count"], 1)
+    sectioned = cut_sections(load_student(checkpoint, recipe), recipe)
+    return Scorer(HeldOutRows(heldout, rows), sectioned.sections, sectioned.head, "classification").reference["kl"]
 
 
 def analyse(results: dict, path: Path, rows: int, work_root: Path, budgets: list[str]) -> None:

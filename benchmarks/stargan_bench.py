@@ -27,11 +27,10 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, run_once  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "stargan.json"
 PIPELINES = Path(__file__).parents[1] / "pipelines"
@@ -61,12 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher, judge = work / "teacher" / "generator.pt", work / "classifier.pt"
 
     def step(key: str, run) -> dict:
-        if key not in results["runs"]:
-            print(f"=== {key}", flush=True)
-            t = time.perf_counter()
-            results["runs"][key] = {**run(), "wall_seconds": time.perf_counter() - t}
-            save_results(results_path, results)
-        return results["runs"][key]
+        return run_once(results, results_path, key, run)
 
     def adversarial(out: Path, blocks: int, seed: int) -> dict:
         code = train_stargan.main(["train", "--out", str(out), "--blocks", str(blocks), "--seed", str(seed),

@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, run_once  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "vdcnn.json"
 PAIRS = {29: "vdcnn17", 17: "vdcnn9"}
@@ -99,13 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     results["test_majority_accuracy"] = max(labels.mean(), 1 - labels.mean()).item()
 
     def record(key: str, run) -> dict:
-        if key not in results["runs"]:
-            print(f"=== {key}", flush=True)
-            t = time.perf_counter()
-            results["runs"][key] = {**run(), "wall_seconds": time.perf_counter() - t}
-            save_results(results_path, results)
-            print(f"=== {key}: test accuracy {results['runs'][key]['test_accuracy']:.4f}", flush=True)
-        return results["runs"][key]
+        done = key in results["runs"]
+        record = run_once(results, results_path, key, run)
+        if not done:
+            print(f"=== {key}: test accuracy {record['test_accuracy']:.4f}", flush=True)
+        return record
 
     # Keys and folders name the epochs, so a run of other lengths never reuses these.
     teacher_epochs = args.teacher_epochs or recipe.teacher_training.epochs
