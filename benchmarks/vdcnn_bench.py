@@ -10,11 +10,11 @@ document; 256 characters; widths 32/64/128/256, hidden 512). Steps, each recorde
 benchmarks/results/vdcnn.json as it finishes (a run killed midway resumes from its last epoch under --work):
 
   teacherD   `train-teacher` of VDCNN-D for D in --teachers (default 29 and 17), the recipe's teacher
-             schedule (SGD lr 0.01 halved every 3 epochs, 15 epochs); test accuracy per epoch
+             schedule (SGD lr 0.05 halved every 3 epochs, 15 epochs); test accuracy per epoch
   store      extract of the training split with the --pair's teacher (one view: no augmentation)
   scratch    the student from scratch with cross-entropy, the teacher's schedule, E = LIT + FT epochs
   kd         KD from the store (alpha 0.95, tau 6), the same schedule and E epochs
-  lit+ft     LIT (beta 0.05, lr 0.01 halved at 2, 4, 6, 8 of 10) then the fine-tune (lr 0.001, /10 at 2 and 4
+  lit+ft     LIT (beta 0.05, lr 0.05 halved at 2, 4, 6, 8 of 10) then the fine-tune (lr 0.005, /10 at 2 and 4
              of 5): the recipe's DistillConfig, the paper's schedule shape at two thirds and half its length
 
 Every student row trains E = 15 epochs over the same 18,125 rows and is scored on the 3,197 held-out rows;
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_kd(recipe, store: str, student: str, out: Path, seed: int, epochs: int) -> dict:
-    """KD from the store on the teacher's schedule (lr 0.01, x0.5 every 3 epochs; gamma: the LIT phase's 0.5)."""
+    """KD from the store on the teacher's schedule (lr 0.05, x0.5 every 3 epochs; gamma: the LIT phase's 0.5)."""
     t = recipe.teacher_training
     result = run_blocks(recipe, store, student, out, mode="kd", seed=seed, epochs=epochs, lr=t.lr,
                         milestones=t.milestones)
