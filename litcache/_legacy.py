@@ -21,7 +21,7 @@ __all__ = ["step_losses", "train_step", "trainable_parameters", "set_train_mode"
 RESUME_KEYS = ("mode", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "betas",
                "schedule", "warmup", "nesterov", "alpha", "tau", "beta", "loss_scale", "block", "hint_boundary", "init",
                "seed", "views", "buffer_chunks", "online", "fresh_views", "precision", "ir_loss", "ir_feature_axis",
-               "student_init", "train_head")
+               "student_init", "train_head", "precise_bn")
 
 
 def _phase(mode, block=None, train_head=None) -> _config.Phase:

@@ -95,6 +95,11 @@ class TrainConfig:
     #: Fraction of all steps spent warming up (cosine, onecycle); onecycle's peak comes there.
     warmup: float = 0.0
     nesterov: bool = False
+    #: After every epoch, re-estimate the BatchNorm running statistics over one pass of the training
+    #: rows (train-mode forwards, no gradient, every batch weighed the same) before the epoch is scored
+    #: and saved: for data whose batches differ so much that the running average misleads at test time
+    #: (reviews_vdcnn: short texts padded to 256 characters).
+    precise_bn: bool = False
 
     def with_flags(self, **flags) -> "TrainConfig":
         """This config with the command line's values (None: keep the recipe's); a bad combination is

@@ -299,7 +299,7 @@ def test_functions_of_0_1_keep_their_old_signatures_on_their_old_paths(tiny_reci
         from litcache.block_step import MODES, check_finite_loss, fields_read, head_trains_by_default
         from litcache.train import RESUME_KEYS, resolve_config, step_losses, trainable_parameters
 
-    assert MODES == config.MODES and head_trains_by_default("kd") and len(RESUME_KEYS) == 29
+    assert MODES == config.MODES and head_trains_by_default("kd") and len(RESUME_KEYS) == 30
     assert fields_read("ir", 3, 2, 1, 0.0) == ["boundaries/1", "boundaries/2"]
     record = resolve_config(tiny_recipe, BlockTrainOptions(lr=0.05))
     assert isinstance(record, dict) and record["lr"] == 0.05  # 0.1 returned the dict checkpoints hold

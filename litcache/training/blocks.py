@@ -43,7 +43,7 @@ from ..store import Store, open_store
 from ..store.verify import require_intact
 from .config import BlockTrainOptions, RunConfig, resolve_config, resume_keys, upgrade_record
 from .dataset import ChunkShuffleSampler, MemoryDataset, StoreDataset, make_loader
-from .loop import LossSums, epoch_seed, resume_or_start
+from .loop import LossSums, cumulative_batchnorm, epoch_seed, resume_or_start
 from .metrics import test_score
 from .online import OnlineTeacherDataset
 from .outputs import check_output, claim_output
@@ -120,6 +120,11 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, config: Ru
             sums.add(parts, len(next(iter(batch.values()))))
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **sums.means(), "lr": lr, "rows_per_s": sums.rows / seconds, "seconds": seconds}
+        if config.optim.precise_bn and config.phase.section is None:  # a section trained alone has no path yet
+            t1 = time.perf_counter()
+            recalibrate_batchnorm(sectioned, make_loader(data.dataset, data.sampler,
+                                                         num_workers=data.loader.num_workers), compute)
+            record["precise_bn_seconds"] = time.perf_counter() - t1
         if eval_set is not None:
             record.update(test_score(model, eval_set, compute, recipe.task))
         history.append(record)
@@ -316,22 +321,14 @@ def recalibrate_batchnorm(sectioned: SectionedModel, loader, compute: Compute) -
     the loader's batches). After the LIT phase, a section's statistics come from the teacher's
     boundaries, not from the previous student section's outputs that it sees when assembled.
     Returns the rows seen."""
-    norms = [m for m in sectioned.sections.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-    sectioned.eval()
-    sectioned.sections.train()
     rows = 0
-    try:
+    with cumulative_batchnorm(sectioned.sections):
+        sectioned.eval()
+        sectioned.sections.train()
         for batch in loader:
             with compute.autocast():
                 sectioned.run_sections(compute.input(batch["boundaries/0"]).float())
             rows += len(batch["boundaries/0"])
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
     return rows
 
 

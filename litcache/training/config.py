@@ -38,7 +38,7 @@ RESUMABLE_KEYS = ("epochs", "recalibrate_bn", "online_teacher", "data_epoch_offs
 _BEFORE_THE_KEY = {"views": None, "online": False, "fresh_views": False, "precision": "fp32", "schedule": "multistep",
                    "warmup": 0.0, "nesterov": False, "loss_scale": 1.0, "recalibrate_bn": False, "online_teacher": None,
                    "ir_loss": "mse", "ir_feature_axis": 1, "student_init": "scratch", "data_epoch_offset": 0,
-                   "teacher_layers": None}
+                   "teacher_layers": None, "precise_bn": False}
 #: Record keys of earlier releases that a later key now holds (``amp`` became ``precision``).
 _RETIRED_KEYS = ("amp",)
 

@@ -5,9 +5,10 @@ gradient-scaler step, and the sums of the losses with their finite check."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ from ..errors import CheckpointError, DivergedError
 from ..runtime.checkpoint import changed_settings
 
 __all__ = ["CHECK_EVERY", "EPOCH_SEEDS", "epoch_seed", "optimizer_step", "refuse_if_diverged", "LossSums", "Resumed",
-           "resume_or_start"]
+           "resume_or_start", "cumulative_batchnorm", "reestimate_batchnorm"]
 
 #: Training steps between two reads of the summed losses (the only host syncs of an epoch).
 CHECK_EVERY = 50
@@ -104,3 +105,38 @@ def resume_or_start(path: Path, resume: bool, *, read: Callable[[Path], dict], s
     if "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
     return Resumed(state["epoch"], list(state["history"]), state)
+
+
+@contextmanager
+def cumulative_batchnorm(module: nn.Module) -> Iterator[list[nn.Module]]:
+    """Reset the running statistics of ``module``'s BatchNorm layers and, until the block ends, let
+    every train-mode batch weigh the same in them (momentum None: a cumulative average); the momenta
+    come back after. Yields the layers."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        yield norms
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object]
+                         ) -> int:
+    """Precise BatchNorm: the population statistics of ``model``'s current weights over ``inputs``
+    (train-mode ``forward`` of each batch, no gradient; every batch weighs the same, as in torch's
+    cumulative average) replace the running averages that training left. Returns the rows seen; the
+    model is left in eval mode."""
+    rows = 0
+    with cumulative_batchnorm(model) as norms:
+        if norms:
+            model.train()
+            for x in inputs:
+                forward(x)
+                rows += len(x)
+    model.eval()
+    return rows

@@ -17,7 +17,7 @@ from ..runtime.checkpoint import fit_state, load_checkpoint, save_atomic, weight
 from ..runtime.devices import resolve_device
 from ..runtime.precision import resolve_compute
 from ..runtime.seeds import check_seed
-from .loop import EPOCH_SEEDS, LossSums, epoch_seed, optimizer_step, resume_or_start
+from .loop import EPOCH_SEEDS, LossSums, epoch_seed, optimizer_step, reestimate_batchnorm, resume_or_start
 from .losses import supervised_loss
 from .metrics import test_score
 from .outputs import claim_output
@@ -27,9 +27,9 @@ __all__ = ["train_teacher"]
 
 #: Settings a resumed train-teacher run must share with the run it continues (--epochs may grow).
 _RESUME_KEYS = ["batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "optimizer", "schedule",
-                "warmup", "nesterov", "precision"]
+                "warmup", "nesterov", "precise_bn", "precision"]
 #: What a checkpoint written before a setting was recorded had instead.
-_BEFORE_THE_KEY = {"schedule": "multistep", "warmup": 0.0, "nesterov": False, "precision": "fp32"}
+_BEFORE_THE_KEY = {"schedule": "multistep", "warmup": 0.0, "nesterov": False, "precise_bn": False, "precision": "fp32"}
 
 
 class _Augmented(Dataset):
@@ -147,9 +147,16 @@ def _train(recipe: Recipe, out: Path, config: TrainConfig, seed: int, resume: bo
             sums.add({"loss": loss.detach()}, len(y))
         elapsed = time.perf_counter() - t0
         mean_loss = sums.means()["loss"]
+        extra_record = {}
+        if config.precise_bn:
+            t1 = time.perf_counter()
+            inputs = (x for x, _ in _batches(train_set, recipe.augment, config.batch_size, epoch_seed(seed, epoch)))
+            with compute.autocast():
+                reestimate_batchnorm(model, inputs, lambda x: model(compute.input(x)))
+            extra_record["precise_bn_seconds"] = time.perf_counter() - t1
         score = test_score(model, test_set, compute, recipe.task)
         history.append({"epoch": epoch + 1, "loss": mean_loss, **score, "seconds": elapsed,
-                        "img_per_s": sums.rows / elapsed})
+                        "img_per_s": sums.rows / elapsed, **extra_record})
         shown = (f"test acc {score['test_accuracy']:.4f}" if "test_accuracy" in score
                  else f"test perplexity {score['test_perplexity']:.3f}")
         log(f"epoch {epoch + 1}/{config.epochs}  loss {mean_loss:.4f}  {shown}  "
