@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def record(key: str, run) -> dict:
         done = key in results["runs"]
-        record = run_once(results, results_path, key, run)
+        row = run_once(results, results_path, key, run)
         if not done:
-            print(f"=== {key}: test accuracy {record['test_accuracy']:.4f}", flush=True)
-        return record
+            print(f"=== {key}: test accuracy {row['test_accuracy']:.4f}", flush=True)
+        return row
 
     # Keys and folders name the epochs, so a run of other lengths never reuses these.
     teacher_epochs = args.teacher_epochs or recipe.teacher_training.epochs

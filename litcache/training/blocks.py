@@ -122,8 +122,7 @@ def _train_one(recipe: Recipe, store: Store, student: str, out: Path, config: Ru
         record = {"epoch": epoch + 1, **sums.means(), "lr": lr, "rows_per_s": sums.rows / seconds, "seconds": seconds}
         if config.optim.precise_bn and config.phase.section is None:  # a section trained alone has no path yet
             t1 = time.perf_counter()
-            recalibrate_batchnorm(sectioned, make_loader(data.dataset, data.sampler,
-                                                         num_workers=data.loader.num_workers), compute)
+            recalibrate_batchnorm(sectioned, data.boundary0_loader(), compute)
             record["precise_bn_seconds"] = time.perf_counter() - t1
         if eval_set is not None:
             record.update(test_score(model, eval_set, compute, recipe.task))
@@ -254,6 +253,15 @@ class _RunData:
         if hasattr(self.dataset, "set_epoch"):  # fresh views: a new augmentation of every sample each epoch
             self.dataset.set_epoch(epoch)
 
+    def boundary0_loader(self) -> DataLoader:
+        """This epoch's rows again, for a BatchNorm pass along the student's path, which reads boundary 0
+        alone: from the store, only that array (a LIT run's dataset reads every boundary); an online or
+        in-memory run's own batches cost no store reads."""
+        if not isinstance(self.dataset, StoreDataset) or self.dataset.fields == ["boundaries/0"]:
+            return self.loader
+        only = StoreDataset(self.dataset.store, ["boundaries/0"], cache_chunks=self.dataset.cache_chunks)
+        return make_loader(only, self.sampler, num_workers=self.loader.num_workers)
+
 
 def _run_data(store: Store, config: RunConfig, wanted: list[str], online: OnlineTeacherDataset | None,
               log: Callable[[str], None], student: str) -> _RunData:
@@ -336,9 +344,8 @@ def _recalibrate(sectioned: SectionedModel, data: _RunData, compute: Compute, ev
                  model: nn.Module, log: Callable[[str], None], student: str, task: str) -> None:
     """BatchNorm recalibration before fine-tuning, logged with the test accuracy (or perplexity) before and after."""
     before = test_score(model, eval_set, compute, task) if eval_set is not None else None
-    loader = make_loader(data.dataset, data.sampler, num_workers=data.loader.num_workers)
     t = time.perf_counter()
-    rows = recalibrate_batchnorm(sectioned, loader, compute)
+    rows = recalibrate_batchnorm(sectioned, data.boundary0_loader(), compute)
     line = (f"{student}: BatchNorm statistics recalibrated along the student's path over {rows} rows in "
             f"{time.perf_counter() - t:.1f} s")
     if eval_set is not None:
