@@ -195,12 +195,15 @@ def test_vdcnn_bench(tmp_path):
     out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)
     runs = json.loads(results.read_text())["runs"]
     pair = "17-e1-vdcnn9-e1+1"
-    assert sorted(runs) == [f"{pair}/{row}/seed{s}" for row in ("kd", "lit+ft", "scratch") for s in (0, 1)] + [
-        "teacher17-e1"]
-    assert runs[f"{pair}/lit+ft/seed0"]["epochs"] == 2 and runs["teacher17-e1"]["epochs"] == 1
-    assert f"| {pair} | lit+ft | 2 |" in out and "majority class of the test split" in out
+    rows = ("kd", "lit+ft-ftlr0.05", "scratch")  # the fine-tune's lr: the recipe's
+    assert sorted(runs) == [f"{pair}/{row}/seed{s}" for row in rows for s in (0, 1)] + ["teacher17-e1"]
+    assert runs[f"{pair}/lit+ft-ftlr0.05/seed0"]["epochs"] == 2 and runs["teacher17-e1"]["epochs"] == 1
+    assert f"| {pair} | lit+ft-ftlr0.05 | 2 |" in out and "majority class of the test split" in out
     out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, 1)  # everything done: nothing trains again
     assert "=== " not in out
+    # Another fine-tune rate trains the fine-tune alone, from the LIT phases already there.
+    out = _run_env("vdcnn_bench.py", env, *args, "--seeds", 0, "--rows", "lit+ft", "--ft-lr", 0.005)
+    assert f"=== {pair}/lit+ft-ftlr0.005/seed0" in out and "lit epoch" not in out and "finetune epoch 1/1" in out
 
 
 def test_stargan_bench(tmp_path):
