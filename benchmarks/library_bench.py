@@ -364,5 +364,5 @@ def _plot(uniform: dict, searches: dict, png: Path, title: str) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     main()

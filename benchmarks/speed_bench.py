@@ -318,7 +318,7 @@ def main() -> None:
     from litcache.runtime.devices import resolve_device
 
     DEVICE = resolve_device(args.device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(max(args.samples, args.train_samples))
     results = []
