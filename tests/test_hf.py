@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, assert_clean_error, run_cli
 from test_gpt import ALPHA, BETA, GAMMA, play
 
 from litcache import ExtractOptions, extract, load_recipe, open_store
+from litcache.errors import RecipeError
 from litcache.recipe import import_beside
 from litcache.sections import check_sections, cut_sections
 from litcache.training.dataset import StoreDataset
@@ -146,6 +148,27 @@ def test_rows_are_the_models_tokens_held_out_by_document(model_dirs, corpus, tmp
     assert tokenizer.decode(x[0, :n].tolist()) in ALPHA + BETA + GAMMA + "".join(
         play(f"play {k}", 12, k) for k in range(10))  # real text, in the model's own tokens
     assert (y[0, n:] == -100).all() and torch.equal(y[0, :n - 1], x[0, 1:n])
+
+
+def test_the_val_split_is_training_rows_the_training_subset_leaves_out(model_dirs, corpus, tmp_path, monkeypatch):
+    use(monkeypatch, corpus, tmp_path, model_dirs["llama"])
+    recipe = load_recipe(HF)
+    whole = recipe.load_split("train")
+    with pytest.raises(RecipeError, match=f"keeps all {len(whole)}: set LITCACHE_TEXT_TRAIN_ROWS below"):
+        recipe.load_split("val")
+    monkeypatch.setenv("LITCACHE_TEXT_TRAIN_ROWS", str(len(whole) // 2))
+    monkeypatch.setenv("LITCACHE_TEXT_VAL", "5")
+    val, test = recipe.load_split("val"), recipe.load_split("test")
+    assert len(val) == 5 and len(recipe.load_split("train")) == len(whole) // 2
+    assert set(val.titles) == set(whole.titles) and set(val.titles).isdisjoint(test.titles)
+    # Which rows: numbered rows (the corpus repeats itself), the training set's and the rest's.
+    text = import_beside(HF, "_text")
+    numbered = text.TextRows(np.repeat(np.arange(20, dtype=np.int32), 3).reshape(20, 3), np.full(20, 2))  # row i: i
+    kept = {int(r[0]) for r in numbered.evenly_spaced(8).rows}
+    left = [int(r[0]) for r in numbered.left_out(8, 5).rows]
+    assert len(kept) == 8 and len(left) == 5 == len(set(left)) and kept.isdisjoint(left)
+    assert left == sorted(left) and left[0] < 4 and left[-1] > 15  # spread over the rest, not its first rows
+    assert len(numbered.left_out(8, 100)) == 12
 
 
 def _generate_same_with_and_without_cache(model_dir):

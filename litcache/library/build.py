@@ -190,7 +190,8 @@ def _check_stores(recipe: Recipe, store: Store, heldout: Store) -> None:
         raise OptionError(f"--heldout {str(heldout.path)!r} holds the same rows as --store (split {a.split!r}, "
                           "the same data): scores on rows the candidates trained on would flatter them. Extract "
                           "held-out rows of a validation split, e.g. `litcache extract RECIPE --split val --out H` "
-                          "(cifar10_resnet.py's 'val': training images outside LITCACHE_CIFAR10_TRAIN_SUBSET).")
+                          "(cifar10_resnet.py's 'val': training images outside LITCACHE_CIFAR10_TRAIN_SUBSET; "
+                          "hf_causal_lm.py's: training rows outside LITCACHE_TEXT_TRAIN_ROWS).")
 
 
 def _check_same_library(out: Path, recipe: Recipe, store: Store) -> None:

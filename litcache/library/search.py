@@ -208,7 +208,8 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
                           "Give a larger budget.")
     if library["heldout"]["identity"]["split"] == split:
         log(f"warning: the library scored its candidates on split {split!r}, which the picks are now measured on: "
-            "the measured figures flatter the search. Score on a validation split (e.g. cifar10_resnet's 'val').")
+            "the measured figures flatter the search. Score on a validation split (e.g. cifar10_resnet's or "
+            "hf_causal_lm's 'val').")
     out = Path(out) if out is not None else Path(library_path) / "search" / re.sub(r"[^A-Za-z0-9_.=+-]", "-",
                                                                                    f"{budget}-{predictor}")
     picked = {mix_name([options[i][j]["depth"] for i, j in enumerate(m.picks)]): m for m in found}
