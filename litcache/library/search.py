@@ -229,7 +229,9 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
             picks = [options[i][j] for i, j in enumerate(chosen)]
             predicted = _predicted(picks, library, predictor, column)
             checkpoint = assemble_mix(recipe, library, picks, out, library_path, opened)
-            if finetune_epochs:
+            # A mix of skipped sections only (mix-0-0-0) has nothing to fine-tune: it is measured as assembled.
+            tuned = finetune_epochs if any(p["params"] for p in picks) else 0
+            if tuned:
                 # The fine-tune's folder is keyed by what it starts from and how it trains: a rerun after the
                 # library changed, or with other fine-tune settings, trains anew instead of resuming another run.
                 key = xxhash.xxh3_64_hexdigest(json.dumps(
@@ -245,7 +247,7 @@ def search(library_path: str | Path, budget: str | Budget, *, top: int = 1, pred
                 checkpoint = result["checkpoint"]
             measured = _measure(recipe, checkpoint, split, device, latency_input)
             row = {"student": name, "kind": kind, "rank": rank, **predicted, **measured,
-                   "finetune_epochs": finetune_epochs, "checkpoint": checkpoint}
+                   "finetune_epochs": tuned, "checkpoint": checkpoint}
             rows.append(row)
             score = f"accuracy {measured['accuracy']:.4f}" if "accuracy" in measured else \
                 f"perplexity {measured.get('perplexity', float('nan')):.4f}"

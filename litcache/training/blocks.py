@@ -172,7 +172,12 @@ def prepare_student(recipe: Recipe, store: Store, student: str, config: RunConfi
     compute = resolve_compute(config.precision, resolve_device(config.device), model)
     config = config.with_compute(compute.precision, compute.channels_last)
     compute.model(model)
-    optimizer = config.optim.make_optimizer(trainable_parameters(sectioned, config.phase))
+    trained = trainable_parameters(sectioned, config.phase)
+    if not trained:
+        raise OptionError(f"Student {student!r} has no parameters that --mode {config.mode} trains (every section it "
+                          "trains is empty, e.g. a mix whose sections are all skipped). Pick a student with layers "
+                          "to train, or another mode.")
+    optimizer = config.optim.make_optimizer(trained)
     return StudentRun(model, sectioned, compute, optimizer, compute.grad_scaler(), config)
 
 
