@@ -108,6 +108,8 @@ def student(sections: tuple[int, ...]):
 def load_split(split: str):
     if split == "test":
         return _tokens.load_token_split("test", CONTEXT, TOKENIZER)
+    if split not in ("train", "val"):
+        raise RecipeError(f"Expected split 'train', 'val' or 'test', got {split!r} instead.")
     rows = _tokens.load_token_split("train", CONTEXT, TOKENIZER)
     keep = _data.env_int("LITCACHE_TEXT_TRAIN_ROWS", 0)
     if split == "train":
