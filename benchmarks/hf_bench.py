@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from dataclasses import replace
 
-    from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, train_blocks
+    from litcache import BlockTrainOptions, ExtractOptions, extract, load_recipe, open_store, train_blocks
     from litcache.baselines import make_baseline
+    from litcache.errors import LitcacheError
     from litcache.evaluation import evaluate
     from litcache.export import export_teacher
     from litcache.recipe import import_beside
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
                            "train_seconds": sum(h["seconds"] for h in trained["history"])}, t)
 
     store = work / f"train-top{args.topk}.zarr"
-    extract(recipe, store, ExtractOptions(logit_topk=args.topk), resume=True, progress=False, log=print)
+    try:  # a whole store is kept as it is, even one an earlier revision of the recipe file wrote (the same rows)
+        open_store(store)
+    except LitcacheError:
+        extract(recipe, store, ExtractOptions(logit_topk=args.topk), resume=True, progress=False, log=print)
     info = store_info(store)
     if args.storage and not any(k.startswith(f"{size}/storage") for k in results["runs"]):
         results["runs"][f"{size}/storage"] = {"rows": storage_table(store), "store_bytes": info["stored_bytes"]}
