@@ -328,7 +328,7 @@ def report(results: dict, png: Path, predictors: dict | None = None) -> str:
                 rhos = [f"{r['rank_correlation'][k]:.3f}" for _, r in sorted(analysed.items())]
                 within = [statistics.mean(r["within_budgets"][k]) for _, r in sorted(analysed.items())]
                 lines.append(f"| {label} | {', '.join(rhos)} | {', '.join(f'{w:.2f}' for w in within)} |")
-        _plot(uniform, searches, png, size)
+        _plot(uniform, uniform_ir, searches, png, size)
     return "\n".join(lines)
 
 
@@ -338,22 +338,43 @@ def _product(per_section: dict) -> list[tuple]:
     return list(itertools.product(*(per_section[i] for i in sorted(per_section))))
 
 
-def _plot(uniform: dict, searches: dict, png: Path, title: str) -> None:
+def _plot(uniform: dict, uniform_ir: dict, searches: dict, png: Path, title: str) -> None:
+    """Uniform students per budget as mean and min-max over seeds; every measured library mix as a point."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    u = sorted((r["macs"], r["test_accuracy"]) for r in uniform.values())
-    if u:
-        ax.plot([x for x, _ in u], [y for _, y in u], "s-", color="tab:blue", label="uniform LIT students")
+    for runs, color, label in ((uniform, "tab:blue", "uniform LIT students"),
+                               (uniform_ir, "tab:purple", "uniform students, IR-only first phase")):
+        by_macs = {}
+        for r in runs.values():
+            by_macs.setdefault(r["macs"], []).append(r["test_accuracy"])
+        if by_macs:
+            xs = sorted(by_macs)
+            mean = [statistics.mean(by_macs[x]) for x in xs]
+            spread = [[m - min(by_macs[x]) for x, m in zip(xs, mean)], [max(by_macs[x]) - m for x, m in zip(xs, mean)]]
+            ax.errorbar(xs, mean, yerr=spread, fmt="s-", color=color, capsize=3,
+                        label=f"{label} (mean, min-max over seeds)")
     mixes = [x for r in searches.values() for x in r["students"]]
+    # The axis spans the budgets' students; far weaker uniform mixes (maps only, 1 block a stage) are named below.
+    floor = min([r["test_accuracy"] for r in (*uniform.values(), *uniform_ir.values())]
+                + [x["accuracy"] for x in mixes if x["kind"] == "searched"], default=0.0) - 0.02
     for kind, color, marker in (("uniform", "tab:green", "^"), ("searched", "tab:red", "o")):
-        points = [(x["macs"], x["accuracy"]) for x in mixes if x["kind"] == kind]
+        points = [(x["macs"], x["accuracy"]) for x in mixes if x["kind"] == kind and x["accuracy"] >= floor]
         if points:
             ax.scatter([x for x, _ in points], [y for _, y in points], color=color, marker=marker,
-                       label=f"library mixes: {kind}", alpha=0.7)
+                       label=f"library mixes: {kind} (every seed)", alpha=0.5)
+    below = {}
+    for x in mixes:
+        if x["accuracy"] < floor:
+            below.setdefault(x["student"], set()).add(round(100 * x["accuracy"]))
+    if below:
+        ax.set_ylim(bottom=floor)
+        ax.set_title("below the axis: " + ", ".join(f"{name} ({min(a)}-{max(a)}%)" if len(a) > 1 else
+                                                    f"{name} ({min(a)}%)" for name, a in sorted(below.items())),
+                     fontsize=8)
     ax.set_xlabel("multiply-adds per image")
     ax.set_ylabel("test accuracy (last epoch)")
     ax.grid(alpha=0.3)
