@@ -7,12 +7,22 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_STORE_OPTIONS, assert_clean_error, make_teacher_checkpoint, quiet, run_cli
+from conftest import (
+    TINY,
+    TINY_STORE_OPTIONS,
+    assert_clean_error,
+    make_teacher_checkpoint,
+    quiet,
+    run_cli,
+    subprocess_env,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,6 +150,28 @@ def test_the_library_makes_scores_and_costs_each_candidate(stores, library):
     # A trained candidate is section I of its carrier, trained alone from the store (IR only).
     saved = read_student(out / table["s2-d1"]["checkpoint"])  # checkpoints are relative to the library
     assert saved["student"] == "mix-1-1-1" and saved["sections_trained"] == [2] and saved["config"]["mode"] == "ir"
+
+
+def test_a_strided_linear_map_trains_on_one_thread_in_channels_last():
+    """A strided 1x1 convolution's backward (channels_last, one thread, 4 -> 8 channels) crashes torch 2.14
+    with a double free; the map subsamples first instead, the same function. Run apart: a crash is a failure."""
+    code = """
+import torch
+from litcache.models.resnet import PointwiseMap
+torch.set_num_threads(1)
+torch.manual_seed(0)
+layer = PointwiseMap(4, 8, 2).to(memory_format=torch.channels_last)
+strided = torch.nn.Conv2d(4, 8, 1, 2)
+strided.load_state_dict(layer.conv.state_dict())
+for _ in range(5):
+    x = torch.randn(16, 4, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
+    layer(x).sum().backward()
+assert torch.allclose(layer(x), strided(x), atol=1e-6)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=subprocess_env())
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
 def test_the_linear_map_is_the_least_squares_fit(stores, tmp_path):

@@ -147,7 +147,7 @@ def fit_pointwise_map(module: nn.Module, store: Store, section: int, rows: int, 
     ``[x 1]^T [x 1]`` and ``[x 1]^T y`` accumulate in float64, so the fit streams over the store."""
     [pointwise] = [m for m in module.modules() if isinstance(m, PointwiseMap)]
     conv = pointwise.conv
-    stride = conv.stride[0]
+    stride = pointwise.stride
     batches = StoredBoundaries(store, section - 1, rows, batch_size)
     gram = cross = None
     for x, y, _ in batches:
