@@ -73,3 +73,10 @@ def peak_rss_mb(args: list[str]) -> float:
                            f"{done.stdout}{done.stderr}")
     peak = int(done.stdout.split("PEAK")[-1].split()[0])
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
+
+
+def set_torch_threads() -> None:
+    """torch's threads: OMP_NUM_THREADS where set (1 lets two runs share the cores a thread each), else every core."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))

@@ -41,8 +41,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, save_results, set_torch_threads  # beside this script
 
 ROWS = ("scratch", "kd", "hints", "lit-k1", "lit-k2", "lit-k4", "lit-k8", "online")
 #: The fine-tune's default lr; a LIT row fine-tuned otherwise is a row of its own (see ft_variant).
@@ -347,5 +346,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     main()

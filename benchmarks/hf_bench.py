@@ -44,8 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, save_results, set_torch_threads  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "pipelines" / "hf_causal_lm.py"
@@ -385,5 +384,5 @@ def _named(students: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     sys.exit(main())

@@ -47,8 +47,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, save_results, set_torch_threads  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "library.json"
 #: Budget name -> blocks per stage of the uniform student whose MACs it is.
@@ -385,5 +384,5 @@ def _plot(uniform: dict, uniform_ir: dict, searches: dict, png: Path, title: str
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     main()

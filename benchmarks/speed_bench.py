@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import set_torch_threads  # beside this script
 
 from litcache import ExtractOptions, extract, load_recipe
 from litcache.runtime.precision import resolve_compute
@@ -318,7 +319,7 @@ def main() -> None:
     from litcache.runtime.devices import resolve_device
 
     DEVICE = resolve_device(args.device)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     os.environ["LITCACHE_CIFAR10_DIR"] = str(Path(args.cifar_dir).resolve())
     os.environ["LITCACHE_CIFAR10_TRAIN_SUBSET"] = str(max(args.samples, args.train_samples))
     results = []

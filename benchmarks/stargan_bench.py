@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 
-import torch
-from _common import load_results, run_once  # beside this script
+from _common import load_results, run_once, set_torch_threads  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "stargan.json"
 PIPELINES = Path(__file__).parents[1] / "pipelines"
@@ -133,5 +131,5 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     main()

@@ -36,8 +36,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from _common import load_results, save_results  # beside this script
+from _common import load_results, save_results, set_torch_threads  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "transformers.json"
 PAIRS = {"vit": ("pipelines/cifar10_vit.py", "vit4"), "gpt": ("pipelines/text_gpt.py", "gpt4")}
@@ -194,5 +193,5 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     main()

@@ -34,8 +34,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from _common import load_results, run_once  # beside this script
+from _common import load_results, run_once, set_torch_threads  # beside this script
 
 RESULTS = Path(__file__).parent / "results" / "vdcnn.json"
 PAIRS = {29: "vdcnn17", 17: "vdcnn9"}
@@ -192,5 +191,5 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    set_torch_threads()
     main()

@@ -257,6 +257,11 @@ def _encode_rows(works: dict[str, str], names: list[str], context: int) -> dict[
     }
 
 
+def _spread_index(total: int, count: int) -> np.ndarray:
+    """``count`` indices spread evenly over ``range(total)``, first and last included, in order."""
+    return np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
+
+
 class TextRows(Dataset):
     """Row i -> (input (context,) int64 right-padded with PAD, target (context,) int64 right-padded
     with IGNORE_INDEX); target[t] is the byte after input[t], and ``lengths[i]`` targets are valid."""
@@ -291,8 +296,7 @@ class TextRows(Dataset):
         if len(rest) == 0 or at_most < 1:
             raise RecipeError(f"Expected rows left out of {count} of this split's {len(self)} rows and at least one "
                               f"wanted, found {len(rest)} left out and {at_most!r} wanted.")
-        return self.take(rest[np.unique(np.linspace(0, len(rest) - 1, min(at_most, len(rest))).round()
-                                        .astype(np.int64))])
+        return self.take(rest[_spread_index(len(rest), min(at_most, len(rest)))])
 
     def take(self, index: np.ndarray) -> "TextRows":
         return TextRows(self.rows[index].numpy(), self.lengths[index],
@@ -301,7 +305,7 @@ class TextRows(Dataset):
     def _spread(self, count: int) -> np.ndarray:
         if not 0 < count <= len(self):
             raise RecipeError(f"Expected between 1 and {len(self)} rows, got {count!r} instead.")
-        return np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
+        return _spread_index(len(self), count)
 
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Many rows at once: (inputs (N, context), targets (N, context)), both int64."""
