@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier-epochs", type=int, default=15)
     p.add_argument("--lit-epochs", type=int, default=10)
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    # The adversarial runs (teacher, scratch) compute in fp32; the store and the LIT student do too unless asked,
+    # so that a CPU with bf16 instructions (where the recipe's "auto" picks bf16) gives the same table.
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="the store's and the LIT student's compute (default fp32, as the adversarial runs)")
     p.add_argument("--work", default="runs/stargan")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--report", action="store_true", help="print the table only")
@@ -73,14 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     step("classifier", lambda: train_stargan.classifier(argparse.Namespace(
         recipe=str(PIPELINES / "emoji_stargan.py"), out=str(judge), epochs=args.classifier_epochs, seed=0)))
     store = str(work / "train.zarr")
-    extract(recipe, store, ExtractOptions(views=1), teacher_checkpoint=str(teacher), resume=True, progress=False)
+    extract(recipe, store, ExtractOptions(views=1, precision=args.precision), teacher_checkpoint=str(teacher), resume=True, progress=False)
     for seed in args.seeds:
         def lit() -> dict:
             [result] = train_blocks(recipe, store, ["blocks2"], work / f"lit-seed{seed}", BlockTrainOptions(
-                mode="ir", epochs=args.lit_epochs, seed=seed, evaluate=False, verify=False), resume=True, log=print)
-            report_ = evaluate(recipe, result["checkpoint"], str(teacher))["student"]
+                mode="ir", epochs=args.lit_epochs, seed=seed, evaluate=False, verify=False, precision=args.precision), resume=True,
+                log=print)
+            report_ = evaluate(recipe, result["checkpoint"], str(teacher), precision=args.precision)["student"]
             return {"checkpoint": result["checkpoint"], "train_seconds": sum(h["seconds"] for h in result["history"]),
-                    "epochs": args.lit_epochs, "evaluate": {k: report_[k] for k in (
+                    "epochs": args.lit_epochs, "precision": args.precision, "evaluate": {k: report_[k] for k in (
                         "mse_vs_teacher", "psnr_vs_teacher_db", "ssim_vs_teacher", "compression_by_depth",
                         "compression_by_params", "compression_by_macs", "params", "macs_per_sample")}}
 
