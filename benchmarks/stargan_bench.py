@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     step("classifier", lambda: train_stargan.classifier(argparse.Namespace(
         recipe=str(PIPELINES / "emoji_stargan.py"), out=str(judge), epochs=args.classifier_epochs, seed=0)))
     store = str(work / "train.zarr")
-    extract(recipe, store, ExtractOptions(views=1, precision=args.precision), teacher_checkpoint=str(teacher), resume=True, progress=False)
+    extract(recipe, store, ExtractOptions(views=1, precision=args.precision), teacher_checkpoint=str(teacher),
+            resume=True, progress=False)
     for seed in args.seeds:
         def lit() -> dict:
             [result] = train_blocks(recipe, store, ["blocks2"], work / f"lit-seed{seed}", BlockTrainOptions(
-                mode="ir", epochs=args.lit_epochs, seed=seed, evaluate=False, verify=False, precision=args.precision), resume=True,
-                log=print)
+                mode="ir", epochs=args.lit_epochs, seed=seed, evaluate=False, verify=False, precision=args.precision),
+                resume=True, log=print)
             report_ = evaluate(recipe, result["checkpoint"], str(teacher), precision=args.precision)["student"]
             return {"checkpoint": result["checkpoint"], "train_seconds": sum(h["seconds"] for h in result["history"]),
                     "epochs": args.lit_epochs, "precision": args.precision, "evaluate": {k: report_[k] for k in (
