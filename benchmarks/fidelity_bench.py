@@ -23,9 +23,9 @@ training images (the full 50k split, or a class-balanced --subset) and scored on
 
 Every run is one record of benchmarks/results/fidelity.json, written as soon as it finishes: a
 rerun skips what is done (and a run killed midway resumes from its last epoch under --work), so the
-bench can be run in several sittings. ``--only`` picks rows; ``--seeds`` the seeds. ``--report``
-prints the table (mean, min and max over seeds) and draws benchmarks/results/fidelity.png without
-training anything.
+bench can be run in several sittings. ``--only`` picks rows (``--only scratch`` needs neither the
+teacher nor the store); ``--seeds`` the seeds. ``--report`` prints the table (mean, min and max over
+seeds) and draws benchmarks/results/fidelity.png without training anything.
 
 The LIT runs also record the student's test accuracy right after the LIT phase, and after a
 BatchNorm recalibration along the student's own path (measured on a copy; the fine-tune starts
@@ -295,18 +295,23 @@ def main() -> None:
     from litcache.runtime.precision import resolve_compute
 
     recipe = load_recipe(Path(__file__).parents[1] / "pipelines" / recipe_file)
-    if args.teacher not in results.setdefault("teachers", {}):
+    # Scratch rows need neither the teacher nor the store: `--only scratch` starts at once, e.g. beside the
+    # teacher's own training.
+    uses_teacher = any(row != "scratch" for row in args.only or ROWS)
+    if uses_teacher and args.teacher not in results.setdefault("teachers", {}):
         results["teachers"][args.teacher] = teacher_accuracy(recipe, args.teacher, args.precision)
         save_results(results_path, results)
     # The compute the runs get: they train on the device train-blocks picks (CUDA when present).
     precision = resolve_compute(args.precision or recipe.precision, resolve_device("auto")).precision
     work = Path(args.work) / f"subset{args.subset or 50000}-e{args.lit_epochs}+{args.ft_epochs}"
     store = str(work / f"train_k{args.max_views}{precision_variant(precision).replace('+', '-')}.zarr")
-    t = time.perf_counter()
-    extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision),
-            teacher_checkpoint=args.teacher, resume=True, progress=False)
-    extract_seconds = time.perf_counter() - t
-    full_bytes = store_bytes(store)
+    extract_seconds, full_bytes = 0.0, 0
+    if uses_teacher:
+        t = time.perf_counter()
+        extract(recipe, store, ExtractOptions(views=args.max_views, precision=args.precision),
+                teacher_checkpoint=args.teacher, resume=True, progress=False)
+        extract_seconds = time.perf_counter() - t
+        full_bytes = store_bytes(store)
     samples = len(recipe.load_split("train"))
 
     for seed in args.seeds:

@@ -154,12 +154,14 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert scratch["row"] == "scratch+wd0.001" and scratch["hyperparameters"]["weight_decay"] == 0.001
     assert ("| scratch+wd0.001 | fresh | 2 | 0 |" in out
             and (tmp_path / "work" / "subset50000-e1+1" / "scratch+wd0.001").is_dir())
-    # So is another compute: a bf16 row never joins the table's fp32 rows, nor reads their store.
-    out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--precision", "bf16")
+    # So is another compute: a bf16 row never joins the table's fp32 rows, nor reads their store; scratch rows
+    # alone run without the teacher (here a missing file) and extract no store.
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--precision", "bf16",
+                   "--teacher", tmp_path / "no-teacher.pt")
     scratch = json.loads(results.read_text())["runs"]["subset50000/e1+1/scratch+bf16/seed0"]
     assert scratch["row"] == "scratch+bf16" and scratch["precision"] == "bf16"
     work = tmp_path / "work" / "subset50000-e1+1"
-    assert ((work / "scratch+bf16").is_dir() and (work / "train_k2-bf16.zarr").is_dir()
+    assert ((work / "scratch+bf16").is_dir() and not (work / "train_k2-bf16.zarr").exists()
             and (work / "train_k2.zarr").is_dir())
 
 
