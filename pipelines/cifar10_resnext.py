@@ -26,6 +26,10 @@ grouped 3x3 convs, 3 stages, stage widths doubling) at cardinality 4, 4 channels
 widths 32/64/128: ResNeXt-110 4x4d has 420,914 parameters and 61.2M multiply-adds per image (ResNet-56:
 853,018 and 125.5M), ResNeXt-20 75,954 and 12.0M. The teacher trains on the 50k JPEGs with
 `litcache train-teacher` (the command is in pipelines/README.md).
+
+The pair measured on a 2-core CPU (benchmarks/README.md, "ResNeXt on CIFAR-10 at CPU size") is shallower at
+the paper's depth ratio, as ResNeXt-110 4x4d takes about 3 h a teacher on one thread: LITCACHE_RESNEXT_TEACHER=56
+(213,938 parameters, 31.7M multiply-adds) -> student resnext11 (41,458 and 7.1M), 5.1x by depth.
 """
 
 from __future__ import annotations
