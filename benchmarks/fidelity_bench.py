@@ -123,6 +123,13 @@ def wd_variant(args) -> str:
     return f"+wd{args.weight_decay:g}" if args.weight_decay != WEIGHT_DECAY else ""
 
 
+def beta_variant(args) -> str:
+    """"+beta0" for a LIT phase with another --beta than the recipe's (0.75 for the CIFAR recipes): its
+    own row, trained in a folder of its own. beta 0 trains the blocks on the IR terms alone, as the
+    block library does."""
+    return f"+beta{args.beta:g}" if args.beta is not None else ""
+
+
 def precision_variant(precision: str) -> str:
     """"+bf16" for a run computed other than in TABLE_PRECISION: a bf16 teacher stores other
     activations and a bf16 student trains otherwise, so such rows never mix with the table's."""
@@ -138,7 +145,7 @@ def ft_variant(args) -> str:
 def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, online: bool) -> dict:
     teacher = {"online_teacher": args.teacher, "fresh_views": True} if online else {}
     lit = _blocks(args, recipe, store, work / "lit", seed, mode="lit", epochs=args.lit_epochs, lr=args.lit_lr,
-                  views=views, **teacher)
+                  views=views, beta=args.beta, **teacher)
     probe = _recalibration_probe(recipe, store, lit["checkpoint"], views, args)
     print(f"after the LIT phase: test accuracy {probe['after_lit_accuracy']:.4f}, "
           f"{probe['after_lit_recalibrated_accuracy']:.4f} with BatchNorm recalibrated")
@@ -263,6 +270,8 @@ def main() -> None:
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--precision", default=None)
+    p.add_argument("--beta", type=float, default=None,
+                   help="the LIT phase's KD weight (default: the recipe's); 0 trains on the IR terms alone")
     p.add_argument("--recalibrate-bn", action="store_true")
     p.add_argument("--max-views", type=int, default=8)
     p.add_argument("--only", nargs="*", choices=ROWS, help="rows to run (default: all)")
@@ -316,8 +325,9 @@ def main() -> None:
 
     for seed in args.seeds:
         for row in args.only or ROWS:
-            variant = wd_variant(args) + precision_variant(precision)
-            name = row + variant + (ft_variant(args) if row.startswith(("lit-", "online")) else "")
+            lit_row = row.startswith(("lit-", "online"))
+            variant = wd_variant(args) + (beta_variant(args) if lit_row else "") + precision_variant(precision)
+            name = row + variant + (ft_variant(args) if lit_row else "")
             key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
                 continue
@@ -342,7 +352,7 @@ def main() -> None:
                           store_extract_seconds=extract_seconds, student=args.student,
                           hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr",
                                                                           "weight_decay", "schedule", "warmup",
-                                                                          "recalibrate_bn")})
+                                                                          "recalibrate_bn", "beta")})
             results["runs"][key] = record
             save_results(results_path, results)
             print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import math
 import sys
+import tokenize
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
@@ -259,9 +261,13 @@ class Recipe:
     #: over one fixed view overfits it (benchmarks/README.md, fidelity: on CIFAR-10, 81.2% from 1
     #: view against 84.4% from 8, the same as scratch).
     views: int = 1
-    #: Filled by ``load_recipe``: where the recipe came from and a hash of its source.
+    #: Filled by ``load_recipe``: where the recipe came from and a hash of its code (``recipe_code_hash``:
+    #: comments, docstrings and blank lines left out, so that editing a recipe's prose keeps its stores).
     source: str = ""
     source_hash: str = ""
+    #: The hash of the recipe file's bytes, which stores extracted before 0.3 recorded instead: such a
+    #: store still resumes, and is still found complete, while its recipe file is byte for byte the same.
+    source_bytes_hash: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -340,8 +346,28 @@ def import_beside(recipe_file: str | Path, name: str):
     return sys.modules[key]
 
 
-def _hash_file(path: Path) -> str:
-    return xxhash.xxh3_64_hexdigest(path.read_bytes())
+def recipe_code_hash(source: bytes) -> str:
+    """xxh3 of a recipe module's code: its text less comments, docstrings (statements that are a plain
+    string literal alone) and blank lines, each line's trailing whitespace dropped. Works on the text,
+    not on tokens or the AST, whose form changes between Python versions (f-strings in 3.12)."""
+    prose: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (start, end) spans of comments and docstrings
+    statement: list[tokenize.TokenInfo] = []
+    for token in tokenize.tokenize(io.BytesIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            prose.append((token.start, token.end))
+        elif token.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            if statement and all(t.type == tokenize.STRING and "f" not in t.string.split(t.string[-1])[0].lower()
+                                 for t in statement):
+                prose.append((statement[0].start, statement[-1].end))
+            statement = []
+        elif token.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING):
+            statement.append(token)
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+    lines = source.decode(encoding).split("\n")  # the rows tokenize counts
+    for (row0, col0), (row1, col1) in sorted(prose, reverse=True):  # from the end, so earlier spans stay valid
+        lines[row0 - 1:row1] = [lines[row0 - 1][:col0] + lines[row1 - 1][col1:]]
+    code = "\n".join(line.rstrip() for line in lines if line.strip())
+    return xxhash.xxh3_64_hexdigest(code.encode())
 
 
 def load_recipe(ref: str | Path) -> Recipe:
@@ -391,10 +417,10 @@ def load_recipe(ref: str | Path) -> Recipe:
     if not isinstance(recipe, Recipe):
         found = "nothing" if recipe is None else type(recipe).__name__
         raise RecipeError(f"Expected {ref!r} to define {attr} = litcache.Recipe(...), found {found} instead.")
-    source_hash = _hash_file(source_file) if source_file else xxhash.xxh3_64_hexdigest(ref.encode())
+    if source_file:
+        text = source_file.read_bytes()
+        source_hash, bytes_hash = recipe_code_hash(text), xxhash.xxh3_64_hexdigest(text)
+    else:
+        source_hash = bytes_hash = xxhash.xxh3_64_hexdigest(ref.encode())
     # Recipes are frozen; record provenance on a copy without mutating the user's object.
-    return _with_source(recipe, ref, source_hash)
-
-
-def _with_source(recipe: Recipe, source: str, source_hash: str) -> Recipe:
-    return replace(recipe, source=source, source_hash=source_hash)
+    return replace(recipe, source=ref, source_hash=source_hash, source_bytes_hash=bytes_hash)

@@ -148,6 +148,12 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert "resnet20 lit epoch" not in out and "| lit-k1+recal | 1 | 1 + 1 | 0 |" in out
     out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--recalibrate-bn", "--ft-lr", "0.01")
     assert "=== subset50000/e1+1/lit-k1+recal+ft-lr0.01/seed0:" in out and "resnet20 lit epoch" not in out
+    # Another LIT beta is a row of its own whose LIT phase trains anew (beta 0: on the IR terms alone).
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--beta", "0")
+    ir_only = json.loads(results.read_text())["runs"]["subset50000/e1+1/lit-k1+beta0/seed0"]
+    assert ir_only["row"] == "lit-k1+beta0" and ir_only["hyperparameters"]["beta"] == 0
+    assert "resnet20 lit epoch 1/1  ir [" in out and " kd " not in out.split("resnet20 lit epoch 1/1")[1][:80]
+    assert (tmp_path / "work" / "subset50000-e1+1" / "lit-k1+beta0" / "seed0" / "lit").is_dir()
     # Another weight decay is a row of its own, trained in a folder of its own.
     out = _run_env("fidelity_bench.py", env, *args, "--only", "scratch", "--weight-decay", "0.001")
     scratch = json.loads(results.read_text())["runs"]["subset50000/e1+1/scratch+wd0.001/seed0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import platform
 import tempfile
 from dataclasses import replace
@@ -44,6 +45,7 @@ from litcache.extraction.plan import plan_extraction
 from litcache.extraction.replay import verify_store
 from litcache.extraction.rows import data_fingerprint
 from litcache.extraction.teacher import load_teacher
+from litcache.recipe import recipe_code_hash
 from litcache.runtime.checkpoint import weights_hash
 from litcache.sections import cut_sections
 from litcache.store.arrays import open_store, read_ledger, shard_ranges, store_sizes, verify_checksums
@@ -337,12 +339,33 @@ def test_other_teacher_refused_then_overwritten(tiny_recipe, teacher_ckpt, other
     assert open_store(tiny_store).manifest.teacher.checkpoint == str(other_teacher_ckpt)
 
 
-def test_other_recipe_source_refused(teacher_ckpt, tiny_store, tmp_path):
-    edited = tmp_path / "tiny_edited.py"
-    edited.write_text(Path(TINY).read_text() + "\n# an edit that changes nothing but the source\n")
+def test_other_recipe_code_refused_but_not_other_prose(teacher_ckpt, tiny_store, tmp_path):
+    before = json.dumps(manifest_of(tiny_store))
+    # Comments, docstrings and blank lines are the recipe's prose: the store is the same store.
+    prose = tmp_path / "tiny_prose.py"
+    prose.write_text(Path(TINY).read_text() + '\n# a note\n\ndef f():  # a helper\n    """Because."""\n')
+    code = tmp_path / "tiny_code.py"
+    code.write_text(Path(TINY).read_text() + '\ndef f():\n    """Why."""\n')
+    assert load_recipe(prose).source_hash == load_recipe(code).source_hash != load_recipe(TINY).source_hash
+    code.write_text(Path(TINY).read_text() + '\nEDIT = "a change to the code"\n')
     with pytest.raises(StoreMismatchError, match="recipe_hash: store has"):
-        extract(load_recipe(edited), tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt,
+        extract(load_recipe(code), tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt,
                 progress=False, log=quiet)
+    prose.write_text("# a note\n" + Path(TINY).read_text().replace("\n\n", "\n\n\n") + "\n# more\n")
+    result = extract(load_recipe(prose), tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt,
+                     resume=True, progress=False, log=quiet)
+    assert result.status == "unchanged" and json.dumps(manifest_of(tiny_store)) == before
+
+
+def test_store_that_recorded_the_recipe_bytes_still_resumes(tiny_recipe, teacher_ckpt, tiny_store):
+    """Stores of 0.1 and 0.2 recorded xxh3 of the recipe file's bytes: with that file unchanged they are
+    still the same store; with its prose edited they are refused as before (their hash cannot tell)."""
+    meta = json.loads((tiny_store / "zarr.json").read_text())
+    meta["attributes"]["litcache"]["identity"]["recipe_hash"] = xxhash.xxh3_64_hexdigest(Path(TINY).read_bytes())
+    (tiny_store / "zarr.json").write_text(json.dumps(meta))
+    result = extract(tiny_recipe, tiny_store, TINY_STORE_OPTIONS, teacher_checkpoint=teacher_ckpt, resume=True,
+                     progress=False, log=quiet)
+    assert result.status == "unchanged"
 
 
 def test_incomplete_store_needs_resume_and_same_options(tiny_recipe, teacher_ckpt, tmp_path):
@@ -496,7 +519,7 @@ def test_manifest_on_disk_holds_what_the_run_used(tiny_recipe, teacher_ckpt, tmp
     assert (m["format"], m["format_version"], m["complete"]) == ("litcache-store", 1, True)
     teacher = tiny_recipe.build_teacher()
     teacher.load_state_dict(torch.load(teacher_ckpt, weights_only=True)["state_dict"])
-    recipe_hash = xxhash.xxh3_64_hexdigest(Path(TINY).read_bytes())
+    recipe_hash = recipe_code_hash(Path(TINY).read_bytes())
     identity = m["identity"]
     assert {k: v for k, v in identity.items() if k != "data_fingerprint"} == {
         "recipe": "tiny", "recipe_hash": recipe_hash, "teacher_hash": weights_hash(teacher), "split": "train",

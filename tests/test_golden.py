@@ -115,8 +115,8 @@ def test_format1_store_opens_verifies_and_replays(golden):
     assert manifest.format_version == 1 == want["format_version"]
     assert store.rows == want["rows"] == 40 and len(store.shards) == want["shards"] == 3
     assert manifest.identity.to_dict() == want["identity"]
-    # the frozen copy is the recipe it was made from
-    assert load_recipe(F1).source_hash == manifest.identity.recipe_hash
+    # the frozen copy is the recipe it was made from (0.1 hashed the file's bytes; later releases its code)
+    assert load_recipe(F1).source_bytes_hash == manifest.identity.recipe_hash
     assert ({k: list(a.row_shape) for k, a in manifest.arrays.items()}
             == {k: a["row_shape"] for k, a in want["arrays"].items()})
     for name, total in want["first_rows_sums"].items():
@@ -130,6 +130,13 @@ def test_format1_store_opens_verifies_and_replays(golden):
             and "3 shards checked, 0 checksum failures; 8 rows replayed, 0 differ" in result.output), result.output
     result = cli("info", F1_STORE, "--json")
     assert result.exit_code == 0, result.output
+    # Its recipe_hash is of the recipe file's bytes: with the file unchanged it is still the same store.
+    before = (Path(F1_STORE) / "zarr.json").read_bytes()
+    result = cli("extract", F1, "--out", F1_STORE, "--teacher", F1_TEACHER, "--views", 2, "--limit", 20,
+                 "--precision", "fp32", "--dtype", "float16", "--codec", "zstd", "--chunk-rows", 8, "--shard-rows", 16,
+                 "--resume")
+    assert result.exit_code == 0 and "already complete" in result.output, result.output
+    assert (Path(F1_STORE) / "zarr.json").read_bytes() == before
 
 
 def test_format2_store_opens_verifies_and_replays(golden):
@@ -144,7 +151,7 @@ def test_format2_store_opens_verifies_and_replays(golden):
     assert store.rows == want["rows"] and len(store.shards) == want["shards"]
     for name, total in want["first_rows_sums"].items():
         assert float(store.read(name, 0, 4).double().sum()) == pytest.approx(total, rel=1e-6, abs=1e-6), name
-    assert load_recipe(F2).source_hash == manifest.identity.recipe_hash
+    assert load_recipe(F2).source_bytes_hash == manifest.identity.recipe_hash
     assert store_info(F2_STORE)
     result = cli("verify", F2_STORE, F2, "--replay", "4", "--teacher", F2_TEACHER)
     assert result.exit_code == 0 and "4 rows replayed, 0 differ" in result.output, result.output

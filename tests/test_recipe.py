@@ -11,6 +11,7 @@ from conftest import REPO, TINY
 
 from litcache import CropFlip, Recipe, TrainConfig, load_recipe
 from litcache.errors import RecipeError
+from litcache.recipe import recipe_code_hash
 
 
 def test_load_tiny_records_source(tiny_recipe):
@@ -23,12 +24,15 @@ def test_load_tiny_records_source(tiny_recipe):
     assert tiny_recipe.augmentation_for("test") is None
 
 
-def test_source_hash_follows_file_content(tmp_path):
+def test_source_hash_follows_the_code_and_bytes_hash_the_file(tmp_path):
     copy = tmp_path / "copy.py"
     shutil.copy(TINY, copy)
     a = load_recipe(copy)
-    assert a.source_hash == load_recipe(copy).source_hash
+    assert a.source_hash == load_recipe(copy).source_hash and a.source_bytes_hash == load_recipe(copy).source_bytes_hash
     copy.write_text(copy.read_text() + "\n# changed\n")
+    b = load_recipe(copy)
+    assert b.source_hash == a.source_hash and b.source_bytes_hash != a.source_bytes_hash
+    copy.write_text(copy.read_text() + "CHANGED = True\n")
     assert load_recipe(copy).source_hash != a.source_hash
 
 
@@ -146,3 +150,24 @@ def test_train_blocks_runs_the_recipes_default_mode(tiny_store, teacher_ckpt, tm
         result = run_cli("train-blocks", str(recipe), *common, "--out", str(out))
         assert result.exit_code == 0, result.output
         assert read_student(out / "resnet8" / "student.pt")["config"]["mode"] == expected
+
+
+def test_recipe_code_hash_leaves_out_prose_only():
+    base = b'"""Doc."""\nimport os\n\nX = "a"  # note\nY = f"{X}"\n\n\ndef f():\n    """Why."""\n    return X\n'
+    same = [
+        base.replace(b"Doc.", b"Other words,\nover two lines."),
+        base.replace(b"  # note", b"    # another note"),
+        base.replace(b"\n\n\n", b"\n\n# between\n\n"),
+        base.replace(b'"""Why."""', b"'Why' 'not'"),  # implicitly joined strings: still a docstring
+        base + b"\n\n",
+        b"# -*- coding: utf-8 -*-\n" + base,
+    ]
+    other = [
+        base.replace(b'X = "a"', b'X = "b"'),  # a string in code is code
+        base.replace(b"return X", b"return Y"),
+        base.replace(b"    return X", b"    f'{X}'\n    return X"),  # an f-string statement is code (it runs)
+        base.replace(b"def f():", b"def g():"),
+    ]
+    assert {recipe_code_hash(v) for v in same} == {recipe_code_hash(base)}
+    assert recipe_code_hash(base) not in {recipe_code_hash(v) for v in other}
+    assert len({recipe_code_hash(v) for v in other}) == len(other)

@@ -74,7 +74,7 @@ def extract_task(recipe_source: str, options: ExtractOptions, checkpoint: str, s
     # Dask worker processes are daemons, which may not start DataLoader worker processes.
     plan = plan_extraction(recipe, replace(options, loader_workers=0), checkpoint)
     writer = StoreWriter.reopen(store)
-    diff = identity_diff(writer.manifest.identity, plan.identity)
+    diff = identity_diff(writer.manifest.identity, plan.identity, plan.recipe)
     if diff:  # e.g. a worker on another machine with other data or another teacher file
         raise StoreMismatchError(f"A dask worker sees another recipe, teacher or data than store {store!r} was started "
                                  f"with ({'; '.join(diff)}). Give every worker the same files.")

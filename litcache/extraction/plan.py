@@ -222,10 +222,13 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def identity_diff(old: Mapping, new: Mapping) -> list[str]:
-    """"key: store has X, now Y" for each identity key that differs."""
+def identity_diff(old: Mapping, new: Mapping, recipe: Recipe | None = None) -> list[str]:
+    """"key: store has X, now Y" for each identity key that differs. A store extracted before 0.3
+    recorded the hash of the recipe file's bytes, not of its code: with ``recipe`` that hash matches too."""
     keys = sorted(set(old) | set(new))
-    return [f"{k}: store has {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    legacy = {"recipe_hash": recipe.source_bytes_hash} if recipe is not None and recipe.source_bytes_hash else {}
+    return [f"{k}: store has {old.get(k)!r}, now {new.get(k)!r}" for k in keys
+            if old.get(k) != new.get(k) and (k not in legacy or old.get(k) != legacy[k])]
 
 
 def check_finite(name: str, stored: torch.Tensor, row0: int, rows_dataset: ViewRows, dtype: str) -> None:

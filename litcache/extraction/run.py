@@ -95,7 +95,7 @@ def _unchanged(out: StoreLocation, plan, t_start: float, log) -> ExtractResult:
     return ExtractResult(str(out), "unchanged", plan.rows, 0, time.perf_counter() - t_start, 0.0, 0)
 
 
-def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -> str:
+def _decide(out: StoreLocation, plan: ExtractPlan, resume: bool, overwrite: bool) -> str:
     """What to do with ``out``: "create", "resume" or "unchanged"; refuses what would lose data."""
     out = StoreLocation(out)
     if not out.exists() or (out.is_dir() and all(name == LOCK_FILE or temp_writer_pid(name) is not None
@@ -124,7 +124,7 @@ def _decide(out: StoreLocation, identity: dict, resume: bool, overwrite: bool) -
                 "delete. Move them out of the store, or choose another --out."
             )
         return "create"
-    diff = identity_diff(manifest.identity, identity)
+    diff = identity_diff(manifest.identity, plan.identity, plan.recipe)
     if diff:
         raise StoreMismatchError(
             f"Store {str(out)!r} was extracted from something else ({'; '.join(diff)}). "
@@ -254,7 +254,7 @@ def extract(
     # Preflight, before anything is written or locked: a refusal leaves the path as it was.
     if out.is_dir():
         check_unlocked(out)
-    action = _decide(out, plan.identity, resume, overwrite)
+    action = _decide(out, plan, resume, overwrite)
     if action == "unchanged" and (repair or (resume and damaged_shards(out))):
         action = "repair"  # checked (--repair: every checksum) and mended under the lock
     if action == "unchanged" and not find_debris(out):
@@ -274,7 +274,7 @@ def extract(
     with store_lock(out) as debris, contextlib.ExitStack() as cluster:
         if debris:  # taking the lock removed what killed writers left
             log(f"removed {debris.describe()}")
-        action = _decide(out, plan.identity, resume, overwrite)
+        action = _decide(out, plan, resume, overwrite)
         damaged, tensors = _mend(out, len(ranges), repair, action, log) if resume else ({}, [])
         if damaged or tensors:
             action = "resume"
