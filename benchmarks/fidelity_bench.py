@@ -30,6 +30,10 @@ seeds) and draws benchmarks/results/fidelity.png without training anything.
 The LIT runs also record the student's test accuracy right after the LIT phase, and after a
 BatchNorm recalibration along the student's own path (measured on a copy; the fine-tune starts
 from the LIT weights as they are unless --recalibrate-bn).
+
+Variants are rows of their own, named by a suffix: --beta B (``+betaB``: the LIT phase's KD weight,
+a LIT phase of its own), and, sharing the row's LIT phase, --recalibrate-bn (``+recal``), --ft-lr
+(``+ft-lrX``) and --ft-train-head (``+ft-head``: the fine-tune trains the head as well).
 """
 
 from __future__ import annotations
@@ -138,8 +142,11 @@ def precision_variant(precision: str) -> str:
 
 def ft_variant(args) -> str:
     """The suffix naming a LIT row's fine-tune settings other than the defaults: "+recal" when it
-    starts from BatchNorm-recalibrated weights (--recalibrate-bn), "+ft-lr0.005" for another --ft-lr."""
-    return ("+recal" if args.recalibrate_bn else "") + (f"+ft-lr{args.ft_lr:g}" if args.ft_lr != FT_LR else "")
+    starts from BatchNorm-recalibrated weights (--recalibrate-bn), "+ft-lr0.005" for another --ft-lr,
+    "+ft-head" when the fine-tune also trains the head (--ft-train-head; the released LIT code keeps the
+    teacher's head frozen)."""
+    return ("+recal" if args.recalibrate_bn else "") + (f"+ft-lr{args.ft_lr:g}" if args.ft_lr != FT_LR else "") + \
+        ("+ft-head" if args.ft_train_head else "")
 
 
 def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, online: bool) -> dict:
@@ -152,7 +159,8 @@ def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, onlin
     # A fine-tune with other settings is its own run beside the plain one; all share the LIT phase.
     ft_dir = work / ("ft" + ft_variant(args).replace("+", "-"))
     ft = _blocks(args, recipe, store, ft_dir, seed, mode="finetune", epochs=args.ft_epochs, lr=args.ft_lr,
-                 init=lit["checkpoint"], views=views, recalibrate_bn=args.recalibrate_bn, **teacher)
+                 init=lit["checkpoint"], views=views, recalibrate_bn=args.recalibrate_bn,
+                 train_head=True if args.ft_train_head else None, **teacher)
     lit_phase = _accuracies(lit["history"])
     record = {**_accuracies(ft["history"]), **probe, "lit_phase_accuracy": lit_phase["test_accuracy"]}
     record["train_seconds"] += lit_phase["train_seconds"]
@@ -273,6 +281,7 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=None,
                    help="the LIT phase's KD weight (default: the recipe's); 0 trains on the IR terms alone")
     p.add_argument("--recalibrate-bn", action="store_true")
+    p.add_argument("--ft-train-head", action="store_true", help="the fine-tune trains the head too")
     p.add_argument("--max-views", type=int, default=8)
     p.add_argument("--only", nargs="*", choices=ROWS, help="rows to run (default: all)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
@@ -352,7 +361,8 @@ def main() -> None:
                           store_extract_seconds=extract_seconds, student=args.student,
                           hyperparameters={k: getattr(args, k) for k in ("batch_size", "lr", "lit_lr", "ft_lr",
                                                                           "weight_decay", "schedule", "warmup",
-                                                                          "recalibrate_bn", "beta")})
+                                                                          "recalibrate_bn", "beta",
+                                                                          "ft_train_head")})
             results["runs"][key] = record
             save_results(results_path, results)
             print(f"=== {key}: test accuracy {record['test_accuracy']:.4f} in {record['wall_seconds'] / 60:.1f} min",

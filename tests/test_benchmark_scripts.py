@@ -121,6 +121,8 @@ def _run_env(script: str, env: dict, *args) -> str:
 
 
 def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
+    import torch
+
     cifar, teacher, env = fake_cifar
     results = tmp_path / "fidelity.json"
     args = ["--cifar-dir", cifar, "--teacher", teacher, "--lit-epochs", 1, "--ft-epochs", 1, "--max-views", 2,
@@ -148,6 +150,17 @@ def test_fidelity_bench_saves_each_run_and_resumes(fake_cifar, tmp_path):
     assert "resnet20 lit epoch" not in out and "| lit-k1+recal | 1 | 1 + 1 | 0 |" in out
     out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--recalibrate-bn", "--ft-lr", "0.01")
     assert "=== subset50000/e1+1/lit-k1+recal+ft-lr0.01/seed0:" in out and "resnet20 lit epoch" not in out
+    # A fine-tune that trains the head too is a row of its own on the same LIT phase; the plain one keeps
+    # the teacher's head as the LIT phase left it.
+    out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--ft-train-head")
+    assert "=== subset50000/e1+1/lit-k1+ft-head/seed0:" in out and "resnet20 lit epoch" not in out
+    assert json.loads(results.read_text())["runs"]["subset50000/e1+1/lit-k1+ft-head/seed0"]["hyperparameters"][
+        "ft_train_head"]
+    seed0 = tmp_path / "work" / "subset50000-e1+1" / "lit-k1" / "seed0"
+    heads = {run: {k: v for k, v in torch.load(seed0 / run / "resnet20" / "student.pt", weights_only=False)[
+        "state_dict"].items() if k.startswith("head.")} for run in ("lit", "ft", "ft-ft-head")}
+    assert heads["lit"] and all(torch.equal(v, heads["ft"][k]) for k, v in heads["lit"].items())
+    assert not all(torch.equal(v, heads["ft-ft-head"][k]) for k, v in heads["lit"].items())
     # Another LIT beta is a row of its own whose LIT phase trains anew (beta 0: on the IR terms alone).
     out = _run_env("fidelity_bench.py", env, *args, "--only", "lit-k1", "--beta", "0")
     ir_only = json.loads(results.read_text())["runs"]["subset50000/e1+1/lit-k1+beta0/seed0"]
