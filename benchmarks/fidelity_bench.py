@@ -197,15 +197,19 @@ def _mean_percent(runs: list[dict], key: str) -> str:
 def report(results: dict, out_png: Path) -> str:
     """The table (markdown) over seeds, and the plot of accuracy against K with the online band."""
     rows: dict[str, list[dict]] = {}
+    splits: dict[str, set[str]] = {}  # a row run with several LIT + FT splits is a line per split
     for record in results["runs"].values():
-        rows.setdefault(record["row"], []).append(record)
+        splits.setdefault(record["row"], set()).add(record["epochs"])
+    for record in results["runs"].values():
+        row = record["row"]
+        rows.setdefault(row if len(splits[row]) == 1 else f"{row} ({record['epochs']})", []).append(record)
     lines = [f"teacher {path}: test top-1 {100 * acc:.2f}%" for path, acc in results.get("teachers", {}).items()]
     lines += ["| row | views | epochs (LIT + FT) | seeds | test top-1 mean | min | max | "
              "best epoch (test-selected) mean | training time / seed | store bytes | precision | "
              "after the LIT phase, mean | the same, BatchNorm recalibrated |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = {}
-    variants = sorted({r["row"] for r in results["runs"].values()} - set(ROWS))
+    variants = sorted(set(rows) - set(ROWS))
     for row in ROWS + tuple(variants):
         runs = rows.get(row)
         if not runs:

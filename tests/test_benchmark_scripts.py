@@ -444,3 +444,35 @@ def test_library_bench_trains_searches_and_resumes(fake_cifar, tmp_path):
     assert {r["student"] for r in analysed["students"]} == {x["student"] for x in headline} | {
         x["student"] for x in runs[f"{size}/search/resnet14/seed0"]["students"]}
     assert "| the assembled mix's KL, before the fine-tune |" in out
+
+
+def test_section_fit(tiny_recipe, tiny_store, teacher_ckpt, tmp_path):
+    import torch
+
+    from litcache import BlockTrainOptions, load_student
+    from litcache.extraction.teacher import load_teacher
+    from litcache.sections import cut_sections
+    from litcache.training.blocks import train_blocks
+
+    [ir] = train_blocks(tiny_recipe, tiny_store, ["resnet8"], tmp_path / "ir",
+                        BlockTrainOptions(mode="ir", epochs=1, batch_size=16, evaluate=False), log=lambda _: None)
+    out = _run("section_fit.py", ir["checkpoint"], "--recipe", TINY, "--teacher", teacher_ckpt, "--rows", 12,
+               "--batch-size", 5, "--results", tmp_path / "fit.json")
+    fit = json.loads((tmp_path / "fit.json").read_text())["runs"][str(ir["checkpoint"])]
+    assert "| section | error given the teacher's input |" in out and fit["rows"] == 12
+    first, *_, last = fit["sections"]
+    assert first["given_teacher_input"] == first["along_own_path"] > 0  # section 1 reads the teacher's stem either way
+    # Recomputed here on the same evenly spaced rows: the composed student is the student model itself, and the
+    # last section swapped in is the teacher's head on it, given the teacher's input.
+    test = tiny_recipe.load_split("test")
+    rows = torch.linspace(0, len(test) - 1, 12).round().long().tolist()
+    x = torch.stack([test[i][0] for i in rows])
+    y = torch.tensor([int(test[i][1]) for i in rows])
+    teacher = cut_sections(load_teacher(tiny_recipe, teacher_ckpt)[0], tiny_recipe)
+    student = load_student(ir["checkpoint"], tiny_recipe).eval()
+    with torch.inference_mode():
+        bounds, logits = teacher.boundaries(x)
+        swapped = teacher.head(cut_sections(student, tiny_recipe).sections[-1](bounds[-2]))
+        assert fit["composed_accuracy"] == int((student(x).argmax(1) == y).sum()) / 12
+        assert fit["teacher_accuracy"] == int((logits.argmax(1) == y).sum()) / 12
+        assert last["swapped_in_accuracy"] == int((swapped.argmax(1) == y).sum()) / 12
