@@ -10,7 +10,8 @@ evenly spaced, each section i is scored three ways, all in eval mode:
                         grown by every section before it
   swapped in            the teacher's top-1 with only section i replaced by the student's
 
-and the composed student (the teacher's stem and head around the student's sections) gets its top-1.
+and the composed student (its own head after its sections, from the stem output the teacher and a
+LIT student share) gets its top-1.
 A student whose sections fit (small errors, swapped-in accuracy near the teacher's) is a good start for
 the fine-tune; one whose errors compound along its own path is not, whatever the fine-tune after it.
 Set the recipe's environment (e.g. LITCACHE_CIFAR10_DIR, LITCACHE_RESNEXT_SIZE) as for training.
@@ -51,7 +52,7 @@ def section_fit(recipe, teacher, student, rows: int, batch_size: int) -> dict:
             swapped = t.head(t.run_sections(given, start=i + 1)[-1] if i + 1 < n else given)
             sums["swapped_correct"][i] += int((swapped.argmax(1) == y).sum())
         correct["teacher"] += int((logits.argmax(1) == y).sum())
-        correct["student"] += int((t.head(own).argmax(1) == y).sum())
+        correct["student"] += int((s.head(own).argmax(1) == y).sum())
         count += len(y)
     return {"rows": count, "teacher_accuracy": correct["teacher"] / count,
             "composed_accuracy": correct["student"] / count,
