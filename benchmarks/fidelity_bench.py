@@ -343,6 +343,10 @@ def main() -> None:
             name = row + variant + (ft_variant(args) if lit_row else "")
             key = f"subset{args.subset or 50000}/e{args.lit_epochs}+{args.ft_epochs}/{name}/seed{seed}"
             if key in results["runs"]:
+                done_for = results["runs"][key].get("student", args.student)
+                if done_for != args.student:  # keys name no student: another one would be skipped as done
+                    p.error(f"{results_path} holds {key} for student {done_for}, not {args.student}: give "
+                            f"{args.student} a --results and a --work of its own")
                 continue
             views = int(row.split("k")[1]) if row.startswith("lit-") else (None if row == "online" else args.max_views)
             print(f"=== {key}", flush=True)

@@ -203,6 +203,13 @@ def test_fidelity_bench_runs_the_resnext_system(fake_cifar, tmp_path):
     assert {r["student"] for r in saved["runs"].values()} == {"resnext20"}
     assert 0 <= saved["teachers"][str(teacher)] <= 1 and f"teacher {teacher}: test top-1" in out
     assert "| lit-k2 | 2 | 1 + 1 | 0 |" in out
+    # Another student into the same results file is refused, not skipped as done.
+    done = subprocess.run([PYTHON, str(REPO / "benchmarks" / "fidelity_bench.py"), "--recipe", "resnext", "--cifar-dir",
+                           str(cifar), "--teacher", str(teacher), "--teacher-depth", "29", "--student", "resnext11",
+                           "--lit-epochs", "1", "--ft-epochs", "1", "--max-views", "2", "--results", str(results),
+                           "--work", str(tmp_path / "work"), "--only", "scratch"],
+                          cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "for student resnext20, not resnext11" in done.stderr, done.stderr
 
 
 def test_vdcnn_bench(tmp_path):
