@@ -145,8 +145,9 @@ def ft_variant(args) -> str:
     starts from BatchNorm-recalibrated weights (--recalibrate-bn), "+ft-lr0.005" for another --ft-lr,
     "+ft-head" when the fine-tune also trains the head (--ft-train-head; the released LIT code keeps the
     teacher's head frozen)."""
-    return ("+recal" if args.recalibrate_bn else "") + (f"+ft-lr{args.ft_lr:g}" if args.ft_lr != FT_LR else "") + \
-        ("+ft-head" if args.ft_train_head else "")
+    return "".join(("+recal" if args.recalibrate_bn else "",
+                    f"+ft-lr{args.ft_lr:g}" if args.ft_lr != FT_LR else "",
+                    "+ft-head" if args.ft_train_head else ""))
 
 
 def run_lit(args, recipe, store, seed: int, work: Path, views: int | None, online: bool) -> dict:

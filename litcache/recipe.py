@@ -352,17 +352,19 @@ def recipe_code_hash(source: bytes) -> str:
     not on tokens or the AST, whose form changes between Python versions (f-strings in 3.12)."""
     prose: list[tuple[tuple[int, int], tuple[int, int]]] = []  # (start, end) spans of comments and docstrings
     statement: list[tokenize.TokenInfo] = []
+    encoding = "utf-8"
     for token in tokenize.tokenize(io.BytesIO(source).readline):
-        if token.type == tokenize.COMMENT:
+        if token.type == tokenize.ENCODING:  # the first token: the file's coding cookie, or utf-8
+            encoding = token.string
+        elif token.type == tokenize.COMMENT:
             prose.append((token.start, token.end))
         elif token.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
             if statement and all(t.type == tokenize.STRING and "f" not in t.string.split(t.string[-1])[0].lower()
                                  for t in statement):
                 prose.append((statement[0].start, statement[-1].end))
             statement = []
-        elif token.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING):
+        elif token.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT):
             statement.append(token)
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
     lines = source.decode(encoding).split("\n")  # the rows tokenize counts
     for (row0, col0), (row1, col1) in sorted(prose, reverse=True):  # from the end, so earlier spans stay valid
         lines[row0 - 1:row1] = [lines[row0 - 1][:col0] + lines[row1 - 1][col1:]]
